@@ -1,0 +1,478 @@
+//! notify: budget, insight and reminder events become an in-app notification plus a
+//! `finance.alert.sent` / `todo.notification.sent` event.
+
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use zerofn::{EventData, prelude::*};
+
+#[derive(Debug, Deserialize)]
+struct BudgetWarning {
+    user_id: String,
+    category: String,
+    period: String,
+    currency: String,
+    limit_minor: i64,
+    spent_minor: i64,
+    percent_used: f64,
+}
+
+#[derive(Debug, Deserialize)]
+struct BudgetExceeded {
+    user_id: String,
+    category: String,
+    period: String,
+    currency: String,
+    limit_minor: i64,
+    spent_minor: i64,
+    over_by_minor: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct InsightGenerated {
+    user_id: String,
+    title: String,
+    body: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ReminderDue {
+    task_id: String,
+    user_id: String,
+    task_title: String,
+    due_at: Option<DateTime<Utc>>,
+    channel: String,
+}
+
+/// The four event types notify consumes, chosen by CloudEvent type.
+#[derive(Debug)]
+enum Notice {
+    BudgetWarning(BudgetWarning),
+    BudgetExceeded(BudgetExceeded),
+    Insight(InsightGenerated),
+    ReminderDue(ReminderDue),
+}
+
+impl EventData for Notice {
+    fn from_event(ty: &str, data: serde_json::Value) -> Result<Self, serde_json::Error> {
+        match ty {
+            "finance.budget.warning" => serde_json::from_value(data).map(Notice::BudgetWarning),
+            "finance.budget.exceeded" => serde_json::from_value(data).map(Notice::BudgetExceeded),
+            "finance.insight.generated" => serde_json::from_value(data).map(Notice::Insight),
+            "todo.reminder.due" => serde_json::from_value(data).map(Notice::ReminderDue),
+            other => Err(serde::de::Error::custom(format!(
+                "notify does not handle {other}"
+            ))),
+        }
+    }
+}
+
+/// A stored in-app notification.
+#[derive(Clone, Debug, PartialEq)]
+struct Notification {
+    id: uuid::Uuid,
+    user_id: String,
+    channel: String,
+    title: String,
+    body: String,
+    cause_event_id: String,
+}
+
+/// In-memory notification store (the durable one arrives with the idempotency store).
+static NOTIFICATIONS: Mutex<Vec<Notification>> = Mutex::new(Vec::new());
+
+#[derive(Serialize)]
+struct Cause<'a> {
+    event_id: &'a str,
+    event_type: &'a str,
+}
+
+#[derive(Serialize)]
+struct AlertSent<'a> {
+    alert_id: uuid::Uuid,
+    user_id: &'a str,
+    channel: &'a str,
+    kind: &'a str,
+    title: &'a str,
+    body: &'a str,
+    cause: Cause<'a>,
+    sent_at: DateTime<Utc>,
+}
+
+#[derive(Serialize)]
+struct NotificationSent<'a> {
+    notification_id: uuid::Uuid,
+    user_id: &'a str,
+    channel: &'a str,
+    title: &'a str,
+    body: &'a str,
+    task_id: &'a str,
+    cause: Cause<'a>,
+    sent_at: DateTime<Utc>,
+}
+
+async fn handle(event: Event<Notice>) -> Result<Emit, HandlerError> {
+    let ctx = &event.ctx;
+    // Same event (source + id) → same notification id, however often it is delivered.
+    let id = uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_URL,
+        format!("{}#{}", ctx.source, ctx.id).as_bytes(),
+    );
+    let cause = Cause {
+        event_id: &ctx.id,
+        event_type: &ctx.ty,
+    };
+    let (kind, user_id, title, body) = match &event.data {
+        Notice::BudgetWarning(w) => {
+            if w.spent_minor * 100 < w.limit_minor * 80 {
+                return Err(HandlerError::permanent(format!(
+                    "budget warning below 80 %: spent {} of {}",
+                    w.spent_minor, w.limit_minor
+                )));
+            }
+            let body = format!(
+                "You have used {:.0} % of your {} budget for {} ({} of {} {}).",
+                w.percent_used,
+                w.category,
+                w.period,
+                money(w.spent_minor, &w.currency),
+                money(w.limit_minor, &w.currency),
+                w.currency
+            );
+            (
+                "budget_warning",
+                &w.user_id,
+                format!("{} budget at {:.0} %", w.category, w.percent_used),
+                body,
+            )
+        }
+        Notice::BudgetExceeded(x) => {
+            if x.spent_minor <= x.limit_minor {
+                return Err(HandlerError::permanent(format!(
+                    "budget exceeded without spending over the limit: spent {} of {}",
+                    x.spent_minor, x.limit_minor
+                )));
+            }
+            let body = format!(
+                "You are {} {} over your {} budget for {} ({} of {} {}).",
+                money(x.over_by_minor, &x.currency),
+                x.currency,
+                x.category,
+                x.period,
+                money(x.spent_minor, &x.currency),
+                money(x.limit_minor, &x.currency),
+                x.currency
+            );
+            (
+                "budget_exceeded",
+                &x.user_id,
+                format!("{} budget exceeded", x.category),
+                body,
+            )
+        }
+        Notice::Insight(i) => ("insight", &i.user_id, i.title.clone(), i.body.clone()),
+        Notice::ReminderDue(r) => {
+            let body = match r.due_at {
+                Some(due) => format!("Due {}", due.format("%Y-%m-%d %H:%M UTC")),
+                None => "It is time.".to_string(),
+            };
+            let title: String = format!("Reminder: {}", r.task_title)
+                .chars()
+                .take(120)
+                .collect();
+            store(id, &r.user_id, &r.channel, &title, &body, &ctx.id)?;
+            let sent = NotificationSent {
+                notification_id: id,
+                user_id: &r.user_id,
+                channel: &r.channel,
+                title: &title,
+                body: &body,
+                task_id: &r.task_id,
+                cause,
+                sent_at: Utc::now(),
+            };
+            tracing::info!(notification_id = %id, user_id = %r.user_id, "reminder notification stored");
+            return Ok(Emit::new("todo.notification.sent", &sent)?.partition_key(&r.user_id));
+        }
+    };
+    store(id, user_id, "in_app", &title, &body, &ctx.id)?;
+    let alert = AlertSent {
+        alert_id: id,
+        user_id,
+        channel: "in_app",
+        kind,
+        title: &title,
+        body: &body,
+        cause,
+        sent_at: Utc::now(),
+    };
+    tracing::info!(notification_id = %id, user_id = %user_id, kind, "finance alert stored");
+    Ok(Emit::new("finance.alert.sent", &alert)?.partition_key(user_id))
+}
+
+fn store(
+    id: uuid::Uuid,
+    user_id: &str,
+    channel: &str,
+    title: &str,
+    body: &str,
+    cause: &str,
+) -> Result<(), HandlerError> {
+    let mut all = NOTIFICATIONS
+        .lock()
+        .map_err(|_| HandlerError::retryable("notification store lock poisoned"))?;
+    if !all.iter().any(|n| n.id == id) {
+        all.push(Notification {
+            id,
+            user_id: user_id.into(),
+            channel: channel.into(),
+            title: title.into(),
+            body: body.into(),
+            cause_event_id: cause.into(),
+        });
+    }
+    Ok(())
+}
+
+/// Format minor units with the currency's decimals (0 for JPY/KRW, 2 otherwise).
+fn money(minor: i64, currency: &str) -> String {
+    let decimals = if matches!(currency, "JPY" | "KRW" | "ISK") {
+        0
+    } else {
+        2
+    };
+    if decimals == 0 {
+        return minor.to_string();
+    }
+    let sign = if minor < 0 { "-" } else { "" };
+    let abs = minor.unsigned_abs();
+    format!("{sign}{}.{:02}", abs / 100, abs % 100)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), zerofn::Error> {
+    zerofn::run(handler_fn(handle), zerofn::manifest!()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use serde_json::{Value, json};
+    use tower::ServiceExt;
+    use zerofn::{contract::Contracts, testing};
+
+    fn example(ty: &str, name: &str) -> Value {
+        let path = format!(
+            "{}/../../contracts/events/{ty}/valid/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    async fn run(ty: &str, data: Value) -> Result<Emit, HandlerError> {
+        let notice = Notice::from_event(ty, data).unwrap();
+        handle(Event::test(notice).with_type(ty)).await
+    }
+
+    fn assert_valid(emit: &Emit) {
+        let contracts = Contracts::embedded().unwrap();
+        assert_eq!(
+            contracts.validate(emit.ty(), emit.data()),
+            Some(Ok(())),
+            "{:?}",
+            emit.data()
+        );
+    }
+
+    #[tokio::test]
+    async fn budget_exceeded_becomes_a_finance_alert() {
+        let emit = run(
+            "finance.budget.exceeded",
+            example("finance.budget.exceeded", "groceries-over"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(emit.ty(), "finance.alert.sent");
+        assert_eq!(emit.data()["kind"], "budget_exceeded");
+        assert_eq!(
+            emit.data()["body"],
+            "You are 12.50 EUR over your groceries budget for 2026-11 (412.50 of 400.00 EUR)."
+        );
+        assert_valid(&emit);
+        let id = emit.data()["alert_id"].as_str().unwrap().to_string();
+        let stored = NOTIFICATIONS
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| n.id.to_string() == id);
+        assert!(stored, "notification {id} was not stored");
+    }
+
+    #[tokio::test]
+    async fn warning_and_insight_become_alerts() {
+        let w = run(
+            "finance.budget.warning",
+            example("finance.budget.warning", "dining-82"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(w.data()["kind"], "budget_warning");
+        assert_eq!(w.data()["title"], "dining budget at 82 %");
+        assert_valid(&w);
+        let i = run(
+            "finance.insight.generated",
+            example("finance.insight.generated", "spike"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(i.data()["kind"], "insight");
+        assert_eq!(i.data()["title"], "Dining is up 40 % this month");
+        assert_valid(&i);
+    }
+
+    #[tokio::test]
+    async fn reminder_becomes_a_todo_notification_on_its_channel() {
+        let emit = run("todo.reminder.due", example("todo.reminder.due", "rent"))
+            .await
+            .unwrap();
+        assert_eq!(emit.ty(), "todo.notification.sent");
+        assert_eq!(emit.data()["title"], "Reminder: Pay rent");
+        assert_eq!(emit.data()["body"], "Due 2026-11-23 12:00 UTC");
+        assert_eq!(emit.data()["channel"], "in_app");
+        assert_valid(&emit);
+    }
+
+    #[tokio::test]
+    async fn same_event_gives_same_notification_id() {
+        let data = example("finance.budget.exceeded", "groceries-over");
+        let notice = || Notice::from_event("finance.budget.exceeded", data.clone()).unwrap();
+        let first = Event::test(notice()).with_type("finance.budget.exceeded");
+        let mut again = Event::test(notice()).with_type("finance.budget.exceeded");
+        again.ctx = first.ctx.clone();
+        let a = handle(first).await.unwrap();
+        let b = handle(again).await.unwrap();
+        assert_eq!(a.data()["alert_id"], b.data()["alert_id"]);
+        let id = a.data()["alert_id"].as_str().unwrap().to_string();
+        let count = NOTIFICATIONS
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| n.id.to_string() == id)
+            .count();
+        assert_eq!(count, 1);
+    }
+
+    #[tokio::test]
+    async fn contradictory_budget_numbers_are_permanent() {
+        let mut x = example("finance.budget.exceeded", "groceries-over");
+        x["spent_minor"] = json!(100);
+        let err = run("finance.budget.exceeded", x).await.unwrap_err();
+        assert!(err.is_permanent());
+        assert!(
+            err.to_string().contains("without spending over the limit"),
+            "{err}"
+        );
+        let mut w = example("finance.budget.warning", "dining-82");
+        w["spent_minor"] = json!(1000);
+        assert!(
+            run("finance.budget.warning", w)
+                .await
+                .unwrap_err()
+                .is_permanent()
+        );
+    }
+
+    #[test]
+    fn money_formatting() {
+        assert_eq!(money(1250, "EUR"), "12.50");
+        assert_eq!(money(-5, "USD"), "-0.05");
+        assert_eq!(money(1200, "JPY"), "1200");
+    }
+
+    #[tokio::test]
+    async fn dapr_subscribe_matches_golden() {
+        let app = testing::router(
+            zerofn::manifest!(),
+            handler_fn(handle),
+            &[("DAPR_HTTP_PORT", "3500")],
+        )
+        .unwrap();
+        let request = http::Request::get("/dapr/subscribe")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let got: Value = serde_json::from_slice(&body).unwrap();
+        let golden_path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/subscribe.golden.json"
+        );
+        let golden: Value =
+            serde_json::from_str(&std::fs::read_to_string(golden_path).unwrap()).unwrap();
+        assert_eq!(
+            got,
+            golden,
+            "GET /dapr/subscribe changed:\n{}",
+            serde_json::to_string_pretty(&got).unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dapr_delivery_publishes_the_alert_through_the_sidecar() {
+        let sidecar = testing::Recorder::start().await.unwrap();
+        let port = sidecar.port().to_string();
+        let server = testing::TestServer::start(
+            zerofn::manifest!(),
+            handler_fn(handle),
+            &[
+                ("DAPR_HTTP_PORT", &port),
+                ("DAPR_API_TOKEN", "sidecar-secret"),
+            ],
+        )
+        .await
+        .unwrap();
+        let envelope = json!({
+            "specversion": "1.0", "id": "b-1", "source": "budgets", "type": "finance.budget.exceeded",
+            "datacontenttype": "application/json", "topic": "finance.budget.exceeded", "pubsubname": "kafka-pubsub",
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "data": example("finance.budget.exceeded", "groceries-over"),
+        });
+        let reply = reqwest_post(
+            &format!("{}/events/finance.budget.exceeded", server.url()),
+            &envelope,
+        )
+        .await;
+        assert_eq!(reply, json!({"status": "SUCCESS"}));
+        let published = sidecar.requests();
+        assert_eq!(published.len(), 1);
+        let p = &published[0];
+        assert_eq!(
+            p.path_and_query,
+            "/v1.0/publish/kafka-pubsub/finance.alert.sent?metadata.partitionKey=u-42"
+        );
+        assert_eq!(p.header("dapr-api-token"), "sidecar-secret");
+        assert_eq!(p.json()["type"], "finance.alert.sent");
+        assert_eq!(p.json()["causationid"], "b-1");
+        assert!(
+            p.header("traceparent")
+                .starts_with("00-0af7651916cd43dd8448eb211c80319c-")
+        );
+        server.shutdown().await.unwrap();
+    }
+
+    async fn reqwest_post(url: &str, body: &Value) -> Value {
+        reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/cloudevents+json")
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}

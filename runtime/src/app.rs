@@ -1,0 +1,144 @@
+//! Assembling a function process: config + manifest + contracts + handler → an HTTP app,
+//! and serving it until shutdown.
+
+use std::{
+    future::Future,
+    sync::{Arc, atomic::AtomicBool},
+};
+
+use tokio::net::TcpListener;
+
+use crate::{
+    Error,
+    config::{Config, ConfigError, ENV_K_SINK, TransportKind},
+    contract::Contracts,
+    handler::Handler,
+    intake::Intake,
+    manifest::{Manifest, ManifestSource},
+    shutdown::Drain,
+    transport::{
+        self, AppState, NoPublisher, Publisher, dapr::DaprPublisher, knative::SinkPublisher,
+    },
+};
+
+/// A function ready to serve.
+pub(crate) struct App {
+    state: AppState,
+}
+
+impl App {
+    pub(crate) fn build<H: Handler>(
+        config: Config,
+        source: ManifestSource,
+        handler: H,
+    ) -> Result<App, Error> {
+        let manifest = Arc::new(source.parse()?);
+        let contracts = Contracts::embedded()?;
+        check_contracts(&manifest, &contracts)?;
+        let config = Arc::new(config);
+        let publisher: Arc<dyn Publisher> = if manifest.publishes.is_empty() {
+            Arc::new(NoPublisher)
+        } else {
+            let client = transport::http_client(&config)?;
+            match (config.transport, &config.dapr_url, &config.sink) {
+                (TransportKind::Dapr, Some(url), _) => Arc::new(DaprPublisher::new(
+                    client,
+                    url.clone(),
+                    config.dapr_api_token.clone(),
+                )),
+                (TransportKind::Http, _, Some(sink)) => {
+                    Arc::new(SinkPublisher::new(client, sink.clone()))
+                }
+                _ => {
+                    return Err(ConfigError::new(
+                        ENV_K_SINK,
+                        "",
+                        format!(
+                            "function {} publishes {} but the http transport has no sink: set K_SINK \
+                             to a CloudEvents endpoint, or run under Dapr (DAPR_HTTP_PORT)",
+                            manifest.name,
+                            manifest.publishes.iter().map(|p| p.ty.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
+                    )
+                    .into());
+                }
+            }
+        };
+        let intake = Intake::new(
+            manifest.clone(),
+            contracts,
+            handler,
+            publisher,
+            config.clone(),
+        );
+        Ok(App {
+            state: AppState {
+                intake: Arc::new(intake),
+                drain: Drain::default(),
+                config,
+                subscribed: Arc::new(AtomicBool::new(false)),
+            },
+        })
+    }
+
+    pub(crate) fn router(&self) -> axum::Router {
+        transport::router(self.state.clone())
+    }
+
+    /// Serve until `shutdown` resolves, then drain in-flight deliveries within the grace period.
+    pub(crate) async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let state = self.state.clone();
+        let manifest = state.intake.manifest();
+        tracing::info!(
+            function = %manifest.name,
+            version = %manifest.version,
+            transport = %state.config.transport,
+            addr = %listener.local_addr().map_err(Error::Serve)?,
+            "serving"
+        );
+        let drain = state.drain.clone();
+        let grace = state.config.shutdown_grace;
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let graceful = async move {
+            shutdown.await;
+            tracing::info!(in_flight = drain.in_flight(), grace = ?grace, "draining");
+            let result = drain.drain(grace).await;
+            let _ = done_tx.send(result);
+        };
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(graceful)
+            .await
+            .map_err(Error::Serve)?;
+        match done_rx.await {
+            Ok(Err(in_flight)) => Err(Error::DrainTimeout { grace, in_flight }),
+            _ => {
+                tracing::info!("drained; exiting");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn check_contracts(manifest: &Manifest, contracts: &Contracts) -> Result<(), Error> {
+    let consumed = manifest.consumed_types().map(|t| (t, "consumes"));
+    let published = manifest
+        .publishes
+        .iter()
+        .map(|p| (p.ty.as_str(), "publishes"));
+    for (ty, role) in consumed.chain(published) {
+        if !contracts.knows(ty) {
+            return Err(Error::Contract {
+                ty: ty.to_string(),
+                reason: format!(
+                    "function {} {role} it, but contracts/events/{ty}/schema.json does not exist",
+                    manifest.name
+                ),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,400 @@
+//! Every setting the runtime reads, as `ENV_*` constants, parsed once at start-up.
+//!
+//! Values are read through the [`Source`] trait: [`Env`] in production, a `HashMap` in tests
+//! (no `std::env::set_var` anywhere). A bad value is a [`ConfigError`] naming the key, the
+//! value and the reason; [`crate::run`] prints it and exits with status 64.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+/// Port of the function's HTTP server (Knative and Dapr both set or expect it). Default 8080.
+pub const ENV_PORT: &str = "PORT";
+/// Address the HTTP server binds to. Default `0.0.0.0` (probes come from the kubelet).
+pub const ENV_BIND_ADDR: &str = "ZEROFN_BIND_ADDR";
+/// `dapr` or `http`; overrides the choice made from `DAPR_HTTP_PORT`.
+pub const ENV_TRANSPORT: &str = "ZEROFN_TRANSPORT";
+/// Port of the Dapr sidecar's HTTP API; its presence selects the Dapr transport.
+pub const ENV_DAPR_HTTP_PORT: &str = "DAPR_HTTP_PORT";
+/// Host of the Dapr sidecar. Default `127.0.0.1` (the sidecar listens only inside the pod).
+pub const ENV_DAPR_HOST: &str = "ZEROFN_DAPR_HOST";
+/// Token the function sends to the sidecar in `dapr-api-token`.
+pub const ENV_DAPR_API_TOKEN: &str = "DAPR_API_TOKEN";
+/// Token the sidecar must present in `dapr-api-token`; checked in constant time when set.
+pub const ENV_APP_API_TOKEN: &str = "APP_API_TOKEN";
+/// Knative's sink: where the HTTP transport POSTs the events a handler emits.
+pub const ENV_K_SINK: &str = "K_SINK";
+/// Directory for embedded state (the SQLite idempotency store). Default `./.zerofn`.
+pub const ENV_DATA_DIR: &str = "ZEROFN_DATA_DIR";
+/// Largest accepted request body, in bytes. Default 1 MiB.
+pub const ENV_MAX_BODY_BYTES: &str = "ZEROFN_MAX_BODY_BYTES";
+/// How long in-flight deliveries may run after SIGTERM. Default `30s`.
+pub const ENV_SHUTDOWN_GRACE: &str = "ZEROFN_SHUTDOWN_GRACE";
+/// Longest a handler may run for one event before it counts as a retryable failure. Default `120s`.
+pub const ENV_HANDLER_TIMEOUT: &str = "ZEROFN_HANDLER_TIMEOUT";
+/// Timeout of one outbound publish call. Default `10s`.
+pub const ENV_PUBLISH_TIMEOUT: &str = "ZEROFN_PUBLISH_TIMEOUT";
+/// `json` (default, one object per line) or `pretty`.
+pub const ENV_LOG_FORMAT: &str = "ZEROFN_LOG_FORMAT";
+/// A `tracing` filter such as `info,zerofn=debug`. Falls back to `RUST_LOG`, then `info`.
+pub const ENV_LOG: &str = "ZEROFN_LOG";
+/// Fallback log filter, read when `ZEROFN_LOG` is unset.
+pub const ENV_RUST_LOG: &str = "RUST_LOG";
+
+/// Every key above, for documentation and for tests that check the Helm values map to them.
+pub const ALL_KEYS: &[&str] = &[
+    ENV_PORT,
+    ENV_BIND_ADDR,
+    ENV_TRANSPORT,
+    ENV_DAPR_HTTP_PORT,
+    ENV_DAPR_HOST,
+    ENV_DAPR_API_TOKEN,
+    ENV_APP_API_TOKEN,
+    ENV_K_SINK,
+    ENV_DATA_DIR,
+    ENV_MAX_BODY_BYTES,
+    ENV_SHUTDOWN_GRACE,
+    ENV_HANDLER_TIMEOUT,
+    ENV_PUBLISH_TIMEOUT,
+    ENV_LOG_FORMAT,
+    ENV_LOG,
+    ENV_RUST_LOG,
+];
+
+/// Where configuration values come from.
+pub trait Source {
+    /// The value of `key`, if set. An empty value counts as unset.
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Env;
+
+impl Source for Env {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl<S: std::hash::BuildHasher> Source for HashMap<String, String, S> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).filter(|v| !v.is_empty()).cloned()
+    }
+}
+
+/// A configuration value that cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {key}={value:?}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable.
+    pub key: &'static str,
+    /// Its value (empty when the problem is that it is missing).
+    pub value: String,
+    /// Why it cannot be used.
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(
+        key: &'static str,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self {
+            key,
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// How events reach the function and how it publishes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportKind {
+    /// The Dapr app contract: `/dapr/subscribe`, routes per topic, publish via the sidecar.
+    Dapr,
+    /// Plain CloudEvents over HTTP (Knative): `POST /`, publish to `K_SINK`.
+    Http,
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransportKind::Dapr => "dapr",
+            TransportKind::Http => "http",
+        })
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable, coloured when on a terminal.
+    Pretty,
+}
+
+/// The parsed configuration of one function process.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Config {
+    /// Where the HTTP server listens.
+    pub addr: SocketAddr,
+    /// The transport in use.
+    pub transport: TransportKind,
+    /// Base URL of the Dapr sidecar's HTTP API (Dapr transport only).
+    pub dapr_url: Option<String>,
+    /// Token sent to the sidecar.
+    pub dapr_api_token: Option<String>,
+    /// Token expected from the sidecar.
+    pub app_api_token: Option<String>,
+    /// Knative sink URL.
+    pub sink: Option<String>,
+    /// Directory for embedded state.
+    pub data_dir: PathBuf,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// How long in-flight deliveries may run after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Longest a handler may run for one event.
+    pub handler_timeout: Duration,
+    /// Timeout of one outbound publish call.
+    pub publish_timeout: Duration,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// `tracing` filter directives.
+    pub log_filter: String,
+}
+
+impl Config {
+    /// Read and check every setting; the first bad one is returned.
+    pub fn from_source(src: &impl Source) -> Result<Config, ConfigError> {
+        let port = match src.get(ENV_PORT) {
+            Some(v) => parse_port(ENV_PORT, &v)?,
+            None => 8080,
+        };
+        let ip = match src.get(ENV_BIND_ADDR) {
+            Some(v) => v.parse::<IpAddr>().map_err(|e| {
+                ConfigError::new(ENV_BIND_ADDR, &v, format!("not an IP address ({e})"))
+            })?,
+            None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        };
+        let dapr_port = src
+            .get(ENV_DAPR_HTTP_PORT)
+            .map(|v| parse_port(ENV_DAPR_HTTP_PORT, &v))
+            .transpose()?;
+        let transport = match src.get(ENV_TRANSPORT).as_deref() {
+            Some("dapr") => TransportKind::Dapr,
+            Some("http") => TransportKind::Http,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    ENV_TRANSPORT,
+                    other,
+                    "expected `dapr` or `http`",
+                ));
+            }
+            None if dapr_port.is_some() => TransportKind::Dapr,
+            None => TransportKind::Http,
+        };
+        let dapr_url = (transport == TransportKind::Dapr).then(|| {
+            let host = src.get(ENV_DAPR_HOST).unwrap_or_else(|| "127.0.0.1".into());
+            format!("http://{host}:{}", dapr_port.unwrap_or(3500))
+        });
+        let sink = src
+            .get(ENV_K_SINK)
+            .map(|v| check_http_url(ENV_K_SINK, v))
+            .transpose()?;
+        let max_body_bytes = match src.get(ENV_MAX_BODY_BYTES) {
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if n >= 1024 => n,
+                Ok(_) => {
+                    return Err(ConfigError::new(
+                        ENV_MAX_BODY_BYTES,
+                        v,
+                        "must be at least 1024 bytes",
+                    ));
+                }
+                Err(e) => {
+                    return Err(ConfigError::new(
+                        ENV_MAX_BODY_BYTES,
+                        v,
+                        format!("not a byte count ({e})"),
+                    ));
+                }
+            },
+            None => 1024 * 1024,
+        };
+        let log_format = match src.get(ENV_LOG_FORMAT).as_deref() {
+            None | Some("json") => LogFormat::Json,
+            Some("pretty") => LogFormat::Pretty,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    ENV_LOG_FORMAT,
+                    other,
+                    "expected `json` or `pretty`",
+                ));
+            }
+        };
+        let log_filter = src
+            .get(ENV_LOG)
+            .or_else(|| src.get(ENV_RUST_LOG))
+            .unwrap_or_else(|| "info".into());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
+            let key = if src.get(ENV_LOG).is_some() {
+                ENV_LOG
+            } else {
+                ENV_RUST_LOG
+            };
+            return Err(ConfigError::new(key, log_filter, e.to_string()));
+        }
+        Ok(Config {
+            addr: SocketAddr::new(ip, port),
+            transport,
+            dapr_url,
+            dapr_api_token: src.get(ENV_DAPR_API_TOKEN),
+            app_api_token: src.get(ENV_APP_API_TOKEN),
+            sink,
+            data_dir: src
+                .get(ENV_DATA_DIR)
+                .map_or_else(|| PathBuf::from(".zerofn"), PathBuf::from),
+            max_body_bytes,
+            shutdown_grace: duration(src, ENV_SHUTDOWN_GRACE, Duration::from_secs(30))?,
+            handler_timeout: duration(src, ENV_HANDLER_TIMEOUT, Duration::from_secs(120))?,
+            publish_timeout: duration(src, ENV_PUBLISH_TIMEOUT, Duration::from_secs(10))?,
+            log_format,
+            log_filter,
+        })
+    }
+}
+
+fn parse_port(key: &'static str, v: &str) -> Result<u16, ConfigError> {
+    v.parse::<u16>()
+        .map_err(|e| ConfigError::new(key, v, format!("not a TCP port number 0-65535 ({e})")))
+}
+
+fn check_http_url(key: &'static str, v: String) -> Result<String, ConfigError> {
+    match reqwest::Url::parse(&v) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(v),
+        Ok(_) => Err(ConfigError::new(
+            key,
+            v,
+            "must be an http:// or https:// URL",
+        )),
+        Err(e) => Err(ConfigError::new(key, v, format!("not a URL ({e})"))),
+    }
+}
+
+fn duration(
+    src: &impl Source,
+    key: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match src.get(key) {
+        Some(v) => parse_duration(&v).map_err(|reason| ConfigError::new(key, v, reason)),
+        None => Ok(default),
+    }
+}
+
+/// Parse `250ms`, `30s`, `5m`, `1h` or a bare number of seconds.
+pub(crate) fn parse_duration(v: &str) -> Result<Duration, String> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| "expected a duration such as 500ms, 30s, 5m or 1h".to_string())?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?}: expected ms, s, m or h (e.g. 30s)"
+            ));
+        }
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_source(&map)
+    }
+
+    #[test]
+    fn defaults_select_the_http_transport() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.transport, TransportKind::Http);
+        assert_eq!(c.addr.port(), 8080);
+        assert_eq!(c.max_body_bytes, 1 << 20);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(c.dapr_url.is_none());
+    }
+
+    #[test]
+    fn dapr_port_selects_dapr_and_override_wins() {
+        let c = cfg(&[(ENV_DAPR_HTTP_PORT, "3501")]).unwrap();
+        assert_eq!(c.transport, TransportKind::Dapr);
+        assert_eq!(c.dapr_url.as_deref(), Some("http://127.0.0.1:3501"));
+        let c = cfg(&[(ENV_DAPR_HTTP_PORT, "3501"), (ENV_TRANSPORT, "http")]).unwrap();
+        assert_eq!(c.transport, TransportKind::Http);
+        let c = cfg(&[(ENV_TRANSPORT, "dapr")]).unwrap();
+        assert_eq!(c.dapr_url.as_deref(), Some("http://127.0.0.1:3500"));
+    }
+
+    #[test]
+    fn bad_values_name_key_value_and_reason() {
+        let cases: &[(&str, &str, &str)] = &[
+            (ENV_PORT, "80a", "not a TCP port number"),
+            (ENV_PORT, "70000", "not a TCP port number"),
+            (ENV_TRANSPORT, "kafka", "expected `dapr` or `http`"),
+            (ENV_MAX_BODY_BYTES, "12", "at least 1024"),
+            (ENV_MAX_BODY_BYTES, "1MB", "not a byte count"),
+            (ENV_SHUTDOWN_GRACE, "30 parsecs", "unknown unit \"parsecs\""),
+            (ENV_SHUTDOWN_GRACE, "soon", "expected a duration"),
+            (ENV_HANDLER_TIMEOUT, "5d", "unknown unit \"d\""),
+            (ENV_K_SINK, "broker.local", "not a URL"),
+            (ENV_K_SINK, "ftp://x/", "http:// or https://"),
+            (ENV_LOG_FORMAT, "xml", "expected `json` or `pretty`"),
+            (ENV_BIND_ADDR, "localhost", "not an IP address"),
+            (ENV_LOG, "info,[", "invalid"),
+        ];
+        for (key, value, reason) in cases {
+            let err = cfg(&[(key, value)]).unwrap_err();
+            assert_eq!(err.key, *key);
+            assert_eq!(err.value, *value);
+            assert!(
+                err.reason.contains(reason),
+                "{key}={value}: {:?} lacks {reason:?}",
+                err.reason
+            );
+            let shown = err.to_string();
+            assert!(shown.contains(key) && shown.contains(value), "{shown}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("30 s"), Ok(Duration::from_secs(30)));
+        assert!(parse_duration("").is_err());
+    }
+}

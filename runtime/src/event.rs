@@ -1,0 +1,143 @@
+//! What a handler receives: [`Event<T>`], typed `data` plus the CloudEvent [`Context`].
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// One CloudEvent as a handler sees it: the typed `data` and the event's context.
+#[derive(Clone, Debug)]
+pub struct Event<T> {
+    /// The event's `data`, already checked against its contract and decoded.
+    pub data: T,
+    /// Everything else about the event and its delivery.
+    pub ctx: Context,
+}
+
+/// The CloudEvent attributes and delivery facts of one event.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Context {
+    /// CloudEvent `id`.
+    pub id: String,
+    /// CloudEvent `source`.
+    pub source: String,
+    /// CloudEvent `type`.
+    pub ty: String,
+    /// CloudEvent `subject`.
+    pub subject: Option<String>,
+    /// CloudEvent `time`.
+    pub time: Option<DateTime<Utc>>,
+    /// CloudEvent `datacontenttype` as sent.
+    pub datacontenttype: Option<String>,
+    /// Extension attributes other than the tracing ones, as strings.
+    pub extensions: BTreeMap<String, String>,
+    /// W3C trace context this event's handling runs under (a child of the incoming one).
+    pub traceparent: String,
+    /// W3C `tracestate` that came with the event.
+    pub tracestate: Option<String>,
+    /// Which delivery of this event this is, starting at 1.
+    pub attempt: u32,
+    /// Where the event sits in Kafka, when the transport knows.
+    pub kafka: Option<KafkaCoordinates>,
+}
+
+impl Context {
+    /// The extension `name`, if the event carries it.
+    pub fn extension(&self, name: &str) -> Option<&str> {
+        self.extensions.get(name).map(String::as_str)
+    }
+
+    /// The 32-hex-digit trace id.
+    pub fn trace_id(&self) -> &str {
+        self.traceparent.get(3..35).unwrap_or_default()
+    }
+}
+
+/// A record's position in Kafka, from the metadata Dapr forwards (`__topic`, `__partition`,
+/// `__offset`, `__key`, `__timestamp`). Stable across redeliveries, unlike Dapr's envelope id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct KafkaCoordinates {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset within the partition.
+    pub offset: i64,
+    /// Record key, when the record has one.
+    pub key: Option<String>,
+    /// Record timestamp, milliseconds since the epoch.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl KafkaCoordinates {
+    /// Read the coordinates from delivery metadata; `None` unless topic, partition and offset
+    /// are all present and well-formed.
+    pub(crate) fn from_metadata<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Option<Self> {
+        Some(KafkaCoordinates {
+            topic: get("__topic")?.to_string(),
+            partition: get("__partition")?.trim().parse().ok()?,
+            offset: get("__offset")?.trim().parse().ok()?,
+            key: get("__key").map(str::to_string),
+            timestamp_ms: get("__timestamp").and_then(|t| t.trim().parse().ok()),
+        })
+    }
+}
+
+/// How an event's `data` becomes the handler's input type.
+///
+/// Every `serde::de::DeserializeOwned` type implements it by decoding `data` alone. A function
+/// that consumes several event types implements it for its own enum, choosing the variant by
+/// the CloudEvent type:
+///
+/// ```
+/// # use serde::Deserialize;
+/// # #[derive(Deserialize)] struct Warning { percent: u8 }
+/// # #[derive(Deserialize)] struct Exceeded { over_by: u64 }
+/// enum Budget { Warning(Warning), Exceeded(Exceeded) }
+///
+/// impl zerofn::EventData for Budget {
+///     fn from_event(ty: &str, data: serde_json::Value) -> Result<Self, serde_json::Error> {
+///         match ty {
+///             "finance.budget.warning" => serde_json::from_value(data).map(Budget::Warning),
+///             _ => serde_json::from_value(data).map(Budget::Exceeded),
+///         }
+///     }
+/// }
+/// ```
+pub trait EventData: Sized + Send + 'static {
+    /// Decode `data` of an event of type `ty`.
+    fn from_event(ty: &str, data: Value) -> Result<Self, serde_json::Error>;
+}
+
+impl<T: DeserializeOwned + Send + 'static> EventData for T {
+    fn from_event(_ty: &str, data: Value) -> Result<Self, serde_json::Error> {
+        serde_json::from_value(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn kafka_coordinates_need_topic_partition_offset() {
+        let m: HashMap<&str, &str> = [
+            ("__topic", "t"),
+            ("__partition", "3"),
+            ("__offset", "41"),
+            ("__key", "user-1"),
+        ]
+        .into();
+        let k = KafkaCoordinates::from_metadata(|n| m.get(n).copied()).unwrap();
+        assert_eq!(
+            (k.partition, k.offset, k.key.as_deref()),
+            (3, 41, Some("user-1"))
+        );
+        let partial: HashMap<&str, &str> = [("__topic", "t"), ("__offset", "x")].into();
+        assert!(KafkaCoordinates::from_metadata(|n| partial.get(n).copied()).is_none());
+    }
+}

@@ -1,0 +1,98 @@
+//! # zerofn: the runtime every zerofn function links
+//!
+//! A function is a plain `async fn` from a typed [`Event`] to the events it emits. The runtime
+//! brings the rest: CloudEvents intake over Dapr or plain HTTP (Knative), contract validation
+//! of `data`, retry and drop semantics each transport understands, publishing, health probes,
+//! structured logs and a graceful drain on SIGTERM.
+//!
+//! ```no_run
+//! use serde::{Deserialize, Serialize};
+//! use zerofn::prelude::*;
+//!
+//! #[derive(Deserialize)]
+//! struct BudgetExceeded { user_id: String, category: String, over_by_minor: i64 }
+//!
+//! #[derive(Serialize)]
+//! struct AlertSent { user_id: String, title: String }
+//!
+//! async fn handle(event: Event<BudgetExceeded>) -> Result<Vec<Emit>, HandlerError> {
+//!     let b = event.data;
+//!     if b.over_by_minor <= 0 {
+//!         // Never retried: dropped (and dead-lettered) with this reason.
+//!         return Err(HandlerError::permanent("exceeded budget with nothing over"));
+//!     }
+//!     let alert = AlertSent { user_id: b.user_id, title: format!("{} budget exceeded", b.category) };
+//!     Ok(vec![Emit::new("finance.alert.sent", &alert)?])
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), zerofn::Error> {
+//!     zerofn::run(handler_fn(handle), zerofn::manifest!()).await
+//! }
+//! ```
+//!
+//! `zerofn::manifest!()` embeds the function's `function.toml` (subscriptions, publishes,
+//! scaling, delivery policy) at build time. Everything else comes from the environment: see
+//! [`config`] for every `ENV_*` key.
+//!
+//! | transport | chosen when | events arrive on | emitted events go to |
+//! |---|---|---|---|
+//! | Dapr | `DAPR_HTTP_PORT` is set (or `ZEROFN_TRANSPORT=dapr`) | each subscription's route, listed by `GET /dapr/subscribe` | `POST /v1.0/publish/{pubsub}/{topic}` on the sidecar |
+//! | HTTP (Knative) | otherwise (or `ZEROFN_TRANSPORT=http`) | `POST /`, binary, structured or batch mode | `POST $K_SINK` |
+
+mod app;
+pub mod config;
+pub mod contract;
+mod emit;
+mod error;
+mod event;
+mod handler;
+mod intake;
+pub mod manifest;
+mod shutdown;
+mod telemetry;
+mod transport;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use emit::{Emit, IntoEmits};
+pub use error::{BoxError, Error, ErrorKind, HandlerError, ResultExt};
+pub use event::{Context, Event, EventData, KafkaCoordinates};
+pub use handler::{Handler, HandlerFn, handler_fn};
+pub use manifest::{Manifest, ManifestSource};
+
+/// What a handler module needs: `use zerofn::prelude::*;`.
+pub mod prelude {
+    pub use crate::{Emit, Event, HandlerError, ResultExt, handler_fn};
+    pub use tracing;
+}
+
+/// Run a function until SIGTERM: read the configuration from the environment, check the
+/// manifest against the contracts, serve, and drain in-flight deliveries on shutdown.
+///
+/// Configuration, manifest and contract errors are printed (key, value, reason) and the
+/// process exits with status 64 (`EX_USAGE`).
+pub async fn run<H: Handler>(handler: H, manifest: ManifestSource) -> Result<(), Error> {
+    let config = match config::Config::from_source(&config::Env) {
+        Ok(c) => c,
+        Err(e) => usage_exit(e.into()),
+    };
+    telemetry::init_logging(&config);
+    let addr = config.addr;
+    let app = match app::App::build(config, manifest, handler) {
+        Ok(app) => app,
+        Err(e) if e.is_usage() => usage_exit(e),
+        Err(e) => return Err(e),
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+    app.serve(listener, shutdown::signal()).await
+}
+
+fn usage_exit(e: Error) -> ! {
+    tracing::error!(error = %e, "cannot start");
+    eprintln!("zerofn: {e}");
+    std::process::exit(64)
+}

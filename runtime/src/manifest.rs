@@ -1,0 +1,644 @@
+//! `function.toml`: a function's triggers, the events it publishes, its scaling and its
+//! delivery policy. Embedded into the binary at build time by [`crate::manifest!`].
+
+use std::{collections::BTreeMap, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::parse_duration;
+
+/// Embed the calling crate's `function.toml` (next to its `Cargo.toml`) with its package
+/// name and version. Pass the result to [`crate::run`].
+#[macro_export]
+macro_rules! manifest {
+    () => {
+        $crate::ManifestSource::new(
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/function.toml")),
+            env!("CARGO_PKG_NAME"),
+            env!("CARGO_PKG_VERSION"),
+        )
+    };
+}
+
+/// The unparsed text of a `function.toml` plus the crate it belongs to.
+#[derive(Clone, Copy, Debug)]
+pub struct ManifestSource {
+    text: &'static str,
+    crate_name: &'static str,
+    crate_version: &'static str,
+}
+
+impl ManifestSource {
+    /// Wrap a manifest's text; normally called through [`crate::manifest!`].
+    pub const fn new(
+        text: &'static str,
+        crate_name: &'static str,
+        crate_version: &'static str,
+    ) -> Self {
+        Self {
+            text,
+            crate_name,
+            crate_version,
+        }
+    }
+
+    /// Parse and check the manifest.
+    pub fn parse(&self) -> Result<Manifest, ManifestError> {
+        Manifest::parse(self.text, self.crate_name, self.crate_version)
+    }
+}
+
+/// A `function.toml` that cannot be used: the key, its value and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid function.toml: {key} = {value}: {reason}")]
+pub struct ManifestError {
+    /// Dotted path of the offending key (`scaling.max`), or `(file)` for syntax errors.
+    pub key: String,
+    /// The value as written (empty when missing).
+    pub value: String,
+    /// Why it cannot be used.
+    pub reason: String,
+}
+
+impl ManifestError {
+    fn new(key: impl Into<String>, value: impl ToString, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    function: RawFunction,
+    #[serde(default)]
+    subscriptions: Vec<RawSubscription>,
+    #[serde(default)]
+    publishes: Vec<RawPublish>,
+    #[serde(default)]
+    scaling: RawScaling,
+    #[serde(default)]
+    delivery: RawDelivery,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFunction {
+    name: Option<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default = "default_pubsub")]
+    pubsub: String,
+}
+
+fn default_pubsub() -> String {
+    "kafka-pubsub".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubscription {
+    topic: String,
+    pubsub: Option<String>,
+    route: Option<String>,
+    types: Option<Vec<String>>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+    bulk: Option<RawBulk>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBulk {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default = "default_bulk_messages")]
+    max_messages: u32,
+    #[serde(default = "default_bulk_await_ms")]
+    max_await_ms: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_bulk_messages() -> u32 {
+    100
+}
+fn default_bulk_await_ms() -> u32 {
+    1000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPublish {
+    #[serde(rename = "type")]
+    ty: String,
+    topic: Option<String>,
+    pubsub: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScaling {
+    #[serde(default)]
+    min: u32,
+    #[serde(default = "default_max")]
+    max: u32,
+    #[serde(default = "default_lag_threshold")]
+    lag_threshold: u64,
+    #[serde(default)]
+    activation_lag_threshold: u64,
+    #[serde(default = "default_cooldown")]
+    cooldown: String,
+}
+
+impl Default for RawScaling {
+    fn default() -> Self {
+        Self {
+            min: 0,
+            max: default_max(),
+            lag_threshold: default_lag_threshold(),
+            activation_lag_threshold: 0,
+            cooldown: default_cooldown(),
+        }
+    }
+}
+
+fn default_max() -> u32 {
+    4
+}
+fn default_lag_threshold() -> u64 {
+    100
+}
+fn default_cooldown() -> String {
+    "120s".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    #[serde(default = "default_attempts")]
+    max_attempts: u32,
+    dead_letter_topic: Option<String>,
+    #[serde(default = "default_backoff_initial")]
+    backoff_initial: String,
+    #[serde(default = "default_backoff_max")]
+    backoff_max: String,
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_attempts(),
+            dead_letter_topic: None,
+            backoff_initial: default_backoff_initial(),
+            backoff_max: default_backoff_max(),
+        }
+    }
+}
+
+fn default_attempts() -> u32 {
+    5
+}
+fn default_backoff_initial() -> String {
+    "1s".into()
+}
+fn default_backoff_max() -> String {
+    "60s".into()
+}
+
+/// A parsed, checked `function.toml`.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Manifest {
+    /// The function's name: its Dapr app id, consumer group and Kubernetes name.
+    pub name: String,
+    /// The crate version, used in published events and dead-letter records.
+    pub version: String,
+    /// One line about what the function does.
+    pub description: String,
+    /// The topics the function consumes.
+    pub subscriptions: Vec<Subscription>,
+    /// The event types the function may emit and where they go.
+    pub publishes: Vec<Publish>,
+    /// Scaling bounds and the KEDA lag arithmetic's parameters.
+    pub scaling: Scaling,
+    /// Retry and dead-letter policy.
+    pub delivery: Delivery,
+}
+
+/// One consumed topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Subscription {
+    /// Dapr pub/sub component name.
+    pub pubsub: String,
+    /// Topic name.
+    pub topic: String,
+    /// HTTP path Dapr delivers to.
+    pub route: String,
+    /// CloudEvent types accepted on this topic.
+    pub types: Vec<String>,
+    /// Subscription metadata passed to Dapr (e.g. `rawPayload`).
+    pub metadata: BTreeMap<String, String>,
+    /// Bulk delivery, when enabled.
+    pub bulk: Option<Bulk>,
+}
+
+/// Dapr bulk-subscribe settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bulk {
+    /// Most events in one bulk delivery.
+    pub max_messages: u32,
+    /// Longest Dapr waits to fill a bulk delivery, in milliseconds.
+    pub max_await_ms: u32,
+}
+
+/// One emitted event type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Publish {
+    /// CloudEvent type.
+    pub ty: String,
+    /// Topic it is published to (default: the type).
+    pub topic: String,
+    /// Dapr pub/sub component name.
+    pub pubsub: String,
+}
+
+/// Scaling parameters (KEDA's kafka scaler semantics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Scaling {
+    /// Replicas when idle (0 = scale to zero).
+    pub min: u32,
+    /// Most replicas.
+    pub max: u32,
+    /// Target lag per replica.
+    pub lag_threshold: u64,
+    /// Activate from zero when total lag exceeds this.
+    pub activation_lag_threshold: u64,
+    /// Idle time before scaling to zero.
+    pub cooldown: Duration,
+}
+
+/// Retry and dead-letter policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Delivery {
+    /// Attempts before a retryable failure is dead-lettered.
+    pub max_attempts: u32,
+    /// Topic that receives dead-letter records.
+    pub dead_letter_topic: String,
+    /// First retry delay.
+    pub backoff_initial: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+}
+
+/// Routes the runtime serves itself; a subscription may not claim them.
+const RESERVED_ROUTES: &[&str] = &["/", "/healthz", "/readyz", "/dapr/subscribe"];
+
+impl Manifest {
+    /// Parse `text` as the manifest of crate `crate_name` at `crate_version`.
+    pub fn parse(text: &str, crate_name: &str, crate_version: &str) -> Result<Self, ManifestError> {
+        let raw: RawManifest = toml::from_str(text).map_err(|e| {
+            let key = e
+                .span()
+                .map(|s| format!("(file, bytes {}..{})", s.start, s.end))
+                .unwrap_or_else(|| "(file)".into());
+            ManifestError::new(key, "", e.message().to_string())
+        })?;
+        let name = raw.function.name.unwrap_or_else(|| crate_name.to_string());
+        if !is_dns_label(&name) {
+            return Err(ManifestError::new(
+                "function.name",
+                &name,
+                "must be a DNS label: lower-case letters, digits and '-', starting with a letter, at most 63 characters",
+            ));
+        }
+        let pubsub = raw.function.pubsub;
+        let mut subscriptions = Vec::new();
+        for (i, s) in raw.subscriptions.into_iter().enumerate() {
+            let key = |k: &str| format!("subscriptions[{i}].{k}");
+            if s.topic.trim().is_empty() {
+                return Err(ManifestError::new(key("topic"), "", "must not be empty"));
+            }
+            let route = s.route.unwrap_or_else(|| format!("/events/{}", s.topic));
+            if !route.starts_with('/') || route.contains(char::is_whitespace) {
+                return Err(ManifestError::new(
+                    key("route"),
+                    &route,
+                    "must start with '/' and contain no spaces",
+                ));
+            }
+            if RESERVED_ROUTES.contains(&route.as_str()) {
+                return Err(ManifestError::new(
+                    key("route"),
+                    &route,
+                    "is served by the runtime itself",
+                ));
+            }
+            let types = s.types.unwrap_or_else(|| vec![s.topic.clone()]);
+            if types.is_empty() {
+                return Err(ManifestError::new(
+                    key("types"),
+                    "[]",
+                    "must list at least one event type",
+                ));
+            }
+            let bulk = match s.bulk {
+                Some(b) if b.enabled => {
+                    if b.max_messages == 0 {
+                        return Err(ManifestError::new(
+                            key("bulk.max_messages"),
+                            0,
+                            "must be at least 1",
+                        ));
+                    }
+                    Some(Bulk {
+                        max_messages: b.max_messages,
+                        max_await_ms: b.max_await_ms,
+                    })
+                }
+                _ => None,
+            };
+            subscriptions.push(Subscription {
+                pubsub: s.pubsub.unwrap_or_else(|| pubsub.clone()),
+                topic: s.topic,
+                route,
+                types,
+                metadata: s.metadata,
+                bulk,
+            });
+        }
+        for (i, a) in subscriptions.iter().enumerate() {
+            if subscriptions[..i].iter().any(|b| b.route == a.route) {
+                return Err(ManifestError::new(
+                    format!("subscriptions[{i}].route"),
+                    &a.route,
+                    "is used by an earlier subscription",
+                ));
+            }
+        }
+        let mut publishes: Vec<Publish> = Vec::new();
+        for (i, p) in raw.publishes.into_iter().enumerate() {
+            if publishes.iter().any(|q| q.ty == p.ty) {
+                return Err(ManifestError::new(
+                    format!("publishes[{i}].type"),
+                    &p.ty,
+                    "is declared twice",
+                ));
+            }
+            publishes.push(Publish {
+                topic: p.topic.unwrap_or_else(|| p.ty.clone()),
+                pubsub: p.pubsub.unwrap_or_else(|| pubsub.clone()),
+                ty: p.ty,
+            });
+        }
+        let s = raw.scaling;
+        if s.max == 0 {
+            return Err(ManifestError::new(
+                "scaling.max",
+                s.max,
+                "must be at least 1",
+            ));
+        }
+        if s.min > s.max {
+            return Err(ManifestError::new(
+                "scaling.min",
+                s.min,
+                format!("must not exceed scaling.max ({})", s.max),
+            ));
+        }
+        if s.lag_threshold == 0 {
+            return Err(ManifestError::new(
+                "scaling.lag_threshold",
+                0,
+                "must be greater than 0",
+            ));
+        }
+        let scaling = Scaling {
+            min: s.min,
+            max: s.max,
+            lag_threshold: s.lag_threshold,
+            activation_lag_threshold: s.activation_lag_threshold,
+            cooldown: manifest_duration("scaling.cooldown", &s.cooldown)?,
+        };
+        let d = raw.delivery;
+        if d.max_attempts == 0 {
+            return Err(ManifestError::new(
+                "delivery.max_attempts",
+                0,
+                "must be at least 1",
+            ));
+        }
+        let delivery = Delivery {
+            max_attempts: d.max_attempts,
+            dead_letter_topic: d
+                .dead_letter_topic
+                .unwrap_or_else(|| format!("deadletter.{name}")),
+            backoff_initial: manifest_duration("delivery.backoff_initial", &d.backoff_initial)?,
+            backoff_max: manifest_duration("delivery.backoff_max", &d.backoff_max)?,
+        };
+        Ok(Manifest {
+            name,
+            version: crate_version.to_string(),
+            description: raw.function.description,
+            subscriptions,
+            publishes,
+            scaling,
+            delivery,
+        })
+    }
+
+    /// Every event type the function accepts, over all subscriptions.
+    pub fn consumed_types(&self) -> impl Iterator<Item = &str> {
+        self.subscriptions
+            .iter()
+            .flat_map(|s| s.types.iter().map(String::as_str))
+    }
+
+    /// Where events of type `ty` are published, if the function declares it.
+    pub fn publish_for(&self, ty: &str) -> Option<&Publish> {
+        self.publishes.iter().find(|p| p.ty == ty)
+    }
+
+    /// The body of `GET /dapr/subscribe`: Dapr's programmatic subscription list.
+    pub fn dapr_subscriptions(&self) -> Vec<DaprSubscription> {
+        self.subscriptions
+            .iter()
+            .map(|s| DaprSubscription {
+                pubsubname: s.pubsub.clone(),
+                topic: s.topic.clone(),
+                routes: DaprRoutes {
+                    default: s.route.clone(),
+                },
+                dead_letter_topic: self.delivery.dead_letter_topic.clone(),
+                metadata: s.metadata.clone(),
+                bulk_subscribe: s.bulk.map(|b| DaprBulkSubscribe {
+                    enabled: true,
+                    max_messages_count: b.max_messages,
+                    max_await_duration_ms: b.max_await_ms,
+                }),
+            })
+            .collect()
+    }
+}
+
+/// One entry of Dapr's `GET /dapr/subscribe` answer (keys are case-sensitive).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DaprSubscription {
+    /// Pub/sub component.
+    pub pubsubname: String,
+    /// Topic.
+    pub topic: String,
+    /// Where events are delivered.
+    pub routes: DaprRoutes,
+    /// Where Dapr sends what it drops.
+    pub dead_letter_topic: String,
+    /// Subscription metadata.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// Bulk delivery settings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bulk_subscribe: Option<DaprBulkSubscribe>,
+}
+
+/// Dapr's `routes` object: every event of the topic goes to `default`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct DaprRoutes {
+    /// Path of the route.
+    pub default: String,
+}
+
+/// Dapr's `bulkSubscribe` object.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DaprBulkSubscribe {
+    /// Always true when present.
+    pub enabled: bool,
+    /// Most events per delivery.
+    pub max_messages_count: u32,
+    /// Longest wait to fill a delivery.
+    pub max_await_duration_ms: u32,
+}
+
+fn manifest_duration(key: &str, v: &str) -> Result<Duration, ManifestError> {
+    parse_duration(v).map_err(|reason| ManifestError::new(key, v, reason))
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && !s.ends_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+        [function]
+        name = "notify"
+        description = "d"
+        [[subscriptions]]
+        topic = "finance.budget.exceeded"
+        [[subscriptions]]
+        topic = "todo.reminder.due"
+        route = "/reminders"
+        bulk = { max_messages = 10 }
+        [[publishes]]
+        type = "finance.alert.sent"
+        [scaling]
+        max = 3
+        lag_threshold = 50
+        cooldown = "2m"
+        [delivery]
+        max_attempts = 4
+    "#;
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let m = Manifest::parse(FULL, "notify", "1.2.3").unwrap();
+        assert_eq!(m.version, "1.2.3");
+        assert_eq!(m.subscriptions[0].route, "/events/finance.budget.exceeded");
+        assert_eq!(m.subscriptions[0].types, vec!["finance.budget.exceeded"]);
+        assert_eq!(m.subscriptions[0].pubsub, "kafka-pubsub");
+        assert_eq!(m.subscriptions[1].bulk.map(|b| b.max_messages), Some(10));
+        assert_eq!(m.publishes[0].topic, "finance.alert.sent");
+        assert_eq!(m.scaling.cooldown, Duration::from_secs(120));
+        assert_eq!(m.delivery.dead_letter_topic, "deadletter.notify");
+        assert_eq!(m.delivery.max_attempts, 4);
+    }
+
+    #[test]
+    fn reference_manifest_parses() {
+        let m = crate::manifest!().parse().unwrap();
+        assert_eq!(m.name, "demo");
+        assert_eq!(m.delivery.dead_letter_topic, "deadletter.demo");
+        assert_eq!(m.publishes[0].ty, "finance.alert.sent");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "[function]\nname = \"Bad_Name\"",
+                "function.name",
+                "DNS label",
+            ),
+            (
+                "[function]\n[scaling]\nmax = 0",
+                "scaling.max",
+                "at least 1",
+            ),
+            (
+                "[function]\n[scaling]\nmin = 5\nmax = 2",
+                "scaling.min",
+                "must not exceed",
+            ),
+            (
+                "[function]\n[scaling]\ncooldown = \"soon\"",
+                "scaling.cooldown",
+                "duration",
+            ),
+            (
+                "[function]\n[[subscriptions]]\ntopic = \"t\"\nroute = \"/healthz\"",
+                "subscriptions[0].route",
+                "runtime itself",
+            ),
+            (
+                "[function]\n[[subscriptions]]\ntopic = \"a\"\nroute = \"/x\"\n[[subscriptions]]\ntopic = \"b\"\nroute = \"/x\"",
+                "subscriptions[1].route",
+                "earlier",
+            ),
+            (
+                "[function]\n[delivery]\nmax_attempts = 0",
+                "delivery.max_attempts",
+                "at least 1",
+            ),
+            (
+                "[function]\ncolour = \"blue\"",
+                "(file",
+                "unknown field `colour`",
+            ),
+        ];
+        for (text, key, reason) in cases {
+            let err = Manifest::parse(text, "f", "0.1.0").unwrap_err();
+            assert!(err.key.starts_with(key), "{text}: key {:?}", err.key);
+            assert!(
+                err.reason.contains(reason),
+                "{text}: reason {:?}",
+                err.reason
+            );
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! The Dapr app contract: `GET /dapr/subscribe`, deliveries on each subscription's route
+//! (single and bulk), replies as Dapr reads them, and publishing through the sidecar.
+//!
+//! Dapr retries every non-2xx answer except 404, so everything that can never succeed is
+//! answered `200 {"status":"DROP"}` — never a 4xx — or it would loop forever.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{Arc, atomic::Ordering},
+};
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderMap, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use subtle::ConstantTimeEq;
+
+use super::{AppState, Publisher, delivery_meta, error_response, post as send, read_body};
+use crate::{
+    event::KafkaCoordinates,
+    intake::{
+        DeliveryMeta, Failure, FailureKind, Outcome, Outgoing,
+        decode::{self, is_json_media},
+    },
+    manifest::{Publish, Subscription},
+};
+
+/// The header Dapr uses for API tokens, in both directions.
+const TOKEN_HEADER: &str = "dapr-api-token";
+
+pub(super) fn routes(state: &AppState) -> Router<AppState> {
+    let mut router = Router::new().route("/dapr/subscribe", get(subscribe));
+    for sub in &state.intake.manifest().subscriptions {
+        let route = sub.route.clone();
+        let sub = Arc::new(sub.clone());
+        router = router.route(
+            &route,
+            post(
+                move |State(state): State<AppState>, headers: HeaderMap, body: Body| {
+                    deliver(state, sub, headers, body)
+                },
+            ),
+        );
+    }
+    router.route_layer(middleware::from_fn_with_state(state.clone(), check_token))
+}
+
+/// Reject callers that do not present `APP_API_TOKEN` (compared in constant time).
+async fn check_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(expected) = &state.config.app_api_token {
+        let presented = request
+            .headers()
+            .get(TOKEN_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if !bool::from(presented.ct_eq(expected.as_bytes())) {
+            tracing::warn!(path = %request.uri().path(), "rejected a call without a valid dapr-api-token");
+            return error_response(
+                StatusCode::UNAUTHORIZED,
+                FailureKind::Unauthorized.code(),
+                "missing or invalid dapr-api-token header (APP_API_TOKEN is set)",
+            );
+        }
+    }
+    next.run(request).await
+}
+
+async fn subscribe(State(state): State<AppState>) -> Response {
+    let subs = state.intake.manifest().dapr_subscriptions();
+    state.subscribed.store(true, Ordering::SeqCst);
+    tracing::info!(subscriptions = subs.len(), "Dapr read the subscriptions");
+    Json(subs).into_response()
+}
+
+async fn deliver(
+    state: AppState,
+    sub: Arc<Subscription>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(_in_flight) = state.drain.enter() else {
+        return draining();
+    };
+    let limit = state.config.max_body_bytes;
+    let bulk_limit = sub
+        .bulk
+        .map_or(limit, |b| limit.saturating_mul(b.max_messages as usize));
+    let bytes = match read_body(&headers, body, bulk_limit).await {
+        Ok(b) => b,
+        Err(f) => {
+            return reply(
+                &state
+                    .intake
+                    .process(Err(f), &sub.types, DeliveryMeta::default())
+                    .await,
+            );
+        }
+    };
+    let ct = decode::content_type(&headers)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if sub.bulk.is_some() && ct.starts_with("application/json") {
+        return deliver_bulk(&state, &sub, &headers, &bytes).await;
+    }
+    let input = if bytes.len() > limit {
+        Err(Failure::new(
+            FailureKind::TooLarge,
+            format!("request body exceeds the limit of {limit} bytes (ZEROFN_MAX_BODY_BYTES)"),
+        ))
+    } else if ct.starts_with("application/cloudevents+json") || is_json_media(&ct) {
+        decode::structured(&bytes)
+    } else {
+        Err(Failure::new(
+            FailureKind::UnsupportedMediaType,
+            format!(
+                "Content-Type {} is not application/cloudevents+json, which Dapr uses for deliveries",
+                if ct.is_empty() { "(none)" } else { &ct }
+            ),
+        ))
+    };
+    let outcome = state
+        .intake
+        .process(input, &sub.types, delivery_meta(&headers))
+        .await;
+    reply(&outcome)
+}
+
+/// Dapr's single-delivery reply: always 200, the status in the body.
+fn reply(outcome: &Outcome) -> Response {
+    let body = match outcome {
+        Outcome::Success => json!({"status": "SUCCESS"}),
+        Outcome::Retry(f) => {
+            json!({"status": "RETRY", "error": f.kind.code(), "message": f.message})
+        }
+        Outcome::Drop(f) => json!({"status": "DROP", "error": f.kind.code(), "message": f.message}),
+    };
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+/// While draining: a non-2xx, which Dapr retries (after the restart or on another replica).
+fn draining() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [("retry-after", "1")],
+        Json(json!({
+            "status": "RETRY",
+            "error": FailureKind::Draining.code(),
+            "message": "the function is shutting down and takes no new deliveries",
+        })),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct BulkRequest {
+    entries: Vec<BulkEntry>,
+    #[serde(default)]
+    metadata: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BulkEntry {
+    entry_id: String,
+    event: Value,
+    #[serde(default)]
+    metadata: Map<String, Value>,
+    #[serde(default)]
+    content_type: Option<String>,
+}
+
+async fn deliver_bulk(
+    state: &AppState,
+    sub: &Subscription,
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> Response {
+    let request: BulkRequest = match serde_json::from_slice(bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            let f = Failure::new(
+                FailureKind::Malformed,
+                format!("bulk delivery body is not a Dapr bulk envelope: {e}"),
+            );
+            let _ = state
+                .intake
+                .process(Err(f.clone()), &sub.types, DeliveryMeta::default())
+                .await;
+            // No entry ids to answer per entry: 404 is Dapr's "drop them all" for bulk.
+            return error_response(StatusCode::NOT_FOUND, f.kind.code(), &f.message);
+        }
+    };
+    let limit = state.config.max_body_bytes;
+    let mut statuses = Vec::with_capacity(request.entries.len());
+    for entry in request.entries {
+        let meta_get = |name: &str| {
+            entry
+                .metadata
+                .get(name)
+                .or_else(|| request.metadata.get(name))
+                .and_then(Value::as_str)
+        };
+        let meta = DeliveryMeta {
+            hop_traceparent: headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            kafka: KafkaCoordinates::from_metadata(meta_get),
+        };
+        let input = bulk_entry_event(entry.event, entry.content_type.as_deref(), limit);
+        let outcome = state.intake.process(input, &sub.types, meta).await;
+        let mut status = json!({"entryId": entry.entry_id, "status": match &outcome {
+            Outcome::Success => "SUCCESS",
+            Outcome::Retry(_) => "RETRY",
+            Outcome::Drop(_) => "DROP",
+        }});
+        if let Outcome::Retry(f) | Outcome::Drop(f) = &outcome {
+            status["error"] = json!(f.kind.code());
+            status["message"] = json!(f.message);
+        }
+        statuses.push(status);
+    }
+    (StatusCode::OK, Json(json!({"statuses": statuses}))).into_response()
+}
+
+/// A bulk entry's event: a CloudEvent object, or (with `rawPayload`) base64 of the record.
+fn bulk_entry_event(
+    event: Value,
+    content_type: Option<&str>,
+    limit: usize,
+) -> Result<decode::Decoded, Failure> {
+    let size = match &event {
+        Value::String(s) => s.len() * 3 / 4,
+        other => other.to_string().len(),
+    };
+    if size > limit {
+        return Err(Failure::new(
+            FailureKind::TooLarge,
+            format!("bulk entry exceeds the limit of {limit} bytes (ZEROFN_MAX_BODY_BYTES)"),
+        ));
+    }
+    match event {
+        Value::String(b64) => {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| {
+                    Failure::new(
+                        FailureKind::Malformed,
+                        format!("bulk entry event is not base64: {e}"),
+                    )
+                })?;
+            let ct = content_type.unwrap_or("application/octet-stream");
+            if !(ct.starts_with("application/cloudevents")
+                || is_json_media(ct)
+                || ct == "application/octet-stream")
+            {
+                return Err(Failure::new(
+                    FailureKind::UnsupportedMediaType,
+                    format!("bulk entry content type {ct} does not hold a CloudEvent"),
+                ));
+            }
+            decode::structured(&raw)
+        }
+        other => decode::structured_value(other),
+    }
+}
+
+/// Publishes through the sidecar: `POST /v1.0/publish/{pubsub}/{topic}` with the event as a
+/// structured CloudEvent (Dapr passes it through, keeping our id, source and type).
+pub(crate) struct DaprPublisher {
+    client: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl DaprPublisher {
+    pub(crate) fn new(client: reqwest::Client, base: String, token: Option<String>) -> Self {
+        Self {
+            client,
+            base,
+            token,
+        }
+    }
+}
+
+impl Publisher for DaprPublisher {
+    fn publish<'a>(
+        &'a self,
+        target: &'a Publish,
+        event: &'a Outgoing,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            let mut url = reqwest::Url::parse(&self.base).map_err(|e| e.to_string())?;
+            url.path_segments_mut()
+                .map_err(|()| "the Dapr URL cannot have a path".to_string())?
+                .extend(["v1.0", "publish", &target.pubsub, &target.topic]);
+            if let Some(key) = &event.partition_key {
+                url.query_pairs_mut()
+                    .append_pair("metadata.partitionKey", key);
+            }
+            let mut request = self
+                .client
+                .post(url)
+                .header("content-type", "application/cloudevents+json")
+                .header("traceparent", &event.traceparent)
+                .body(event.body.clone());
+            if let Some(token) = &self.token {
+                request = request.header(TOKEN_HEADER, token);
+            }
+            send(
+                request,
+                &format!("Dapr publish to {}/{}", target.pubsub, target.topic),
+            )
+            .await
+        })
+    }
+}
