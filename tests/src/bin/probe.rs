@@ -1,0 +1,11 @@
+//! The probe function as a real binary, for tests that need a process (signals, exit codes,
+//! stdout logs).
+
+#[tokio::main]
+async fn main() -> Result<(), zerofn::Error> {
+    zerofn::run(
+        zerofn_tests::probe(zerofn_tests::Calls::default()),
+        zerofn::manifest!(),
+    )
+    .await
+}

@@ -1,0 +1,317 @@
+//! zerofn's workspace test harness: the probe function (whose behaviour a test picks through
+//! the task title), event fixtures, and [`FnProcess`], which runs a real function binary on
+//! 127.0.0.1 and reads its JSON logs.
+//!
+//! Test rules: everything listens on 127.0.0.1 only; every wait is bounded; a test that starts
+//! a process owns it and the process is killed when the handle drops.
+
+use std::{
+    net::SocketAddr,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    process::{Child, Command},
+};
+use zerofn::{Context, Emit, Event, HandlerError, prelude::tracing};
+
+/// The probe's input: a `todo.task.created` (or `todo.task.deleted`) payload.
+#[derive(Debug, Deserialize)]
+pub struct Task {
+    /// Task id.
+    pub task_id: String,
+    /// Owner.
+    pub user_id: String,
+    /// What the probe should do (see [`probe`]).
+    #[serde(default)]
+    pub title: String,
+}
+
+/// Every context the probe was called with (in-process tests).
+#[derive(Clone, Debug, Default)]
+pub struct Calls(Arc<Mutex<Vec<Context>>>);
+
+impl Calls {
+    /// All calls so far.
+    pub fn all(&self) -> Vec<Context> {
+        self.0.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// How many calls so far.
+    pub fn count(&self) -> usize {
+        self.0.lock().map(|c| c.len()).unwrap_or_default()
+    }
+}
+
+/// The probe handler. By task title: `retry`, `permanent`, `panic`, `emit` (a valid
+/// `todo.notification.sent`), `emit-invalid`, `emit-undeclared`, `slow:<ms>` (logs
+/// "probe handler started", then sleeps); anything else succeeds with nothing to emit.
+pub fn probe(calls: Calls) -> impl zerofn::Handler {
+    zerofn::handler_fn(move |event: Event<Task>| {
+        let calls = calls.clone();
+        async move {
+            if let Ok(mut c) = calls.0.lock() {
+                c.push(event.ctx.clone());
+            }
+            tracing::info!(event_id = %event.ctx.id, "probe handler invoked");
+            let task = event.data;
+            if let Some(ms) = task.title.strip_prefix("slow:") {
+                let ms: u64 = ms.parse().map_err(HandlerError::permanent)?;
+                tracing::info!(event_id = %event.ctx.id, "probe handler started");
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                return Ok(vec![]);
+            }
+            match task.title.as_str() {
+                "retry" => Err(HandlerError::retryable("database unavailable")),
+                "permanent" => Err(HandlerError::permanent("task belongs to a deleted user")),
+                "panic" => panic!("probe was told to panic"),
+                "emit" => Ok(vec![
+                    Emit::new("todo.notification.sent", &notification(&task.user_id))?
+                        .partition_key(&task.user_id),
+                ]),
+                "emit-invalid" => Ok(vec![Emit::new(
+                    "todo.notification.sent",
+                    &json!({"user_id": task.user_id}),
+                )?]),
+                "emit-undeclared" => Ok(vec![Emit::new("todo.task.deleted", &json!({}))?]),
+                _ => Ok(vec![]),
+            }
+        }
+    })
+}
+
+/// The manifest of the probe (`tests/function.toml`).
+pub const MANIFEST: zerofn::ManifestSource = zerofn::manifest!();
+
+/// A valid `todo.notification.sent` payload for `user_id`.
+pub fn notification(user_id: &str) -> Value {
+    json!({
+        "notification_id": "0193a7c2-a000-7000-8000-000000000001",
+        "user_id": user_id, "channel": "in_app", "title": "t", "body": "b",
+        "cause": {"event_id": "e", "event_type": "todo.task.created"},
+        "sent_at": "2026-11-23T07:30:01Z"
+    })
+}
+
+/// A valid `todo.task.created` payload whose title steers the probe.
+pub fn task(title: &str) -> Value {
+    json!({
+        "task_id": "0193a7c2-8000-7000-8000-000000000001", "user_id": "u-7",
+        "title": title, "priority": "high", "created_at": "2026-11-22T10:00:00Z"
+    })
+}
+
+/// A structured CloudEvent as Dapr's sidecar delivers it (envelope extras included).
+pub fn dapr_envelope(id: &str, ty: &str, data: Value) -> Value {
+    json!({
+        "specversion": "1.0", "id": id, "source": "tasks", "type": ty,
+        "datacontenttype": "application/json", "data": data,
+        "topic": ty, "pubsubname": "kafka-pubsub",
+        "traceid": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "tracestate": "", "time": "2026-11-23T10:00:00Z"
+    })
+}
+
+/// A plain structured CloudEvent of type `todo.task.created`.
+pub fn structured(id: &str, data: Value) -> Value {
+    json!({"specversion": "1.0", "id": id, "source": "/tasks", "type": "todo.task.created",
+           "subject": "task/1", "datacontenttype": "application/json", "data": data})
+}
+
+/// The `traceparent` header a sidecar sends for its delivery span.
+pub const HOP_TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01";
+
+/// An HTTP client with a bounded timeout.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap_or_default()
+}
+
+/// A function binary running as a child process on 127.0.0.1.
+#[derive(Debug)]
+pub struct FnProcess {
+    child: Child,
+    addr: SocketAddr,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl FnProcess {
+    /// Start `binary` with `env` (plus `PORT` and `ZEROFN_BIND_ADDR=127.0.0.1`) and wait until
+    /// `/healthz` answers.
+    pub async fn start(binary: &str, env: &[(&str, &str)]) -> FnProcess {
+        let mut process = Self::spawn(binary, env).await;
+        for _ in 0..200 {
+            if let Ok(r) = client()
+                .get(format!("{}/healthz", process.url()))
+                .send()
+                .await
+            {
+                if r.status().is_success() {
+                    return process;
+                }
+            }
+            if let Ok(Some(status)) = process.child.try_wait() {
+                panic!(
+                    "{binary} exited with {status} during start-up; stderr: {:?}",
+                    process.stderr_lines()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "{binary} did not become healthy within 10 s; stdout: {:?}",
+            process.log_lines()
+        );
+    }
+
+    /// Start `binary` without waiting for it to become healthy (for start-up failures).
+    pub async fn spawn(binary: &str, env: &[(&str, &str)]) -> FnProcess {
+        let port = free_port().await;
+        let mut cmd = Command::new(binary);
+        cmd.env_clear()
+            .env("PORT", port.to_string())
+            .env("ZEROFN_BIND_ADDR", "127.0.0.1")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+        let stdout = collect_lines(child.stdout.take());
+        let stderr = collect_lines(child.stderr.take());
+        FnProcess {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            stdout,
+            stderr,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every stdout line parsed as JSON (non-JSON lines are returned as strings).
+    pub fn log_lines(&self) -> Vec<Value> {
+        self.stdout
+            .lock()
+            .map(|l| {
+                l.iter()
+                    .map(|s| serde_json::from_str(s).unwrap_or_else(|_| json!(s)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Raw stdout lines.
+    pub fn raw_stdout(&self) -> Vec<String> {
+        self.stdout.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Every stderr line.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Wait (at most `timeout`) for a log line whose `message` equals `message`.
+    pub async fn wait_for_log(&self, message: &str, timeout: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(line) = self
+                .log_lines()
+                .into_iter()
+                .find(|l| l["message"] == message)
+            {
+                return line;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "no log line {message:?} within {timeout:?}; got {:?}",
+                    self.raw_stdout()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Send SIGTERM (through `kill`, to keep `unsafe` out of the workspace).
+    pub fn sigterm(&self) {
+        let pid = self.child.id().expect("process still running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM {pid} failed");
+    }
+
+    /// Wait (at most `timeout`) for the process to exit; its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(Ok(status)) => status.code(),
+            _ => panic!("process did not exit within {timeout:?}"),
+        }
+    }
+}
+
+fn collect_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+    pipe: Option<R>,
+) -> Arc<Mutex<Vec<String>>> {
+    let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+    if let Some(pipe) = pipe {
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(pipe).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if let Ok(mut l) = sink.lock() {
+                    l.push(line);
+                }
+            }
+        });
+    }
+    lines
+}
+
+async fn free_port() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Send raw bytes as one HTTP/1.1 request, half-close, and return (status, body). For
+/// requests a well-behaved client cannot make: truncated bodies, lying Content-Length.
+pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    stream.shutdown().await.expect("half-close");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
