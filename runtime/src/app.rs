@@ -2,7 +2,7 @@
 //! and serving it until shutdown.
 
 use std::{
-    future::Future,
+    future::{Future, IntoFuture},
     sync::{Arc, atomic::AtomicBool},
 };
 
@@ -109,19 +109,39 @@ impl App {
             let result = drain.drain(grace).await;
             let _ = done_tx.send(result);
         };
-        axum::serve(listener, self.router())
+        let server = axum::serve(listener, self.router())
             .with_graceful_shutdown(graceful)
-            .await
-            .map_err(Error::Serve)?;
-        match done_rx.await {
-            Ok(Err(in_flight)) => Err(Error::DrainTimeout { grace, in_flight }),
-            _ => {
+            .into_future();
+        tokio::pin!(server);
+        let mut done_rx = done_rx;
+        let drained = tokio::select! {
+            served = &mut server => {
+                served.map_err(Error::Serve)?;
+                done_rx.await.unwrap_or(Ok(()))
+            }
+            drained = &mut done_rx => {
+                let drained = drained.unwrap_or(Ok(()));
+                if drained.is_ok() {
+                    // Nothing is in flight: give idle connections a moment to close.
+                    let _ = tokio::time::timeout(CLOSE_CONNECTIONS, &mut server).await;
+                }
+                // On a drain timeout the stuck deliveries' connections are not waited for:
+                // they were never acknowledged, so the broker delivers them again.
+                drained
+            }
+        };
+        match drained {
+            Err(in_flight) => Err(Error::DrainTimeout { grace, in_flight }),
+            Ok(()) => {
                 tracing::info!("drained; exiting");
                 Ok(())
             }
         }
     }
 }
+
+/// How long a drained server waits for idle keep-alive connections to close.
+const CLOSE_CONNECTIONS: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn check_contracts(manifest: &Manifest, contracts: &Contracts) -> Result<(), Error> {
     let consumed = manifest.consumed_types().map(|t| (t, "consumes"));

@@ -12,7 +12,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///
 /// [`crate::run`] exits the process with status 64 (`EX_USAGE`) for the variants where
 /// [`Error::is_usage`] is true, after printing the key, the value and the reason.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// An environment variable has a value the runtime cannot use.
@@ -30,7 +30,7 @@ pub enum Error {
         reason: String,
     },
     /// The HTTP listener could not be opened.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address from `ZEROFN_BIND_ADDR` and `PORT`.
         addr: SocketAddr,
@@ -39,10 +39,10 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The HTTP server stopped with an I/O error.
-    #[error("HTTP server failed: {0}")]
+    #[error("HTTP server failed")]
     Serve(#[source] std::io::Error),
     /// The outbound HTTP client could not be built.
-    #[error("cannot build the outbound HTTP client: {0}")]
+    #[error("cannot build the outbound HTTP client")]
     Client(#[source] reqwest::Error),
     /// Deliveries were still running when the shutdown grace period ended; they were not
     /// acknowledged, so the broker delivers them again.
@@ -56,6 +56,19 @@ pub enum Error {
         /// Deliveries still running.
         in_flight: usize,
     },
+}
+
+/// `main` returning `Err` prints `Debug`: show the readable message and its causes.
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")?;
+        let mut next = std::error::Error::source(self);
+        while let Some(cause) = next {
+            write!(f, "\n  caused by: {cause}")?;
+            next = cause.source();
+        }
+        Ok(())
+    }
 }
 
 impl Error {

@@ -40,6 +40,8 @@
 //! | Dapr | `DAPR_HTTP_PORT` is set (or `ZEROFN_TRANSPORT=dapr`) | each subscription's route, listed by `GET /dapr/subscribe` | `POST /v1.0/publish/{pubsub}/{topic}` on the sidecar |
 //! | HTTP (Knative) | otherwise (or `ZEROFN_TRANSPORT=http`) | `POST /`, binary, structured or batch mode | `POST $K_SINK` |
 
+#![deny(missing_docs)]
+
 mod app;
 pub mod config;
 pub mod contract;

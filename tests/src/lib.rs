@@ -5,6 +5,8 @@
 //! Test rules: everything listens on 127.0.0.1 only; every wait is bounded; a test that starts
 //! a process owns it and the process is killed when the handle drops.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::{
     net::SocketAddr,
     process::Stdio,
@@ -154,10 +156,9 @@ impl FnProcess {
                 .get(format!("{}/healthz", process.url()))
                 .send()
                 .await
+                && r.status().is_success()
             {
-                if r.status().is_success() {
-                    return process;
-                }
+                return process;
             }
             if let Ok(Some(status)) = process.child.try_wait() {
                 panic!(

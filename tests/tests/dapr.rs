@@ -1,6 +1,8 @@
 //! The Dapr app contract, over a real socket: replayed sidecar deliveries, exact replies,
 //! bulk, publish through a recording sidecar, tokens and readiness.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use base64::Engine as _;
 use serde_json::{Value, json};
 use zerofn::testing::{Recorder, TestServer};

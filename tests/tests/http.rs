@@ -1,6 +1,8 @@
 //! Plain CloudEvents over HTTP (Knative): binary, structured and batch mode on `POST /`, and
 //! publishing to `K_SINK`.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use serde_json::{Value, json};
 use zerofn::testing::{Recorder, TestServer};
 use zerofn_tests::{Calls, MANIFEST, client, probe, structured, task};

@@ -206,12 +206,12 @@ fn from_parts(attrs: Map<String, Value>, payload: Payload) -> Result<Decoded, Fa
             }
         }
     }
-    if let Some(Value::String(t)) = attrs.get("time") {
-        if let Err(e) = chrono::DateTime::parse_from_rfc3339(t) {
-            return Err(malformed(format!(
-                "attribute `time` is not an RFC 3339 timestamp ({t:?}: {e})"
-            )));
-        }
+    if let Some(Value::String(t)) = attrs.get("time")
+        && let Err(e) = chrono::DateTime::parse_from_rfc3339(t)
+    {
+        return Err(malformed(format!(
+            "attribute `time` is not an RFC 3339 timestamp ({t:?}: {e})"
+        )));
     }
     for (name, value) in &attrs {
         if !(value.is_string() || value.is_boolean() || value.is_i64()) {

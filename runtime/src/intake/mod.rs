@@ -216,7 +216,7 @@ impl Intake {
     }
 
     async fn run(&self, ctx: Context, data: Value, accepted: &[String]) -> Result<(), Failure> {
-        if !accepted.iter().any(|t| *t == ctx.ty) {
+        if !accepted.contains(&ctx.ty) {
             return Err(Failure::new(
                 FailureKind::UnknownType,
                 format!(

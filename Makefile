@@ -1,0 +1,31 @@
+# zerofn: the one entry point. CI runs `make test` (through .ci/run) and nothing else.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+
+.PHONY: help build test test-fast lint fmt doc clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+build: ## Build every crate (runtime, functions, test harness)
+	$(CARGO) build --workspace --all-targets --locked
+
+test: lint test-fast ## Lint, then run every test: unit, doc, contract golden, transport and process suites
+
+test-fast: ## Run every test without the lint step
+	$(CARGO) test --workspace --locked
+
+lint: ## rustfmt check and clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+doc: ## Build the API docs (missing docs are errors in the runtime)
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --locked
+
+clean: ## Remove build output and local state
+	$(CARGO) clean
+	rm -rf .zerofn

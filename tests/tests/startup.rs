@@ -1,0 +1,61 @@
+//! Start-up failures: a bad setting prints key, value and reason and exits 64.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use zerofn_tests::FnProcess;
+
+const PROBE: &str = env!("CARGO_BIN_EXE_probe");
+
+async fn exit_of(env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut process = FnProcess::spawn(PROBE, env).await;
+    let code = process.wait_exit(Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    (code, process.stderr_lines().join("\n"))
+}
+
+#[tokio::test]
+async fn a_bad_value_exits_64_naming_key_value_and_reason() {
+    let (code, stderr) = exit_of(&[
+        ("K_SINK", "http://127.0.0.1:9/"),
+        ("ZEROFN_SHUTDOWN_GRACE", "ten seconds"),
+    ])
+    .await;
+    assert_eq!(code, Some(64));
+    assert!(
+        stderr.contains(
+            "invalid configuration: ZEROFN_SHUTDOWN_GRACE=\"ten seconds\": expected a duration"
+        ),
+        "{stderr}"
+    );
+    let (code, stderr) = exit_of(&[("ZEROFN_TRANSPORT", "kafka")]).await;
+    assert_eq!(code, Some(64));
+    assert!(
+        stderr.contains("ZEROFN_TRANSPORT=\"kafka\": expected `dapr` or `http`"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn publishing_without_a_sink_is_refused_at_start() {
+    let (code, stderr) = exit_of(&[]).await;
+    assert_eq!(code, Some(64));
+    assert!(stderr.contains("K_SINK"), "{stderr}");
+    assert!(
+        stderr.contains("function probe publishes todo.notification.sent"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_a_runtime_error_not_a_usage_error() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port().to_string();
+    let (code, stderr) = exit_of(&[("K_SINK", "http://127.0.0.1:9/"), ("PORT", &port)]).await;
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("cannot listen on 127.0.0.1:") && stderr.contains("in use"),
+        "{stderr}"
+    );
+}
