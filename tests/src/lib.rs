@@ -144,6 +144,8 @@ pub struct FnProcess {
     addr: SocketAddr,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// The tasks reading stdout and stderr; they end at EOF, after the process exits.
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl FnProcess {
@@ -189,13 +191,14 @@ impl FnProcess {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
-        let stdout = collect_lines(child.stdout.take());
-        let stderr = collect_lines(child.stderr.take());
+        let (stdout, out_reader) = collect_lines(child.stdout.take());
+        let (stderr, err_reader) = collect_lines(child.stderr.take());
         FnProcess {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             stdout,
             stderr,
+            readers: vec![out_reader, err_reader],
         }
     }
 
@@ -262,31 +265,35 @@ impl FnProcess {
         assert!(status.success(), "kill -TERM {pid} failed");
     }
 
-    /// Wait (at most `timeout`) for the process to exit; its exit code.
+    /// Wait (at most `timeout`) for the process to exit and for its output to be read to the
+    /// end; its exit code.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        match tokio::time::timeout(timeout, self.child.wait()).await {
+        let code = match tokio::time::timeout(timeout, self.child.wait()).await {
             Ok(Ok(status)) => status.code(),
             _ => panic!("process did not exit within {timeout:?}"),
+        };
+        for reader in self.readers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
         }
+        code
     }
 }
 
 fn collect_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     pipe: Option<R>,
-) -> Arc<Mutex<Vec<String>>> {
+) -> (Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
     let lines: Arc<Mutex<Vec<String>>> = Arc::default();
-    if let Some(pipe) = pipe {
-        let sink = lines.clone();
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(pipe).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if let Ok(mut l) = sink.lock() {
-                    l.push(line);
-                }
+    let sink = lines.clone();
+    let reader = tokio::spawn(async move {
+        let Some(pipe) = pipe else { return };
+        let mut reader = BufReader::new(pipe).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            if let Ok(mut l) = sink.lock() {
+                l.push(line);
             }
-        });
-    }
-    lines
+        }
+    });
+    (lines, reader)
 }
 
 async fn free_port() -> u16 {
@@ -315,4 +322,14 @@ pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Assert that a JSON reply's `message` contains `expected`; `context` names the case.
+#[track_caller]
+pub fn assert_message(body: &Value, expected: &str, context: &str) {
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(expected),
+        "{context}: message {message:?} lacks {expected:?} (reply {body})"
+    );
 }

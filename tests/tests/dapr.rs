@@ -7,7 +7,8 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use zerofn::testing::{Recorder, TestServer};
 use zerofn_tests::{
-    Calls, HOP_TRACEPARENT, MANIFEST, client, dapr_envelope, notification, probe, task,
+    Calls, HOP_TRACEPARENT, MANIFEST, assert_message, client, dapr_envelope, notification, probe,
+    task,
 };
 
 async fn start(env: &[(&str, &str)]) -> (TestServer, Recorder, Calls) {
@@ -169,10 +170,7 @@ async fn a_failed_publish_is_a_retry_and_bad_emits_are_drops() {
     .await;
     assert_eq!(reply["status"], "RETRY");
     assert_eq!(reply["error"], "publish_failed");
-    assert!(
-        reply["message"].as_str().unwrap().contains("answered 500"),
-        "{reply}"
-    );
+    assert_message(&reply, "answered 500", "publish");
     sidecar.respond_with(204);
     let (_, reply) = deliver(
         &server,
@@ -181,13 +179,7 @@ async fn a_failed_publish_is_a_retry_and_bad_emits_are_drops() {
     )
     .await;
     assert_eq!(reply["status"], "DROP");
-    assert!(
-        reply["message"]
-            .as_str()
-            .unwrap()
-            .contains("violates its contract"),
-        "{reply}"
-    );
+    assert_message(&reply, "violates its contract", "publish");
     let (_, reply) = deliver(
         &server,
         route,
@@ -195,13 +187,7 @@ async fn a_failed_publish_is_a_retry_and_bad_emits_are_drops() {
     )
     .await;
     assert_eq!(reply["status"], "DROP");
-    assert!(
-        reply["message"]
-            .as_str()
-            .unwrap()
-            .contains("does not declare"),
-        "{reply}"
-    );
+    assert_message(&reply, "does not declare", "publish");
     assert_eq!(
         sidecar.requests().len(),
         1,

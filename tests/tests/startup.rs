@@ -11,7 +11,6 @@ const PROBE: &str = env!("CARGO_BIN_EXE_probe");
 async fn exit_of(env: &[(&str, &str)]) -> (Option<i32>, String) {
     let mut process = FnProcess::spawn(PROBE, env).await;
     let code = process.wait_exit(Duration::from_secs(15)).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
     (code, process.stderr_lines().join("\n"))
 }
 

@@ -7,25 +7,40 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use zerofn::{EventData, prelude::*};
 
+/// What `finance.budget.warning` and `finance.budget.exceeded` share.
 #[derive(Debug, Deserialize)]
-struct BudgetWarning {
+struct Budget {
     user_id: String,
     category: String,
     period: String,
     currency: String,
     limit_minor: i64,
     spent_minor: i64,
+}
+
+impl Budget {
+    /// `(412.50 of 400.00 EUR)`
+    fn usage(&self) -> String {
+        format!(
+            "({} of {} {})",
+            money(self.spent_minor, &self.currency),
+            money(self.limit_minor, &self.currency),
+            self.currency
+        )
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct BudgetWarning {
+    #[serde(flatten)]
+    budget: Budget,
     percent_used: f64,
 }
 
 #[derive(Debug, Deserialize)]
 struct BudgetExceeded {
-    user_id: String,
-    category: String,
-    period: String,
-    currency: String,
-    limit_minor: i64,
-    spent_minor: i64,
+    #[serde(flatten)]
+    budget: Budget,
     over_by_minor: i64,
 }
 
@@ -124,52 +139,45 @@ async fn handle(event: Event<Notice>) -> Result<Emit, HandlerError> {
         event_type: &ctx.ty,
     };
     let (kind, user_id, title, body) = match &event.data {
-        Notice::BudgetWarning(w) => {
-            if w.spent_minor * 100 < w.limit_minor * 80 {
+        Notice::BudgetWarning(BudgetWarning {
+            budget: b,
+            percent_used,
+        }) => {
+            if b.spent_minor * 100 < b.limit_minor * 80 {
                 return Err(HandlerError::permanent(format!(
                     "budget warning below 80 %: spent {} of {}",
-                    w.spent_minor, w.limit_minor
+                    b.spent_minor, b.limit_minor
                 )));
             }
             let body = format!(
-                "You have used {:.0} % of your {} budget for {} ({} of {} {}).",
-                w.percent_used,
-                w.category,
-                w.period,
-                money(w.spent_minor, &w.currency),
-                money(w.limit_minor, &w.currency),
-                w.currency
+                "You have used {percent_used:.0} % of your {} budget for {} {}.",
+                b.category,
+                b.period,
+                b.usage()
             );
-            (
-                "budget_warning",
-                &w.user_id,
-                format!("{} budget at {:.0} %", w.category, w.percent_used),
-                body,
-            )
+            let title = format!("{} budget at {percent_used:.0} %", b.category);
+            ("budget_warning", &b.user_id, title, body)
         }
-        Notice::BudgetExceeded(x) => {
-            if x.spent_minor <= x.limit_minor {
+        Notice::BudgetExceeded(BudgetExceeded {
+            budget: b,
+            over_by_minor,
+        }) => {
+            if b.spent_minor <= b.limit_minor {
                 return Err(HandlerError::permanent(format!(
                     "budget exceeded without spending over the limit: spent {} of {}",
-                    x.spent_minor, x.limit_minor
+                    b.spent_minor, b.limit_minor
                 )));
             }
             let body = format!(
-                "You are {} {} over your {} budget for {} ({} of {} {}).",
-                money(x.over_by_minor, &x.currency),
-                x.currency,
-                x.category,
-                x.period,
-                money(x.spent_minor, &x.currency),
-                money(x.limit_minor, &x.currency),
-                x.currency
+                "You are {} {} over your {} budget for {} {}.",
+                money(*over_by_minor, &b.currency),
+                b.currency,
+                b.category,
+                b.period,
+                b.usage()
             );
-            (
-                "budget_exceeded",
-                &x.user_id,
-                format!("{} budget exceeded", x.category),
-                body,
-            )
+            let title = format!("{} budget exceeded", b.category);
+            ("budget_exceeded", &b.user_id, title, body)
         }
         Notice::Insight(i) => ("insight", &i.user_id, i.title.clone(), i.body.clone()),
         Notice::ReminderDue(r) => {

@@ -96,7 +96,7 @@ pub(crate) fn structured_value(value: Value) -> Result<Decoded, Failure> {
         }
         (None, None) => Payload::None,
     };
-    from_parts(attrs, payload)
+    from_parts(attrs, payload, Binding::Structured)
 }
 
 /// A batch body (`application/cloudevents-batch+json`): one result per element.
@@ -147,15 +147,25 @@ pub(crate) fn binary(headers: &HeaderMap, body: &[u8]) -> Result<Decoded, Failur
     } else {
         Payload::Bytes(body.to_vec())
     };
-    from_parts(attrs, payload).map_err(|mut f| {
-        // Name the header the sender has to fix, not the attribute.
-        if f.kind == FailureKind::Malformed {
-            f.message = f
-                .message
-                .replace("required attribute `", "required header `ce-");
+    from_parts(attrs, payload, Binding::Binary)
+}
+
+/// Where the attributes came from, so that a rejection names what the sender has to fix.
+#[derive(Clone, Copy)]
+enum Binding {
+    /// JSON members of a structured event.
+    Structured,
+    /// `ce-*` headers of a binary-mode request.
+    Binary,
+}
+
+impl Binding {
+    fn name(self, attr: &str) -> String {
+        match self {
+            Binding::Structured => format!("attribute `{attr}`"),
+            Binding::Binary => format!("header `ce-{attr}`"),
         }
-        f
-    })
+    }
 }
 
 enum Payload {
@@ -164,9 +174,19 @@ enum Payload {
     Bytes(Vec<u8>),
 }
 
-fn from_parts(attrs: Map<String, Value>, payload: Payload) -> Result<Decoded, Failure> {
+fn from_parts(
+    attrs: Map<String, Value>,
+    payload: Payload,
+    binding: Binding,
+) -> Result<Decoded, Failure> {
+    let name = |attr: &str| binding.name(attr);
     match attrs.get("specversion") {
-        None => return Err(malformed("missing required attribute `specversion`")),
+        None => {
+            return Err(malformed(format!(
+                "missing required {}",
+                name("specversion")
+            )));
+        }
         Some(Value::String(v)) if v == "1.0" => {}
         Some(Value::String(v)) => {
             return Err(malformed(format!(
@@ -175,32 +195,35 @@ fn from_parts(attrs: Map<String, Value>, payload: Payload) -> Result<Decoded, Fa
         }
         Some(other) => {
             return Err(malformed(format!(
-                "attribute `specversion` must be a string, got {}",
+                "{} must be a string, got {}",
+                name("specversion"),
                 json_kind(other)
             )));
         }
     }
-    for name in ["id", "source", "type"] {
-        match attrs.get(name) {
-            None => return Err(malformed(format!("missing required attribute `{name}`"))),
+    for attr in ["id", "source", "type"] {
+        match attrs.get(attr) {
+            None => return Err(malformed(format!("missing required {}", name(attr)))),
             Some(Value::String(s)) if s.is_empty() => {
-                return Err(malformed(format!("attribute `{name}` must not be empty")));
+                return Err(malformed(format!("{} must not be empty", name(attr))));
             }
             Some(Value::String(_)) => {}
             Some(other) => {
                 return Err(malformed(format!(
-                    "attribute `{name}` must be a string, got {}",
+                    "{} must be a string, got {}",
+                    name(attr),
                     json_kind(other)
                 )));
             }
         }
     }
-    for name in ["subject", "datacontenttype", "dataschema", "time"] {
-        match attrs.get(name) {
+    for attr in ["subject", "datacontenttype", "dataschema", "time"] {
+        match attrs.get(attr) {
             None | Some(Value::String(_)) => {}
             Some(other) => {
                 return Err(malformed(format!(
-                    "attribute `{name}` must be a string, got {}",
+                    "{} must be a string, got {}",
+                    name(attr),
                     json_kind(other)
                 )));
             }
@@ -210,7 +233,8 @@ fn from_parts(attrs: Map<String, Value>, payload: Payload) -> Result<Decoded, Fa
         && let Err(e) = chrono::DateTime::parse_from_rfc3339(t)
     {
         return Err(malformed(format!(
-            "attribute `time` is not an RFC 3339 timestamp ({t:?}: {e})"
+            "{} is not an RFC 3339 timestamp ({t:?}: {e})",
+            name("time")
         )));
     }
     for (name, value) in &attrs {

@@ -157,6 +157,8 @@ impl<H: Handler> ErasedHandler for H {
 /// The pipeline shared by every transport.
 pub(crate) struct Intake {
     manifest: Arc<Manifest>,
+    /// Every type any subscription accepts (the HTTP transport's single route takes them all).
+    consumed: Vec<String>,
     contracts: Contracts,
     handler: Arc<dyn ErasedHandler>,
     publisher: Arc<dyn Publisher>,
@@ -174,6 +176,7 @@ impl Intake {
     ) -> Self {
         Intake {
             source: format!("/zerofn/{}", manifest.name),
+            consumed: manifest.consumed_types().map(str::to_string).collect(),
             manifest,
             contracts,
             handler: Arc::new(handler),
@@ -184,6 +187,10 @@ impl Intake {
 
     pub(crate) fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    pub(crate) fn consumed_types(&self) -> &[String] {
+        &self.consumed
     }
 
     /// Run one event through the pipeline and log one line about it.

@@ -38,7 +38,10 @@ use crate::{
 const TOKEN_HEADER: &str = "dapr-api-token";
 
 pub(super) fn routes(state: &AppState) -> Router<AppState> {
-    let mut router = Router::new().route("/dapr/subscribe", get(subscribe));
+    let mut router = Router::new().route(
+        "/dapr/subscribe",
+        get(subscribe).layer(super::body_limit(state)),
+    );
     for sub in &state.intake.manifest().subscriptions {
         let route = sub.route.clone();
         let sub = Arc::new(sub.clone());

@@ -35,39 +35,34 @@ async fn deliver(State(state): State<AppState>, headers: HeaderMap, body: Body) 
             "the function is shutting down and takes no new deliveries",
         ));
     };
-    let accepted: Vec<String> = state
-        .intake
-        .manifest()
-        .consumed_types()
-        .map(str::to_string)
-        .collect();
+    let accepted = state.intake.consumed_types();
     let meta = delivery_meta(&headers);
     let bytes = match read_body(&headers, body, state.config.max_body_bytes).await {
         Ok(b) => b,
-        Err(f) => return respond(&state.intake.process(Err(f), &accepted, meta).await),
+        Err(f) => return respond(&state.intake.process(Err(f), accepted, meta).await),
     };
     match decode::mode(&headers) {
         Mode::Structured => respond(
             &state
                 .intake
-                .process(decode::structured(&bytes), &accepted, meta)
+                .process(decode::structured(&bytes), accepted, meta)
                 .await,
         ),
         Mode::Binary => respond(
             &state
                 .intake
-                .process(decode::binary(&headers, &bytes), &accepted, meta)
+                .process(decode::binary(&headers, &bytes), accepted, meta)
                 .await,
         ),
         Mode::Batch => {
             let events = match decode::batch(&bytes) {
                 Ok(events) => events,
-                Err(f) => return respond(&state.intake.process(Err(f), &accepted, meta).await),
+                Err(f) => return respond(&state.intake.process(Err(f), accepted, meta).await),
             };
             let mut results = Vec::with_capacity(events.len());
             for event in events {
                 let id = event.as_ref().ok().map(|d| d.ctx.id.clone());
-                let outcome = state.intake.process(event, &accepted, meta.clone()).await;
+                let outcome = state.intake.process(event, accepted, meta.clone()).await;
                 results.push((id, outcome));
             }
             respond_batch(&results)

@@ -79,10 +79,15 @@ impl AppState {
 }
 
 /// The whole HTTP surface: probes plus the configured transport's routes.
+///
+/// Delivery routes enforce `ZEROFN_MAX_BODY_BYTES` themselves so that an oversized event gets
+/// the transport's own "never retry" answer (a Dapr `DROP`, not a `413` that Dapr retries
+/// forever); every other route sits behind a plain body limit.
 pub(crate) fn router(state: AppState) -> Router {
     let probes = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz));
+        .route("/readyz", get(readyz))
+        .layer(body_limit(&state));
     let transport = match state.config.transport {
         TransportKind::Dapr => dapr::routes(&state),
         TransportKind::Http => knative::routes(),
@@ -91,27 +96,12 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(transport)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            // Delivery routes enforce the configured limit themselves (with a precise reply);
-            // this outer bound covers everything else, bulk deliveries included.
-            state
-                .config
-                .max_body_bytes
-                .saturating_mul(bulk_factor(&state)),
-        ))
         .with_state(state)
 }
 
-fn bulk_factor(state: &AppState) -> usize {
-    state
-        .intake
-        .manifest()
-        .subscriptions
-        .iter()
-        .filter_map(|s| s.bulk.map(|b| b.max_messages as usize))
-        .max()
-        .unwrap_or(1)
-        .max(1)
+/// The limit layer for routes that do not deliver events.
+pub(crate) fn body_limit(state: &AppState) -> tower_http::limit::RequestBodyLimitLayer {
+    tower_http::limit::RequestBodyLimitLayer::new(state.config.max_body_bytes)
 }
 
 async fn healthz() -> impl IntoResponse {
