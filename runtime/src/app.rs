@@ -13,6 +13,7 @@ use crate::{
     config::{Config, ConfigError, ENV_K_SINK, TransportKind},
     contract::Contracts,
     handler::Handler,
+    idempotency,
     intake::Intake,
     manifest::{Manifest, ManifestSource},
     shutdown::Drain,
@@ -27,7 +28,7 @@ pub(crate) struct App {
 }
 
 impl App {
-    pub(crate) fn build<H: Handler>(
+    pub(crate) async fn build<H: Handler>(
         config: Config,
         source: ManifestSource,
         handler: H,
@@ -36,39 +37,51 @@ impl App {
         let contracts = Contracts::embedded()?;
         check_contracts(&manifest, &contracts)?;
         let config = Arc::new(config);
-        let publisher: Arc<dyn Publisher> = if manifest.publishes.is_empty() {
-            Arc::new(NoPublisher)
-        } else {
-            let client = transport::http_client(&config)?;
-            match (config.transport, &config.dapr_url, &config.sink) {
-                (TransportKind::Dapr, Some(url), _) => Arc::new(DaprPublisher::new(
-                    client,
-                    url.clone(),
-                    config.dapr_api_token.clone(),
-                )),
-                (TransportKind::Http, _, Some(sink)) => {
-                    Arc::new(SinkPublisher::new(client, sink.clone()))
-                }
-                _ => {
-                    return Err(ConfigError::new(
-                        ENV_K_SINK,
-                        "",
-                        format!(
-                            "function {} publishes {} but the http transport has no sink: set K_SINK \
-                             to a CloudEvents endpoint, or run under Dapr (DAPR_HTTP_PORT)",
-                            manifest.name,
-                            manifest.publishes.iter().map(|p| p.ty.as_str()).collect::<Vec<_>>().join(", ")
-                        ),
-                    )
-                    .into());
-                }
+        let client = transport::http_client(&config)?;
+        // Dead-letter records are published too, so every Dapr function has a publisher; on
+        // the HTTP transport a function that emits events must have a sink.
+        let publisher: Arc<dyn Publisher> = match (config.transport, &config.dapr_url, &config.sink)
+        {
+            (TransportKind::Dapr, Some(url), _) => Arc::new(DaprPublisher::new(
+                client,
+                url.clone(),
+                config.dapr_api_token.clone(),
+            )),
+            (TransportKind::Http, _, Some(sink)) => {
+                Arc::new(SinkPublisher::new(client, sink.clone()))
+            }
+            _ if manifest.publishes.is_empty() => Arc::new(NoPublisher),
+            _ => {
+                return Err(ConfigError::new(
+                    ENV_K_SINK,
+                    "",
+                    format!(
+                        "function {} publishes {} but the http transport has no sink: set K_SINK \
+                         to a CloudEvents endpoint, or run under Dapr (DAPR_HTTP_PORT)",
+                        manifest.name,
+                        manifest
+                            .publishes
+                            .iter()
+                            .map(|p| p.ty.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+                .into());
             }
         };
+        let store = idempotency::open(&config.store, &manifest.name)
+            .await
+            .map_err(|e| Error::Store {
+                url: crate::idempotency::sql::redact(&config.store),
+                reason: e.0,
+            })?;
         let intake = Intake::new(
             manifest.clone(),
             contracts,
             handler,
             publisher,
+            store,
             config.clone(),
         );
         Ok(App {
@@ -100,6 +113,7 @@ impl App {
             addr = %listener.local_addr().map_err(Error::Serve)?,
             "serving"
         );
+        let purge = tokio::spawn(purge_expired(state.intake.store().clone()));
         let drain = state.drain.clone();
         let grace = state.config.shutdown_grace;
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -130,6 +144,7 @@ impl App {
                 drained
             }
         };
+        purge.abort();
         match drained {
             Err(in_flight) => Err(Error::DrainTimeout { grace, in_flight }),
             Ok(()) => {
@@ -142,6 +157,19 @@ impl App {
 
 /// How long a drained server waits for idle keep-alive connections to close.
 const CLOSE_CONNECTIONS: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Forget idempotency records past their TTL, hourly.
+async fn purge_expired(store: Arc<dyn idempotency::Store>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        every.tick().await;
+        match store.purge_expired().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "expired idempotency records removed"),
+            Err(e) => tracing::warn!(error = %e, "could not purge expired idempotency records"),
+        }
+    }
+}
 
 fn check_contracts(manifest: &Manifest, contracts: &Contracts) -> Result<(), Error> {
     let consumed = manifest.consumed_types().map(|t| (t, "consumes"));

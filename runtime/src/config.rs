@@ -38,6 +38,15 @@ pub const ENV_SHUTDOWN_GRACE: &str = "ZEROFN_SHUTDOWN_GRACE";
 pub const ENV_HANDLER_TIMEOUT: &str = "ZEROFN_HANDLER_TIMEOUT";
 /// Timeout of one outbound publish call. Default `10s`.
 pub const ENV_PUBLISH_TIMEOUT: &str = "ZEROFN_PUBLISH_TIMEOUT";
+/// The idempotency store: `memory`, `sqlite:<path>`, `postgres://…` or `redis://…`.
+/// Default: `sqlite:<ZEROFN_DATA_DIR>/zerofn.db`.
+pub const ENV_STORE: &str = "ZEROFN_STORE";
+/// How long a claimed event is reserved for its worker. Default: handler timeout + 30s.
+pub const ENV_LEASE: &str = "ZEROFN_LEASE";
+/// How long idempotency records are kept. Default `7d`.
+pub const ENV_IDEMPOTENCY_TTL: &str = "ZEROFN_IDEMPOTENCY_TTL";
+/// Test hook: abort the process at `after_claim`, `after_handler` or `after_commit`.
+pub const ENV_CRASH_AT: &str = "ZEROFN_CRASH_AT";
 /// `json` (default, one object per line) or `pretty`.
 pub const ENV_LOG_FORMAT: &str = "ZEROFN_LOG_FORMAT";
 /// A `tracing` filter such as `info,zerofn=debug`. Falls back to `RUST_LOG`, then `info`.
@@ -60,6 +69,10 @@ pub const ALL_KEYS: &[&str] = &[
     ENV_SHUTDOWN_GRACE,
     ENV_HANDLER_TIMEOUT,
     ENV_PUBLISH_TIMEOUT,
+    ENV_STORE,
+    ENV_LEASE,
+    ENV_IDEMPOTENCY_TTL,
+    ENV_CRASH_AT,
     ENV_LOG_FORMAT,
     ENV_LOG,
     ENV_RUST_LOG,
@@ -131,6 +144,17 @@ impl fmt::Display for TransportKind {
     }
 }
 
+/// Where the `ZEROFN_CRASH_AT` test hook aborts the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// After the event was claimed, before the handler ran.
+    AfterClaim,
+    /// After the handler's writes, before they were committed.
+    AfterHandler,
+    /// After the commit, before the outputs were published.
+    AfterCommit,
+}
+
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -166,6 +190,14 @@ pub struct Config {
     pub handler_timeout: Duration,
     /// Timeout of one outbound publish call.
     pub publish_timeout: Duration,
+    /// Idempotency store URL (`memory`, `sqlite:…`, `postgres://…`, `redis://…`).
+    pub store: String,
+    /// Lease of a claimed event.
+    pub lease: Duration,
+    /// Lifetime of idempotency records.
+    pub idempotency_ttl: Duration,
+    /// Test hook: where to abort the process.
+    pub crash_at: Option<CrashPoint>,
     /// Log line format.
     pub log_format: LogFormat,
     /// `tracing` filter directives.
@@ -253,6 +285,51 @@ impl Config {
             };
             return Err(ConfigError::new(key, log_filter, e.to_string()));
         }
+        let data_dir = src
+            .get(ENV_DATA_DIR)
+            .map_or_else(|| PathBuf::from(".zerofn"), PathBuf::from);
+        let store = match src.get(ENV_STORE) {
+            None => format!("sqlite:{}", data_dir.join("zerofn.db").display()),
+            Some(v)
+                if v == "memory"
+                    || [
+                        "sqlite:",
+                        "postgres://",
+                        "postgresql://",
+                        "redis://",
+                        "rediss://",
+                    ]
+                    .iter()
+                    .any(|p| v.starts_with(p)) =>
+            {
+                v
+            }
+            Some(v) => {
+                return Err(ConfigError::new(
+                    ENV_STORE,
+                    v,
+                    "expected memory, sqlite:<path>, postgres://… or redis://…",
+                ));
+            }
+        };
+        let handler_timeout = duration(src, ENV_HANDLER_TIMEOUT, Duration::from_secs(120))?;
+        let lease = duration(src, ENV_LEASE, handler_timeout + Duration::from_secs(30))?;
+        if lease.is_zero() {
+            return Err(ConfigError::new(ENV_LEASE, "0", "must be longer than zero"));
+        }
+        let crash_at = match src.get(ENV_CRASH_AT).as_deref() {
+            None => None,
+            Some("after_claim") => Some(CrashPoint::AfterClaim),
+            Some("after_handler") => Some(CrashPoint::AfterHandler),
+            Some("after_commit") => Some(CrashPoint::AfterCommit),
+            Some(other) => {
+                return Err(ConfigError::new(
+                    ENV_CRASH_AT,
+                    other,
+                    "expected after_claim, after_handler or after_commit",
+                ));
+            }
+        };
         Ok(Config {
             addr: SocketAddr::new(ip, port),
             transport,
@@ -260,12 +337,14 @@ impl Config {
             dapr_api_token: src.get(ENV_DAPR_API_TOKEN),
             app_api_token: src.get(ENV_APP_API_TOKEN),
             sink,
-            data_dir: src
-                .get(ENV_DATA_DIR)
-                .map_or_else(|| PathBuf::from(".zerofn"), PathBuf::from),
+            data_dir,
+            store,
+            lease,
+            idempotency_ttl: duration(src, ENV_IDEMPOTENCY_TTL, Duration::from_secs(7 * 86_400))?,
+            crash_at,
             max_body_bytes,
             shutdown_grace: duration(src, ENV_SHUTDOWN_GRACE, Duration::from_secs(30))?,
-            handler_timeout: duration(src, ENV_HANDLER_TIMEOUT, Duration::from_secs(120))?,
+            handler_timeout,
             publish_timeout: duration(src, ENV_PUBLISH_TIMEOUT, Duration::from_secs(10))?,
             log_format,
             log_filter,
@@ -314,9 +393,10 @@ pub(crate) fn parse_duration(v: &str) -> Result<Duration, String> {
         "" | "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86_400),
         other => {
             return Err(format!(
-                "unknown unit {other:?}: expected ms, s, m or h (e.g. 30s)"
+                "unknown unit {other:?}: expected ms, s, m, h or d (e.g. 30s)"
             ));
         }
     };
@@ -343,6 +423,9 @@ mod tests {
         assert_eq!(c.max_body_bytes, 1 << 20);
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
         assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.store, "sqlite:.zerofn/zerofn.db");
+        assert_eq!(c.lease, Duration::from_secs(150));
+        assert_eq!(c.idempotency_ttl, Duration::from_secs(7 * 86_400));
         assert!(c.dapr_url.is_none());
     }
 
@@ -367,7 +450,9 @@ mod tests {
             (ENV_MAX_BODY_BYTES, "1MB", "not a byte count"),
             (ENV_SHUTDOWN_GRACE, "30 parsecs", "unknown unit \"parsecs\""),
             (ENV_SHUTDOWN_GRACE, "soon", "expected a duration"),
-            (ENV_HANDLER_TIMEOUT, "5d", "unknown unit \"d\""),
+            (ENV_HANDLER_TIMEOUT, "5w", "unknown unit \"w\""),
+            (ENV_STORE, "mysql://x", "expected memory, sqlite"),
+            (ENV_CRASH_AT, "sometime", "expected after_claim"),
             (ENV_K_SINK, "broker.local", "not a URL"),
             (ENV_K_SINK, "ftp://x/", "http:// or https://"),
             (ENV_LOG_FORMAT, "xml", "expected `json` or `pretty`"),

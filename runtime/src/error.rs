@@ -29,6 +29,14 @@ pub enum Error {
         /// Why the contract cannot be used.
         reason: String,
     },
+    /// The idempotency store could not be opened or migrated.
+    #[error("cannot open the idempotency store {url}: {reason}")]
+    Store {
+        /// The store URL, password removed.
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// The HTTP listener could not be opened.
     #[error("cannot listen on {addr}")]
     Bind {

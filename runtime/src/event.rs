@@ -13,6 +13,24 @@ pub struct Event<T> {
     pub data: T,
     /// Everything else about the event and its delivery.
     pub ctx: Context,
+    pub(crate) tx: Option<crate::Transaction>,
+}
+
+impl<T> Event<T> {
+    /// The delivery's database transaction, with a SQL store (SQLite or PostgreSQL): write your
+    /// effects through it and they commit atomically with the idempotency record and the
+    /// events you emit — or not at all. `None` with the Redis or memory store.
+    ///
+    /// ```no_run
+    /// # async fn f(event: zerofn::Event<()>) -> Result<(), zerofn::HandlerError> {
+    /// let tx = event.transaction().ok_or_else(|| zerofn::HandlerError::permanent("needs a SQL store"))?;
+    /// let mut conn = tx.conn().await?;
+    /// sqlx::query("INSERT INTO seen (id) VALUES ($1)").bind(&event.ctx.id).execute(&mut **conn).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn transaction(&self) -> Option<&crate::Transaction> {
+        self.tx.as_ref()
+    }
 }
 
 /// The CloudEvent attributes and delivery facts of one event.

@@ -45,10 +45,12 @@
 mod app;
 pub mod config;
 pub mod contract;
+pub mod dead_letter;
 mod emit;
 mod error;
 mod event;
 mod handler;
+mod idempotency;
 mod intake;
 pub mod manifest;
 mod shutdown;
@@ -62,6 +64,7 @@ pub use emit::{Emit, IntoEmits};
 pub use error::{BoxError, Error, ErrorKind, HandlerError, ResultExt};
 pub use event::{Context, Event, EventData, KafkaCoordinates};
 pub use handler::{Handler, HandlerFn, handler_fn};
+pub use idempotency::{Transaction, TransactionGuard};
 pub use manifest::{Manifest, ManifestSource};
 
 /// What a handler module needs: `use zerofn::prelude::*;`.
@@ -82,7 +85,7 @@ pub async fn run<H: Handler>(handler: H, manifest: ManifestSource) -> Result<(),
     };
     telemetry::init_logging(&config);
     let addr = config.addr;
-    let app = match app::App::build(config, manifest, handler) {
+    let app = match app::App::build(config, manifest, handler).await {
         Ok(app) => app,
         Err(e) if e.is_usage() => usage_exit(e),
         Err(e) => return Err(e),

@@ -82,6 +82,14 @@ struct RawManifest {
     scaling: RawScaling,
     #[serde(default)]
     delivery: RawDelivery,
+    #[serde(default)]
+    idempotency: RawIdempotency,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawIdempotency {
+    key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -228,6 +236,20 @@ pub struct Manifest {
     pub scaling: Scaling,
     /// Retry and dead-letter policy.
     pub delivery: Delivery,
+    /// How an event's idempotency key is formed.
+    pub idempotency_key: KeyStrategy,
+}
+
+/// How the idempotency key of an event is formed (`[idempotency] key` in `function.toml`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyStrategy {
+    /// `source_id` (default): the CloudEvent `source` + `id`.
+    SourceId,
+    /// `kafka`: topic/partition/offset as Dapr forwards them (stable even when Dapr's
+    /// envelope id is not); falls back to `source` + `id` where there are none.
+    Kafka,
+    /// `data:<JSON pointer>`: a business key in `data`, e.g. `data:/transaction_id`.
+    Data(String),
 }
 
 /// One consumed topic.
@@ -444,7 +466,20 @@ impl Manifest {
             backoff_initial: manifest_duration("delivery.backoff_initial", &d.backoff_initial)?,
             backoff_max: manifest_duration("delivery.backoff_max", &d.backoff_max)?,
         };
+        let idempotency_key = match raw.idempotency.key.as_deref() {
+            None | Some("source_id") => KeyStrategy::SourceId,
+            Some("kafka") => KeyStrategy::Kafka,
+            Some(k) if k.starts_with("data:/") => KeyStrategy::Data(k["data:".len()..].to_string()),
+            Some(other) => {
+                return Err(ManifestError::new(
+                    "idempotency.key",
+                    other,
+                    "expected source_id, kafka or data:<JSON pointer> (e.g. data:/transaction_id)",
+                ));
+            }
+        };
         Ok(Manifest {
+            idempotency_key,
             name,
             version: crate_version.to_string(),
             description: raw.function.description,

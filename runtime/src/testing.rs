@@ -21,6 +21,7 @@ impl<T> Event<T> {
         Event {
             data,
             ctx: Context::test("test"),
+            tx: None,
         }
     }
 
@@ -51,20 +52,23 @@ impl Context {
 }
 
 fn config(env: &[(&str, &str)]) -> Result<Config, Error> {
-    let map: HashMap<String, String> = env
+    let mut map: HashMap<String, String> = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+    map.entry(crate::config::ENV_STORE.to_string())
+        .or_insert_with(|| "memory".to_string());
     Ok(Config::from_source(&map)?)
 }
 
-/// The function's whole HTTP app, configured from `env` instead of the process environment.
-pub fn router<H: Handler>(
+/// The function's whole HTTP app, configured from `env` instead of the process environment
+/// (the idempotency store is `memory` unless `ZEROFN_STORE` says otherwise).
+pub async fn router<H: Handler>(
     manifest: ManifestSource,
     handler: H,
     env: &[(&str, &str)],
 ) -> Result<axum::Router, Error> {
-    Ok(App::build(config(env)?, manifest, handler)?.router())
+    Ok(App::build(config(env)?, manifest, handler).await?.router())
 }
 
 /// A function served on an ephemeral port of 127.0.0.1.
@@ -83,7 +87,7 @@ impl TestServer {
         env: &[(&str, &str)],
     ) -> Result<TestServer, Error> {
         let cfg = config(env)?;
-        let app = App::build(cfg, manifest, handler)?;
+        let app = App::build(cfg, manifest, handler).await?;
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(Error::Serve)?;

@@ -141,6 +141,8 @@ pub fn client() -> reqwest::Client {
 #[derive(Debug)]
 pub struct FnProcess {
     child: Child,
+    /// A fresh `ZEROFN_DATA_DIR` (the SQLite store) unless the test chose one; removed on drop.
+    data_dir: std::path::PathBuf,
     addr: SocketAddr,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -179,10 +181,12 @@ impl FnProcess {
     /// Start `binary` without waiting for it to become healthy (for start-up failures).
     pub async fn spawn(binary: &str, env: &[(&str, &str)]) -> FnProcess {
         let port = free_port().await;
+        let data_dir = std::env::temp_dir().join(format!("zerofn-test-{}", uuid::Uuid::new_v4()));
         let mut cmd = Command::new(binary);
         cmd.env_clear()
             .env("PORT", port.to_string())
             .env("ZEROFN_BIND_ADDR", "127.0.0.1")
+            .env("ZEROFN_DATA_DIR", &data_dir)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -195,6 +199,7 @@ impl FnProcess {
         let (stderr, err_reader) = collect_lines(child.stderr.take());
         FnProcess {
             child,
+            data_dir,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             stdout,
             stderr,
@@ -210,6 +215,11 @@ impl FnProcess {
     /// The listening address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The process's `ZEROFN_DATA_DIR`.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
     }
 
     /// Every stdout line parsed as JSON (non-JSON lines are returned as strings).
@@ -279,6 +289,18 @@ impl FnProcess {
     }
 }
 
+impl Drop for FnProcess {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// A unique event id with a readable prefix.
+pub fn fresh_id(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4())
+}
+
 fn collect_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     pipe: Option<R>,
 ) -> (Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
@@ -303,12 +325,16 @@ async fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
-/// Send raw bytes as one HTTP/1.1 request, half-close, and return (status, body). For
-/// requests a well-behaved client cannot make: truncated bodies, lying Content-Length.
-pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+/// Send raw bytes as one HTTP/1.1 request and return (status, body), for requests a
+/// well-behaved client cannot make: truncated bodies, lying Content-Length, odd framing.
+/// `half_close` shuts the write side after sending, which is how a body ends early; the
+/// request should then say `connection: close` otherwise.
+pub async fn raw_request(addr: SocketAddr, request: &[u8], half_close: bool) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream.write_all(request).await.expect("write");
-    stream.shutdown().await.expect("half-close");
+    if half_close {
+        stream.shutdown().await.expect("half-close");
+    }
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
     let text = String::from_utf8_lossy(&out).into_owned();

@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 use zerofn::testing::Recorder;
 use zerofn_tests::{
-    FnProcess, assert_message, client, dapr_envelope, raw_request, structured, task,
+    FnProcess, assert_message, client, dapr_envelope, fresh_id, raw_request, structured, task,
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_probe");
@@ -21,8 +21,9 @@ enum Send {
         Vec<(&'static str, String)>,
         Vec<u8>,
     ),
-    /// Raw bytes on the socket (requests a real client refuses to make).
-    Raw(Vec<u8>),
+    /// Raw bytes on the socket (requests a real client refuses to make); true to half-close
+    /// after sending (a truncated body).
+    Raw(Vec<u8>, bool),
 }
 
 struct Case {
@@ -35,7 +36,22 @@ struct Case {
     message: &'static str,
 }
 
+/// Each case is a different event: the idempotency layer would otherwise (rightly) treat a
+/// reused `source` + `id` as a duplicate of an event it already dead-lettered.
+fn uniquify(mut body: Value) -> Value {
+    if let Some(obj) = body.as_object_mut()
+        && obj
+            .get("id")
+            .and_then(Value::as_str)
+            .is_some_and(|id| id == "bad-1" || id == "d-1")
+    {
+        obj.insert("id".into(), json!(fresh_id("case")));
+    }
+    body
+}
+
 fn ce(body: Value) -> Send {
+    let body = uniquify(body);
     Send::Http(
         "POST",
         "/",
@@ -57,7 +73,13 @@ fn binary(headers: &[(&'static str, &str)], body: &str) -> Send {
     Send::Http(
         "POST",
         "/",
-        headers.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+        headers
+            .iter()
+            .map(|(k, v)| match (*k, *v) {
+                ("ce-id", "b-1") => (*k, fresh_id("bin")),
+                _ => (*k, v.to_string()),
+            })
+            .collect(),
         body.as_bytes().to_vec(),
     )
 }
@@ -78,7 +100,7 @@ fn truncated(path: &str, content_type: &str) -> Send {
         "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
         body.len() + 100
     );
-    Send::Raw([head.as_bytes(), body.as_bytes()].concat())
+    Send::Raw([head.as_bytes(), body.as_bytes()].concat(), true)
 }
 
 fn chunked_oversized(path: &str, content_type: &str) -> Send {
@@ -87,10 +109,11 @@ fn chunked_oversized(path: &str, content_type: &str) -> Send {
         "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
         chunk.len()
     );
-    Send::Raw(req.into_bytes())
+    Send::Raw(req.into_bytes(), false)
 }
 
-async fn send(process: &FnProcess, send: &Send) -> (u16, Value) {
+/// Send a case: the status, the JSON body, and the `zerofn-dead-letter` header (HTTP only).
+async fn send(process: &FnProcess, send: &Send) -> (u16, Value, Option<String>) {
     match send {
         Send::Http(method, path, headers, body) => {
             let mut request =
@@ -100,13 +123,22 @@ async fn send(process: &FnProcess, send: &Send) -> (u16, Value) {
             }
             let response = request.body(body.clone()).send().await.unwrap();
             let status = response.status().as_u16();
-            (status, response.json().await.unwrap_or(Value::Null))
+            let dead_letter = response
+                .headers()
+                .get("zerofn-dead-letter")
+                .map(|v| v.to_str().unwrap().to_string());
+            (
+                status,
+                response.json().await.unwrap_or(Value::Null),
+                dead_letter,
+            )
         }
-        Send::Raw(bytes) => {
-            let (status, body) = raw_request(process.addr(), bytes).await;
+        Send::Raw(bytes, half_close) => {
+            let (status, body) = raw_request(process.addr(), bytes, *half_close).await;
             (
                 status,
                 serde_json::from_str(body.trim()).unwrap_or(Value::Null),
+                None,
             )
         }
     }
@@ -450,27 +482,45 @@ async fn http_transport_rejects_bad_input_precisely_and_keeps_serving() {
     .await;
     let cases = http_cases();
     assert!(cases.len() >= 25, "the table must stay at 25 cases or more");
+    let mut dead_lettered = 0;
     for (i, case) in cases.iter().enumerate() {
-        let (status, body) = send(&process, &case.send).await;
+        let (status, body, dead_letter) = send(&process, &case.send).await;
         assert_eq!(status, case.status, "{}: body {body}", case.name);
         assert_eq!(body["error"], case.error, "{}: body {body}", case.name);
         assert_message(&body, case.message, case.name);
+        // Every event-level rejection is also a dead-letter record (loses nothing).
+        let event_level = matches!(status, 400 | 413 | 415 | 422);
+        if event_level && matches!(case.send, Send::Http(..)) {
+            assert!(
+                dead_letter.is_some(),
+                "{}: no zerofn-dead-letter header",
+                case.name
+            );
+        }
+        dead_lettered += usize::from(event_level);
         // Still serving, correctly, after every case.
         let ok = client()
             .post(process.url())
             .header("content-type", "application/cloudevents+json")
-            .json(&structured(&format!("ok-{i}"), task("fine")))
+            .json(&structured(&fresh_id(&format!("ok-{i}")), task("fine")))
             .send()
             .await
             .unwrap();
         assert_eq!(ok.status(), 202, "after {}", case.name);
     }
-    // Each event-level rejection was logged as one JSON line with its code and reason.
+    // Each event-level rejection was dead-lettered and logged as one JSON line with its code
+    // and reason.
     let drops: Vec<Value> = process
         .log_lines()
         .into_iter()
-        .filter(|l| l["outcome"] == "drop")
+        .filter(|l| l["outcome"] == "dead_letter")
         .collect();
+    assert_eq!(drops.len(), dead_lettered, "{drops:?}");
+    assert!(drops.iter().all(|l| {
+        l["dead_letter_id"]
+            .as_str()
+            .is_some_and(|id| id.len() == 36)
+    }));
     let logged = |code: &str| drops.iter().filter(|l| l["error"] == code).count();
     assert!(logged("malformed_event") >= 15, "{drops:?}");
     assert_eq!(logged("schema_violation"), 4);
@@ -494,7 +544,7 @@ async fn http_transport_rejects_bad_input_precisely_and_keeps_serving() {
 }
 
 #[tokio::test]
-async fn dapr_routes_answer_drop_never_a_retried_4xx_and_keep_serving() {
+async fn dapr_routes_dead_letter_and_acknowledge_never_a_retried_4xx() {
     let sidecar = Recorder::start().await.unwrap();
     let port = sidecar.port().to_string();
     let limit = LIMIT.to_string();
@@ -510,6 +560,10 @@ async fn dapr_routes_answer_drop_never_a_retried_4xx_and_keep_serving() {
     let route = "/events/todo.task.created";
     let env = dapr_envelope("d-1", "todo.task.created", task("x"));
     let dapr = |body: Vec<u8>, ct: &str| {
+        let body = match serde_json::from_slice::<Value>(&body) {
+            Ok(v) => uniquify(v).to_string().into_bytes(),
+            Err(_) => body,
+        };
         Send::Http(
             "POST",
             route,
@@ -522,7 +576,7 @@ async fn dapr_routes_answer_drop_never_a_retried_4xx_and_keep_serving() {
     };
     let ce_ct = "application/cloudevents+json";
     let auth_raw = |mut s: Send| {
-        if let Send::Raw(bytes) = &mut s {
+        if let Send::Raw(bytes, _) = &mut s {
             let text = String::from_utf8_lossy(bytes).replacen(
                 "host: x\r\n",
                 "host: x\r\ndapr-api-token: tok\r\n",
@@ -537,14 +591,14 @@ async fn dapr_routes_answer_drop_never_a_retried_4xx_and_keep_serving() {
             name: "not JSON",
             send: dapr(b"{oops".to_vec(), ce_ct),
             status: 200,
-            error: "DROP",
+            error: "SUCCESS",
             message: "body is not valid JSON",
         },
         Case {
             name: "missing id",
             send: dapr(without(env.clone(), "id").to_string().into_bytes(), ce_ct),
             status: 200,
-            error: "DROP",
+            error: "SUCCESS",
             message: "missing required attribute `id`",
         },
         Case {
@@ -556,7 +610,7 @@ async fn dapr_routes_answer_drop_never_a_retried_4xx_and_keep_serving() {
                 ce_ct,
             ),
             status: 200,
-            error: "DROP",
+            error: "SUCCESS",
             message: "violates the contract of todo.task.created",
         },
         Case {
@@ -568,28 +622,28 @@ async fn dapr_routes_answer_drop_never_a_retried_4xx_and_keep_serving() {
                 ce_ct,
             ),
             status: 200,
-            error: "DROP",
+            error: "SUCCESS",
             message: "function probe accepts todo.task.created",
         },
         Case {
             name: "oversized",
             send: dapr(vec![b'x'; LIMIT + 1], ce_ct),
             status: 200,
-            error: "DROP",
+            error: "SUCCESS",
             message: "exceeds the limit of 4096 bytes",
         },
         Case {
             name: "wrong content type",
             send: dapr(env.to_string().into_bytes(), "text/plain"),
             status: 200,
-            error: "DROP",
+            error: "SUCCESS",
             message: "Content-Type text/plain is not application/cloudevents+json",
         },
         Case {
             name: "truncated body",
             send: auth_raw(truncated(route, ce_ct)),
             status: 200,
-            error: "DROP",
+            error: "SUCCESS",
             message: "could not be read completely",
         },
         Case {
@@ -601,7 +655,7 @@ async fn dapr_routes_answer_drop_never_a_retried_4xx_and_keep_serving() {
                 ce_ct,
             ),
             status: 200,
-            error: "DROP",
+            error: "SUCCESS",
             message: "task belongs to a deleted user",
         },
         Case {
@@ -642,13 +696,13 @@ async fn dapr_routes_answer_drop_never_a_retried_4xx_and_keep_serving() {
                 ],
                 b"[1,2".to_vec(),
             ),
-            status: 404,
+            status: 200,
             error: "",
-            message: "not a Dapr bulk envelope",
+            message: "",
         },
     ];
     for (i, case) in cases.iter().enumerate() {
-        let (status, body) = send(&process, &case.send).await;
+        let (status, body, _) = send(&process, &case.send).await;
         assert_eq!(status, case.status, "{}: {body}", case.name);
         assert!(
             status == 200 || status == 401 || status == 404,
@@ -658,32 +712,80 @@ async fn dapr_routes_answer_drop_never_a_retried_4xx_and_keep_serving() {
         if !case.error.is_empty() {
             assert_eq!(body["status"], case.error, "{}: {body}", case.name);
         }
+        if status == 200 && case.error != "RETRY" {
+            // Dead-lettered by the runtime and acknowledged, never a DROP (which would make
+            // Dapr copy the raw message to the dead-letter topic a second time).
+            assert!(
+                body["deadLetterId"]
+                    .as_str()
+                    .is_some_and(|id| id.len() == 36),
+                "{}: {body}",
+                case.name
+            );
+        }
         assert_message(&body, case.message, case.name);
         let ok = send(
             &process,
             &dapr(
-                dapr_envelope(&format!("ok-{i}"), "todo.task.created", task("x"))
-                    .to_string()
-                    .into_bytes(),
+                dapr_envelope(
+                    &fresh_id(&format!("ok-{i}")),
+                    "todo.task.created",
+                    task("x"),
+                )
+                .to_string()
+                .into_bytes(),
                 ce_ct,
             ),
         )
         .await;
         assert_eq!(
-            ok,
+            (ok.0, ok.1),
             (200, json!({"status": "SUCCESS"})),
             "after {}",
             case.name
         );
     }
-    assert!(sidecar.requests().is_empty(), "nothing was published");
-    // The DROP reasons are in the log, one JSON line per event.
+    // Every dead letter was forwarded to the function's dead-letter topic through the sidecar,
+    // with the original bytes and the reason.
+    let forwarded = sidecar.requests();
+    assert_eq!(
+        forwarded.len(),
+        9,
+        "every case but the bad token and the retry"
+    );
+    for record in &forwarded {
+        assert_eq!(
+            record.path_and_query,
+            "/v1.0/publish/kafka-pubsub/deadletter.probe"
+        );
+        let event = record.json();
+        assert_eq!(event["type"], "zerofn.deadletter.recorded");
+        assert_eq!(event["data"]["function"], "probe");
+        assert!(
+            ["todo.task.created", "todo.task.deleted"]
+                .contains(&event["data"]["topic"].as_str().unwrap()),
+            "the topic of the route the event came in on"
+        );
+        assert!(event["data"]["error"]["kind"].is_string());
+        assert!(
+            event["data"]["original"]["headers"]
+                .get("dapr-api-token")
+                .is_none(),
+            "tokens are not kept"
+        );
+    }
+    let not_json = forwarded
+        .iter()
+        .find(|r| r.json()["data"]["original"]["body"] == "{oops")
+        .unwrap();
+    assert_eq!(not_json.json()["data"]["error"]["kind"], "malformed_event");
+    // The reasons are in the log, one JSON line per event.
     let drops: Vec<Value> = process
         .log_lines()
         .into_iter()
-        .filter(|l| l["outcome"] == "drop")
+        .filter(|l| l["outcome"] == "dead_letter")
         .collect();
-    assert_eq!(drops.len(), 9, "{drops:?}"); // every case but the bad token and the retry
+    assert_eq!(drops.len(), 9, "{drops:?}");
     let permanent = drops
         .iter()
         .find(|l| l["error"] == "handler_permanent")

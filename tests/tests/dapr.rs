@@ -87,7 +87,7 @@ async fn handler_verdicts_map_to_exact_dapr_statuses() {
         ),
         (
             "permanent",
-            "DROP",
+            "SUCCESS",
             "handler_permanent",
             "task belongs to a deleted user",
         ),
@@ -102,11 +102,14 @@ async fn handler_verdicts_map_to_exact_dapr_statuses() {
         let envelope = dapr_envelope(&format!("v-{i}"), "todo.task.created", task(title));
         let (code, reply) = deliver(&server, route, &envelope).await;
         assert_eq!(code, 200, "{title}: Dapr reads the verdict from a 200 body");
-        assert_eq!(
-            reply,
-            json!({"status": status, "error": error, "message": message}),
-            "{title}"
-        );
+        assert_eq!(reply["status"], *status, "{title}: {reply}");
+        assert_eq!(reply["error"], *error, "{title}: {reply}");
+        assert_eq!(reply["message"], *message, "{title}: {reply}");
+        if *status == "SUCCESS" {
+            // Permanent: dead-lettered by the runtime and acknowledged.
+            assert_eq!(reply["outcome"], "dead_letter", "{title}: {reply}");
+            assert!(reply["deadLetterId"].is_string(), "{title}: {reply}");
+        }
     }
     assert_eq!(calls.count(), 3);
     // The panic did not take the server down.
@@ -178,7 +181,7 @@ async fn a_failed_publish_is_a_retry_and_bad_emits_are_drops() {
         &dapr_envelope("p-2", "todo.task.created", task("emit-invalid")),
     )
     .await;
-    assert_eq!(reply["status"], "DROP");
+    assert_eq!(reply["outcome"], "dead_letter");
     assert_message(&reply, "violates its contract", "publish");
     let (_, reply) = deliver(
         &server,
@@ -186,12 +189,22 @@ async fn a_failed_publish_is_a_retry_and_bad_emits_are_drops() {
         &dapr_envelope("p-3", "todo.task.created", task("emit-undeclared")),
     )
     .await;
-    assert_eq!(reply["status"], "DROP");
+    assert_eq!(reply["outcome"], "dead_letter");
     assert_message(&reply, "does not declare", "publish");
+    let topics: Vec<String> = sidecar
+        .requests()
+        .iter()
+        .map(|r| r.path_and_query.clone())
+        .collect();
     assert_eq!(
-        sidecar.requests().len(),
-        1,
-        "only the first attempt reached the sidecar"
+        topics,
+        vec![
+            "/v1.0/publish/kafka-pubsub/todo.notification.sent?metadata.partitionKey=u-7"
+                .to_string(),
+            "/v1.0/publish/kafka-pubsub/deadletter.probe".to_string(),
+            "/v1.0/publish/kafka-pubsub/deadletter.probe".to_string(),
+        ],
+        "the failed publish, then the two dead letters; no invalid event reached the sidecar"
     );
     server.shutdown().await.unwrap();
 }
@@ -242,11 +255,18 @@ async fn bulk_delivery_answers_per_entry() {
         statuses,
         vec![
             ("0", "SUCCESS"),
-            ("1", "DROP"),
+            ("1", "SUCCESS"),
             ("2", "SUCCESS"),
-            ("3", "DROP")
+            ("3", "SUCCESS")
         ]
     );
+    assert_eq!(
+        reply["statuses"][0].get("outcome"),
+        None,
+        "entry 0 was handled"
+    );
+    assert_eq!(reply["statuses"][1]["outcome"], "dead_letter");
+    assert_eq!(reply["statuses"][3]["outcome"], "dead_letter");
     assert_eq!(reply["statuses"][1]["error"], "schema_violation");
     assert_eq!(
         reply["statuses"][3]["message"],

@@ -99,7 +99,8 @@ async fn batch_mode_runs_every_event_and_reports_mixed_results() {
         body["results"][0],
         json!({"id": "m-1", "outcome": "success"})
     );
-    assert_eq!(body["results"][1]["outcome"], "drop");
+    assert_eq!(body["results"][1]["outcome"], "dead_letter");
+    assert!(body["results"][1]["deadLetterId"].is_string());
     assert_eq!(body["results"][1]["error"], "handler_permanent");
 
     let retry = post(json!([

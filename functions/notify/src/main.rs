@@ -406,6 +406,7 @@ mod tests {
             handler_fn(handle),
             &[("DAPR_HTTP_PORT", "3500")],
         )
+        .await
         .unwrap();
         let request = http::Request::get("/dapr/subscribe")
             .body(axum::body::Body::empty())

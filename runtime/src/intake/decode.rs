@@ -99,8 +99,12 @@ pub(crate) fn structured_value(value: Value) -> Result<Decoded, Failure> {
     from_parts(attrs, payload, Binding::Structured)
 }
 
-/// A batch body (`application/cloudevents-batch+json`): one result per element.
-pub(crate) fn batch(body: &[u8]) -> Result<Vec<Result<Decoded, Failure>>, Failure> {
+/// One element of a batch: its decoding and its JSON text.
+pub(crate) type BatchItem = (Result<Decoded, Failure>, String);
+
+/// A batch body (`application/cloudevents-batch+json`): one result per element, with the
+/// element's JSON text (its original bytes for a dead-letter record).
+pub(crate) fn batch(body: &[u8]) -> Result<Vec<BatchItem>, Failure> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| malformed(format!("body is not valid JSON: {e}")))?;
     let Value::Array(items) = value else {
@@ -109,7 +113,13 @@ pub(crate) fn batch(body: &[u8]) -> Result<Vec<Result<Decoded, Failure>>, Failur
             json_kind(&value)
         )));
     };
-    Ok(items.into_iter().map(structured_value).collect())
+    Ok(items
+        .into_iter()
+        .map(|item| {
+            let raw = item.to_string();
+            (structured_value(item), raw)
+        })
+        .collect())
 }
 
 /// A binary-mode request: attributes in `ce-*` headers, data in the body.

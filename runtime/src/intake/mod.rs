@@ -1,6 +1,9 @@
 //! Event intake: from a decoded CloudEvent to an [`Outcome`]. The fixed pipeline is
-//! type check → contract → typed decode → handler (panics caught, time-bounded) →
-//! contract check of emitted events → publish. Transports turn the outcome into their reply.
+//! claim (idempotency) → type check → contract → typed decode → handler (panics caught,
+//! time-bounded, in a transaction with SQL stores) → contract check of emitted events →
+//! complete (record + outbox, one commit) → publish → mark sent. Failures are retried until
+//! `delivery.max_attempts`, then — and at once for permanent failures — dead-lettered.
+//! Transports turn the outcome into their reply.
 
 pub(crate) mod decode;
 
@@ -9,12 +12,15 @@ use std::{collections::BTreeSet, future::Future, pin::Pin, sync::Arc, time::Inst
 use serde_json::Value;
 
 use crate::{
-    config::Config,
+    Transaction,
+    config::{Config, CrashPoint},
     contract::Contracts,
+    dead_letter::{DEAD_LETTER_TYPE, DeadLetter, DeadLetterError, Original},
     emit::Emit,
     event::{Context, Event, EventData, KafkaCoordinates},
     handler::Handler,
-    manifest::{Manifest, Publish},
+    idempotency::{Attempts, Claim, Store, StoredOutput, now_ms},
+    manifest::{KeyStrategy, Manifest},
     telemetry::TraceContext,
     transport::Publisher,
 };
@@ -37,6 +43,8 @@ pub(crate) enum FailureKind {
     HandlerTimeout,
     PublishFailed,
     Draining,
+    InFlight,
+    StoreUnavailable,
 }
 
 impl FailureKind {
@@ -55,6 +63,8 @@ impl FailureKind {
             FailureKind::HandlerTimeout => "handler_timeout",
             FailureKind::PublishFailed => "publish_failed",
             FailureKind::Draining => "draining",
+            FailureKind::InFlight => "in_flight",
+            FailureKind::StoreUnavailable => "store_unavailable",
         }
     }
 
@@ -67,22 +77,27 @@ impl FailureKind {
                 | FailureKind::HandlerTimeout
                 | FailureKind::PublishFailed
                 | FailureKind::Draining
+                | FailureKind::InFlight
+                | FailureKind::StoreUnavailable
         )
     }
 }
 
-/// A failure with its human-readable reason.
+/// A failure with its human-readable reason and, for handler errors, the cause chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Failure {
     pub(crate) kind: FailureKind,
     pub(crate) message: String,
+    pub(crate) chain: Vec<String>,
 }
 
 impl Failure {
     pub(crate) fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        let message = message.into();
         Self {
             kind,
-            message: message.into(),
+            chain: vec![message.clone()],
+            message,
         }
     }
 }
@@ -90,24 +105,31 @@ impl Failure {
 /// What became of one event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
+    /// Handled now.
     Success,
+    /// Handled (or dead-lettered) before: acknowledged without running the handler.
+    Duplicate,
+    /// Deliver again.
     Retry(Failure),
+    /// Given up: the dead-letter record `id` holds the event; acknowledge it.
+    DeadLettered {
+        failure: Failure,
+        id: String,
+        /// True when retryable failures used up `max_attempts`.
+        exhausted: bool,
+    },
+    /// Given up, but the dead letter could not be recorded: the transport's own dead-letter
+    /// path (Dapr's `DROP` → deadLetterTopic, Knative's DLS) must keep it.
     Drop(Failure),
 }
 
 impl Outcome {
-    fn from_failure(f: Failure) -> Self {
-        if f.kind.is_retryable() {
-            Outcome::Retry(f)
-        } else {
-            Outcome::Drop(f)
-        }
-    }
-
     pub(crate) fn label(&self) -> &'static str {
         match self {
             Outcome::Success => "success",
+            Outcome::Duplicate => "duplicate",
             Outcome::Retry(_) => "retry",
+            Outcome::DeadLettered { .. } => "dead_letter",
             Outcome::Drop(_) => "drop",
         }
     }
@@ -119,17 +141,31 @@ pub(crate) struct DeliveryMeta {
     /// The HTTP `traceparent` of this hop.
     pub(crate) hop_traceparent: Option<String>,
     pub(crate) kafka: Option<KafkaCoordinates>,
+    /// The pub/sub component and topic the event came from (Dapr).
+    pub(crate) source_topic: Option<(String, String)>,
+    /// The message as it arrived, for the dead-letter record.
+    pub(crate) original: Option<Original>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// A [`Handler`] with its data type erased, so the pipeline is not generic.
 trait ErasedHandler: Send + Sync {
-    fn call(&self, ctx: Context, data: Value) -> BoxFuture<Result<Vec<Emit>, Failure>>;
+    fn call(
+        &self,
+        ctx: Context,
+        data: Value,
+        tx: Option<Transaction>,
+    ) -> BoxFuture<Result<Vec<Emit>, Failure>>;
 }
 
 impl<H: Handler> ErasedHandler for H {
-    fn call(&self, ctx: Context, data: Value) -> BoxFuture<Result<Vec<Emit>, Failure>> {
+    fn call(
+        &self,
+        ctx: Context,
+        data: Value,
+        tx: Option<Transaction>,
+    ) -> BoxFuture<Result<Vec<Emit>, Failure>> {
         let data = match H::Data::from_event(&ctx.ty, data) {
             Ok(d) => d,
             Err(e) => {
@@ -140,7 +176,7 @@ impl<H: Handler> ErasedHandler for H {
                 return Box::pin(async move { Err(f) });
             }
         };
-        let fut = Handler::call(self, Event { data, ctx });
+        let fut = Handler::call(self, Event { data, ctx, tx });
         Box::pin(async move {
             fut.await.map_err(|e| {
                 let kind = if e.is_permanent() {
@@ -148,7 +184,11 @@ impl<H: Handler> ErasedHandler for H {
                 } else {
                     FailureKind::HandlerRetryable
                 };
-                Failure::new(kind, e.to_string())
+                Failure {
+                    kind,
+                    message: e.to_string(),
+                    chain: e.messages(),
+                }
             })
         })
     }
@@ -162,6 +202,7 @@ pub(crate) struct Intake {
     contracts: Contracts,
     handler: Arc<dyn ErasedHandler>,
     publisher: Arc<dyn Publisher>,
+    store: Arc<dyn Store>,
     config: Arc<Config>,
     source: String,
 }
@@ -172,6 +213,7 @@ impl Intake {
         contracts: Contracts,
         handler: H,
         publisher: Arc<dyn Publisher>,
+        store: Arc<dyn Store>,
         config: Arc<Config>,
     ) -> Self {
         Intake {
@@ -181,6 +223,7 @@ impl Intake {
             contracts,
             handler: Arc::new(handler),
             publisher,
+            store,
             config,
         }
     }
@@ -193,6 +236,10 @@ impl Intake {
         &self.consumed
     }
 
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     /// Run one event through the pipeline and log one line about it.
     pub(crate) async fn process(
         &self,
@@ -202,19 +249,16 @@ impl Intake {
     ) -> Outcome {
         let started = Instant::now();
         let (outcome, ctx) = match input {
-            Err(f) => (Outcome::Drop(f), None),
+            Err(f) => (self.dead_letter(None, "", f, &meta, false).await, None),
             Ok(decoded) => {
                 let mut ctx = decoded.ctx;
-                ctx.kafka = meta.kafka;
+                ctx.kafka = meta.kafka.clone();
                 ctx.traceparent = TraceContext::continue_from([
                     meta.hop_traceparent.as_deref(),
                     decoded.trace_ext.as_deref(),
                 ])
                 .to_string();
-                let outcome = match self.run(ctx.clone(), decoded.data, accepted).await {
-                    Ok(()) => Outcome::Success,
-                    Err(f) => Outcome::from_failure(f),
-                };
+                let outcome = self.claimed(&mut ctx, decoded.data, accepted, &meta).await;
                 (outcome, Some(ctx))
             }
         };
@@ -222,7 +266,94 @@ impl Intake {
         outcome
     }
 
-    async fn run(&self, ctx: Context, data: Value, accepted: &[String]) -> Result<(), Failure> {
+    /// The idempotency key of an event.
+    fn key(&self, ctx: &Context, data: &Value) -> String {
+        let base = match (&self.manifest.idempotency_key, &ctx.kafka) {
+            (KeyStrategy::Kafka, Some(k)) => {
+                format!("kafka:{}/{}/{}", k.topic, k.partition, k.offset)
+            }
+            (KeyStrategy::Data(pointer), _) => match data.pointer(pointer) {
+                Some(Value::String(s)) => format!("data:{s}"),
+                Some(v) if !v.is_null() => format!("data:{v}"),
+                _ => format!("ce:{}\u{1f}{}", ctx.source, ctx.id),
+            },
+            _ => format!("ce:{}\u{1f}{}", ctx.source, ctx.id),
+        };
+        // A replay of a dead letter is a new event for idempotency, once per dead letter.
+        match ctx.extension("replayof") {
+            Some(id) => format!("{base}\u{1f}replayof:{id}"),
+            None => base,
+        }
+    }
+
+    async fn claimed(
+        &self,
+        ctx: &mut Context,
+        data: Value,
+        accepted: &[String],
+        meta: &DeliveryMeta,
+    ) -> Outcome {
+        let key = self.key(ctx, &data);
+        let owner = uuid::Uuid::new_v4().to_string();
+        let claim = match self
+            .store
+            .claim(&key, &owner, self.config.lease, self.config.idempotency_ttl)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                return Outcome::Retry(Failure::new(FailureKind::StoreUnavailable, e.to_string()));
+            }
+        };
+        let attempt = match claim {
+            Claim::InFlight => {
+                return Outcome::Retry(Failure::new(
+                    FailureKind::InFlight,
+                    "another delivery of this event is being handled right now",
+                ));
+            }
+            Claim::Dead { .. } => return Outcome::Duplicate,
+            Claim::Done { unsent } => {
+                return match self.publish_outputs(&key, &unsent).await {
+                    Ok(()) => Outcome::Duplicate,
+                    Err(f) => Outcome::Retry(f),
+                };
+            }
+            Claim::Acquired { attempt } => attempt,
+        };
+        ctx.attempt = attempt;
+        self.crash_point(CrashPoint::AfterClaim);
+        match self.attempt(ctx, data, accepted, &key, &owner).await {
+            Ok(outputs) => {
+                self.crash_point(CrashPoint::AfterCommit);
+                match self.publish_outputs(&key, &outputs).await {
+                    Ok(()) => Outcome::Success,
+                    // The record is done: a redelivery publishes what is still unsent.
+                    Err(f) => Outcome::Retry(f),
+                }
+            }
+            Err(f) if f.kind == FailureKind::InFlight => Outcome::Retry(f),
+            Err(f) if f.kind.is_retryable() => {
+                match self.store.fail(&key, &owner, &f.message).await {
+                    Ok(a) if a.failed >= self.manifest.delivery.max_attempts => {
+                        self.dead_letter(Some(ctx), &key, f, meta, true).await
+                    }
+                    _ => Outcome::Retry(f),
+                }
+            }
+            Err(f) => self.dead_letter(Some(ctx), &key, f, meta, false).await,
+        }
+    }
+
+    /// One attempt: checks, handler, completion. Returns the outputs to publish.
+    async fn attempt(
+        &self,
+        ctx: &Context,
+        data: Value,
+        accepted: &[String],
+        key: &str,
+        owner: &str,
+    ) -> Result<Vec<StoredOutput>, Failure> {
         if !accepted.contains(&ctx.ty) {
             return Err(Failure::new(
                 FailureKind::UnknownType,
@@ -249,28 +380,39 @@ impl Intake {
                 ));
             }
         }
-        let emits = self.call_handler(ctx.clone(), data).await?;
-        let outgoing = emits
+        let store_down = |e: crate::idempotency::StoreError| {
+            Failure::new(FailureKind::StoreUnavailable, e.to_string())
+        };
+        let tx = self.store.begin().await.map_err(store_down)?;
+        let emits = self.call_handler(ctx.clone(), data, tx.clone()).await?;
+        let outputs = emits
             .into_iter()
-            .map(|e| self.outgoing(&ctx, e))
+            .enumerate()
+            .map(|(seq, e)| self.outgoing(ctx, u32::try_from(seq).unwrap_or(u32::MAX), e))
             .collect::<Result<Vec<_>, _>>()?;
-        for (target, event) in &outgoing {
-            self.publisher
-                .publish(target, event)
-                .await
-                .map_err(|reason| {
-                    Failure::new(
-                        FailureKind::PublishFailed,
-                        format!("publishing {} ({}) failed: {reason}", event.ty, event.id),
-                    )
-                })?;
+        self.crash_point(CrashPoint::AfterHandler);
+        if !self
+            .store
+            .complete(key, owner, &outputs, tx)
+            .await
+            .map_err(store_down)?
+        {
+            return Err(Failure::new(
+                FailureKind::InFlight,
+                "the lease on this event expired and another delivery took it over; this attempt's effects were rolled back",
+            ));
         }
-        Ok(())
+        Ok(outputs)
     }
 
-    async fn call_handler(&self, ctx: Context, data: Value) -> Result<Vec<Emit>, Failure> {
+    async fn call_handler(
+        &self,
+        ctx: Context,
+        data: Value,
+        tx: Option<Transaction>,
+    ) -> Result<Vec<Emit>, Failure> {
         let timeout = self.config.handler_timeout;
-        let mut task = tokio::spawn(self.handler.call(ctx, data));
+        let mut task = tokio::spawn(self.handler.call(ctx, data, tx));
         match tokio::time::timeout(timeout, &mut task).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => {
@@ -301,11 +443,7 @@ impl Intake {
 
     /// Turn an [`Emit`] into the CloudEvent to publish, checking it against the manifest and
     /// its contract first: an emitted event that breaks its contract is a handler bug.
-    fn outgoing<'m>(
-        &'m self,
-        cause: &Context,
-        e: Emit,
-    ) -> Result<(&'m Publish, Outgoing), Failure> {
+    fn outgoing(&self, cause: &Context, seq: u32, e: Emit) -> Result<StoredOutput, Failure> {
         let bug = |msg: String| Failure::new(FailureKind::HandlerPermanent, msg);
         let target = self.manifest.publish_for(&e.ty).ok_or_else(|| {
             bug(format!(
@@ -319,7 +457,12 @@ impl Intake {
                 e.ty
             )));
         }
-        let id = uuid::Uuid::now_v7().to_string();
+        // Derived from the cause, so a re-run after a crash emits the same ids.
+        let id = uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_OID,
+            format!("{}#{}#{seq}", cause.source, cause.id).as_bytes(),
+        )
+        .to_string();
         let mut builder = <cloudevents::EventBuilderV10 as cloudevents::EventBuilder>::new()
             .id(id.clone())
             .source(self.source.clone())
@@ -334,14 +477,14 @@ impl Intake {
                     .extension("correlationid")
                     .unwrap_or(&cause.id)
                     .to_string(),
-            )
-            .extension("zerofnversion", self.manifest.version.clone());
+            );
         if let Some(subject) = &e.subject {
             builder = builder.subject(subject.clone());
         }
         if let Some(key) = &e.partition_key {
             builder = builder.extension("partitionkey", key.clone());
         }
+        // A handler's own extensions may not override the ones the runtime sets.
         let mut reserved = BTreeSet::from([
             "traceparent",
             "causationid",
@@ -359,29 +502,176 @@ impl Intake {
                 e.ty
             ))
         })?;
-        let body = serde_json::to_vec(&event)
+        let body = serde_json::to_string(&event)
             .map_err(|err| bug(format!("the emitted {} cannot be serialised: {err}", e.ty)))?;
-        Ok((
-            target,
-            Outgoing {
-                id,
-                ty: e.ty,
-                body,
-                traceparent: cause.traceparent.clone(),
-                partition_key: e.partition_key,
-            },
-        ))
+        Ok(StoredOutput {
+            seq,
+            event_id: id,
+            event_type: e.ty,
+            pubsub: target.pubsub.clone(),
+            topic: target.topic.clone(),
+            body,
+            traceparent: cause.traceparent.clone(),
+            partition_key: e.partition_key,
+        })
     }
-}
 
-/// A CloudEvent ready to publish, in structured JSON.
-#[derive(Debug)]
-pub(crate) struct Outgoing {
-    pub(crate) id: String,
-    pub(crate) ty: String,
-    pub(crate) body: Vec<u8>,
-    pub(crate) traceparent: String,
-    pub(crate) partition_key: Option<String>,
+    /// Publish outbox entries in order, marking each sent.
+    async fn publish_outputs(&self, key: &str, outputs: &[StoredOutput]) -> Result<(), Failure> {
+        for o in outputs {
+            self.publisher.publish(o).await.map_err(|reason| {
+                Failure::new(
+                    FailureKind::PublishFailed,
+                    format!(
+                        "publishing {} ({}) failed: {reason}",
+                        o.event_type, o.event_id
+                    ),
+                )
+            })?;
+            if let Err(e) = self.store.mark_sent(key, o.seq).await {
+                // Published but not marked: a redelivery publishes it again with the same id.
+                tracing::warn!(error = %e, event_id = %o.event_id, "could not mark an output as sent");
+            }
+        }
+        Ok(())
+    }
+
+    /// Keep a dead-letter record in the store and forward it to the dead-letter topic.
+    async fn dead_letter(
+        &self,
+        ctx: Option<&Context>,
+        key: &str,
+        failure: Failure,
+        meta: &DeliveryMeta,
+        exhausted: bool,
+    ) -> Outcome {
+        let now = now_ms();
+        let attempts = match (key.is_empty(), ctx) {
+            (false, Some(c)) => self.store.attempts(key).await.ok().flatten().map_or(
+                Attempts {
+                    failed: c.attempt,
+                    first_failure_ms: now,
+                    last_failure_ms: now,
+                },
+                |a| Attempts {
+                    failed: a.failed.max(c.attempt),
+                    ..a
+                },
+            ),
+            _ => Attempts {
+                failed: 1,
+                first_failure_ms: now,
+                last_failure_ms: now,
+            },
+        };
+        let rfc3339 = |ms: i64| {
+            chrono::DateTime::from_timestamp_millis(ms)
+                .unwrap_or_else(chrono::Utc::now)
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        };
+        let (pubsub, topic) = match (&meta.source_topic, ctx.and_then(|c| c.kafka.as_ref())) {
+            (Some((p, t)), _) => (Some(p.clone()), Some(t.clone())),
+            (None, Some(k)) => (None, Some(k.topic.clone())),
+            (None, None) => (None, None),
+        };
+        let record = DeadLetter {
+            id: uuid::Uuid::now_v7().to_string(),
+            function: self.manifest.name.clone(),
+            function_version: self.manifest.version.clone(),
+            key: key.to_string(),
+            event_id: ctx.map(|c| c.id.clone()),
+            event_type: ctx.map(|c| c.ty.clone()),
+            event_source: ctx.map(|c| c.source.clone()),
+            topic,
+            pubsub,
+            original: meta
+                .original
+                .clone()
+                .unwrap_or_else(|| Original::new(None, b"", Default::default())),
+            error: DeadLetterError {
+                kind: failure.kind.code().to_string(),
+                class: if failure.kind.is_retryable() {
+                    "retryable"
+                } else {
+                    "permanent"
+                }
+                .to_string(),
+                messages: failure.chain.clone(),
+            },
+            attempts: attempts.failed.max(1),
+            first_failure: rfc3339(attempts.first_failure_ms),
+            last_failure: rfc3339(attempts.last_failure_ms),
+            trace_id: ctx.map(|c| c.trace_id().to_string()),
+        };
+        if let Err(e) = self.store.dead_letter(key, &record).await {
+            tracing::error!(error = %e, "could not record a dead letter; leaving it to the transport's dead-letter path");
+            return Outcome::Drop(failure);
+        }
+        self.forward_dead_letter(&record, ctx).await;
+        Outcome::DeadLettered {
+            failure,
+            id: record.id,
+            exhausted,
+        }
+    }
+
+    /// Publish the record to the function's dead-letter topic. The store already holds it, so
+    /// a failure here is logged, not fatal.
+    async fn forward_dead_letter(&self, record: &DeadLetter, ctx: Option<&Context>) {
+        let traceparent = ctx.map_or_else(
+            || TraceContext::root().to_string(),
+            |c| c.traceparent.clone(),
+        );
+        let built = <cloudevents::EventBuilderV10 as cloudevents::EventBuilder>::new()
+            .id(record.id.clone())
+            .source(self.source.clone())
+            .ty(DEAD_LETTER_TYPE)
+            .time(chrono::Utc::now())
+            .data(
+                "application/json",
+                serde_json::to_value(record).unwrap_or_default(),
+            )
+            .extension("traceparent", traceparent.clone());
+        let body = cloudevents::EventBuilder::build(built)
+            .map_err(|e| e.to_string())
+            .and_then(|ev| serde_json::to_string(&ev).map_err(|e| e.to_string()));
+        let result = match body {
+            Ok(body) => {
+                let out = StoredOutput {
+                    seq: 0,
+                    event_id: record.id.clone(),
+                    event_type: DEAD_LETTER_TYPE.to_string(),
+                    pubsub: record
+                        .pubsub
+                        .clone()
+                        .unwrap_or_else(|| self.default_pubsub()),
+                    topic: self.manifest.delivery.dead_letter_topic.clone(),
+                    body,
+                    traceparent,
+                    partition_key: None,
+                };
+                self.publisher.publish(&out).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(reason) = result {
+            tracing::warn!(dead_letter_id = %record.id, %reason, "dead letter kept in the store but not forwarded to the dead-letter topic");
+        }
+    }
+
+    fn default_pubsub(&self) -> String {
+        self.manifest
+            .subscriptions
+            .first()
+            .map_or_else(|| "kafka-pubsub".to_string(), |s| s.pubsub.clone())
+    }
+
+    fn crash_point(&self, point: CrashPoint) {
+        if self.config.crash_at == Some(point) {
+            tracing::error!(?point, "ZEROFN_CRASH_AT: aborting the process");
+            std::process::abort();
+        }
+    }
 }
 
 fn log_outcome(function: &str, outcome: &Outcome, ctx: Option<&Context>, started: Instant) {
@@ -401,23 +691,35 @@ fn log_outcome(function: &str, outcome: &Outcome, ctx: Option<&Context>, started
         .map_or((None, None, None), |k| {
             (Some(k.topic.as_str()), Some(k.partition), Some(k.offset))
         });
+    let label = outcome.label();
     match outcome {
-        Outcome::Success => tracing::info!(
+        Outcome::Success | Outcome::Duplicate => tracing::info!(
             target: "zerofn::event",
-            function, event_type = ty, event_id = id, event_source = source, outcome = "success",
+            function, event_type = ty, event_id = id, event_source = source, outcome = label,
             duration_ms, trace_id, attempt, kafka_topic, kafka_partition, kafka_offset,
             "event handled"
         ),
         Outcome::Retry(f) => tracing::warn!(
             target: "zerofn::event",
-            function, event_type = ty, event_id = id, event_source = source, outcome = "retry",
+            function, event_type = ty, event_id = id, event_source = source, outcome = label,
             error = f.kind.code(), reason = %f.message,
             duration_ms, trace_id, attempt, kafka_topic, kafka_partition, kafka_offset,
             "event will be retried"
         ),
+        Outcome::DeadLettered {
+            failure: f,
+            id: dead_letter_id,
+            ..
+        } => tracing::error!(
+            target: "zerofn::event",
+            function, event_type = ty, event_id = id, event_source = source, outcome = label,
+            error = f.kind.code(), reason = %f.message, dead_letter_id = %dead_letter_id,
+            duration_ms, trace_id, attempt, kafka_topic, kafka_partition, kafka_offset,
+            "event dead-lettered"
+        ),
         Outcome::Drop(f) => tracing::error!(
             target: "zerofn::event",
-            function, event_type = ty, event_id = id, event_source = source, outcome = "drop",
+            function, event_type = ty, event_id = id, event_source = source, outcome = label,
             error = f.kind.code(), reason = %f.message,
             duration_ms, trace_id, attempt, kafka_topic, kafka_partition, kafka_offset,
             "event dropped"

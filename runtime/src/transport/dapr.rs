@@ -27,11 +27,12 @@ use subtle::ConstantTimeEq;
 use super::{AppState, Publisher, delivery_meta, error_response, post as send, read_body};
 use crate::{
     event::KafkaCoordinates,
+    idempotency::StoredOutput,
     intake::{
-        DeliveryMeta, Failure, FailureKind, Outcome, Outgoing,
+        DeliveryMeta, Failure, FailureKind, Outcome,
         decode::{self, is_json_media},
     },
-    manifest::{Publish, Subscription},
+    manifest::Subscription,
 };
 
 /// The header Dapr uses for API tokens, in both directions.
@@ -97,15 +98,13 @@ async fn deliver(
     let bulk_limit = sub
         .bulk
         .map_or(limit, |b| limit.saturating_mul(b.max_messages as usize));
+    let source_topic = Some((sub.pubsub.clone(), sub.topic.clone()));
     let bytes = match read_body(&headers, body, bulk_limit).await {
         Ok(b) => b,
         Err(f) => {
-            return reply(
-                &state
-                    .intake
-                    .process(Err(f), &sub.types, DeliveryMeta::default())
-                    .await,
-            );
+            let mut meta = delivery_meta(&headers, b"");
+            meta.source_topic = source_topic;
+            return reply(&state.intake.process(Err(f), &sub.types, meta).await);
         }
     };
     let ct = decode::content_type(&headers)
@@ -130,23 +129,48 @@ async fn deliver(
             ),
         ))
     };
-    let outcome = state
-        .intake
-        .process(input, &sub.types, delivery_meta(&headers))
-        .await;
-    reply(&outcome)
+    let mut meta = delivery_meta(&headers, &bytes);
+    meta.source_topic = source_topic;
+    reply(&state.intake.process(input, &sub.types, meta).await)
+}
+
+/// The status Dapr reads for an outcome. A dead-lettered event is acknowledged (`SUCCESS`):
+/// the runtime already forwarded its record to the dead-letter topic, and a `DROP` would make
+/// Dapr copy the raw message there a second time.
+fn status_of(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Success | Outcome::Duplicate | Outcome::DeadLettered { .. } => "SUCCESS",
+        Outcome::Retry(_) => "RETRY",
+        Outcome::Drop(_) => "DROP",
+    }
 }
 
 /// Dapr's single-delivery reply: always 200, the status in the body.
 fn reply(outcome: &Outcome) -> Response {
-    let body = match outcome {
-        Outcome::Success => json!({"status": "SUCCESS"}),
-        Outcome::Retry(f) => {
-            json!({"status": "RETRY", "error": f.kind.code(), "message": f.message})
+    (StatusCode::OK, Json(reply_body(outcome, None))).into_response()
+}
+
+/// `{"status": …}`, plus what happened for anything but a plain success.
+fn reply_body(outcome: &Outcome, entry_id: Option<&str>) -> Value {
+    let mut body = json!({"status": status_of(outcome)});
+    if let Some(id) = entry_id {
+        body["entryId"] = json!(id);
+    }
+    match outcome {
+        Outcome::Success => {}
+        Outcome::Duplicate => body["outcome"] = json!("duplicate"),
+        Outcome::Retry(f) | Outcome::Drop(f) => {
+            body["error"] = json!(f.kind.code());
+            body["message"] = json!(f.message);
         }
-        Outcome::Drop(f) => json!({"status": "DROP", "error": f.kind.code(), "message": f.message}),
-    };
-    (StatusCode::OK, Json(body)).into_response()
+        Outcome::DeadLettered { failure, id, .. } => {
+            body["outcome"] = json!("dead_letter");
+            body["deadLetterId"] = json!(id);
+            body["error"] = json!(failure.kind.code());
+            body["message"] = json!(failure.message);
+        }
+    }
+    body
 }
 
 /// While draining: a non-2xx, which Dapr retries (after the restart or on another replica).
@@ -194,12 +218,18 @@ async fn deliver_bulk(
                 FailureKind::Malformed,
                 format!("bulk delivery body is not a Dapr bulk envelope: {e}"),
             );
-            let _ = state
-                .intake
-                .process(Err(f.clone()), &sub.types, DeliveryMeta::default())
-                .await;
-            // No entry ids to answer per entry: 404 is Dapr's "drop them all" for bulk.
-            return error_response(StatusCode::NOT_FOUND, f.kind.code(), &f.message);
+            let mut meta = delivery_meta(headers, bytes);
+            meta.source_topic = Some((sub.pubsub.clone(), sub.topic.clone()));
+            return match state.intake.process(Err(f.clone()), &sub.types, meta).await {
+                // One dead letter holds the whole body: acknowledge every entry.
+                Outcome::DeadLettered { id, .. } => (
+                    StatusCode::OK,
+                    Json(json!({"statuses": [], "deadLetterId": id})),
+                )
+                    .into_response(),
+                // No entry ids to answer per entry: 404 is Dapr's "drop them all" for bulk.
+                _ => error_response(StatusCode::NOT_FOUND, f.kind.code(), &f.message),
+            };
         }
     };
     let limit = state.config.max_body_bytes;
@@ -212,25 +242,33 @@ async fn deliver_bulk(
                 .or_else(|| request.metadata.get(name))
                 .and_then(Value::as_str)
         };
+        let entry_bytes = serde_json::to_vec(&entry.event).unwrap_or_default();
+        let entry_headers = entry
+            .metadata
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                )
+            })
+            .collect();
         let meta = DeliveryMeta {
             hop_traceparent: headers
                 .get("traceparent")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
             kafka: KafkaCoordinates::from_metadata(meta_get),
+            source_topic: Some((sub.pubsub.clone(), sub.topic.clone())),
+            original: Some(crate::dead_letter::Original::new(
+                entry.content_type.clone(),
+                &entry_bytes,
+                entry_headers,
+            )),
         };
         let input = bulk_entry_event(entry.event, entry.content_type.as_deref(), limit);
         let outcome = state.intake.process(input, &sub.types, meta).await;
-        let mut status = json!({"entryId": entry.entry_id, "status": match &outcome {
-            Outcome::Success => "SUCCESS",
-            Outcome::Retry(_) => "RETRY",
-            Outcome::Drop(_) => "DROP",
-        }});
-        if let Outcome::Retry(f) | Outcome::Drop(f) = &outcome {
-            status["error"] = json!(f.kind.code());
-            status["message"] = json!(f.message);
-        }
-        statuses.push(status);
+        statuses.push(reply_body(&outcome, Some(&entry.entry_id)));
     }
     (StatusCode::OK, Json(json!({"statuses": statuses}))).into_response()
 }
@@ -298,14 +336,13 @@ impl DaprPublisher {
 impl Publisher for DaprPublisher {
     fn publish<'a>(
         &'a self,
-        target: &'a Publish,
-        event: &'a Outgoing,
+        event: &'a StoredOutput,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
         Box::pin(async move {
             let mut url = reqwest::Url::parse(&self.base).map_err(|e| e.to_string())?;
             url.path_segments_mut()
                 .map_err(|()| "the Dapr URL cannot have a path".to_string())?
-                .extend(["v1.0", "publish", &target.pubsub, &target.topic]);
+                .extend(["v1.0", "publish", &event.pubsub, &event.topic]);
             if let Some(key) = &event.partition_key {
                 url.query_pairs_mut()
                     .append_pair("metadata.partitionKey", key);
@@ -321,7 +358,7 @@ impl Publisher for DaprPublisher {
             }
             send(
                 request,
-                &format!("Dapr publish to {}/{}", target.pubsub, target.topic),
+                &format!("Dapr publish to {}/{}", event.pubsub, event.topic),
             )
             .await
         })

@@ -17,11 +17,11 @@ use serde_json::json;
 
 use super::{AppState, Publisher, delivery_meta, post as send, read_body};
 use crate::{
+    idempotency::StoredOutput,
     intake::{
-        Failure, FailureKind, Outcome, Outgoing,
+        Failure, FailureKind, Outcome,
         decode::{self, Mode},
     },
-    manifest::Publish,
 };
 
 pub(super) fn routes() -> Router<AppState> {
@@ -36,11 +36,18 @@ async fn deliver(State(state): State<AppState>, headers: HeaderMap, body: Body) 
         ));
     };
     let accepted = state.intake.consumed_types();
-    let meta = delivery_meta(&headers);
     let bytes = match read_body(&headers, body, state.config.max_body_bytes).await {
         Ok(b) => b,
-        Err(f) => return respond(&state.intake.process(Err(f), accepted, meta).await),
+        Err(f) => {
+            return respond(
+                &state
+                    .intake
+                    .process(Err(f), accepted, delivery_meta(&headers, b""))
+                    .await,
+            );
+        }
     };
+    let meta = delivery_meta(&headers, &bytes);
     match decode::mode(&headers) {
         Mode::Structured => respond(
             &state
@@ -60,9 +67,11 @@ async fn deliver(State(state): State<AppState>, headers: HeaderMap, body: Body) 
                 Err(f) => return respond(&state.intake.process(Err(f), accepted, meta).await),
             };
             let mut results = Vec::with_capacity(events.len());
-            for event in events {
+            for (event, raw) in events {
                 let id = event.as_ref().ok().map(|d| d.ctx.id.clone());
-                let outcome = state.intake.process(event, accepted, meta.clone()).await;
+                let mut meta = meta.clone();
+                meta.original = Some(super::original(&headers, raw.as_bytes()));
+                let outcome = state.intake.process(event, accepted, meta).await;
                 results.push((id, outcome));
             }
             respond_batch(&results)
@@ -85,13 +94,18 @@ fn status_of(f: &Failure) -> StatusCode {
             StatusCode::INTERNAL_SERVER_ERROR
         }
         FailureKind::PublishFailed => StatusCode::BAD_GATEWAY,
-        FailureKind::Draining => StatusCode::SERVICE_UNAVAILABLE,
+        FailureKind::Draining | FailureKind::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        // Knative retries 409: the delivery holding the lease finishes the work.
+        FailureKind::InFlight => StatusCode::CONFLICT,
     }
 }
 
 fn failure_response(f: &Failure) -> Response {
     let mut response = super::error_response(status_of(f), f.kind.code(), &f.message);
-    if f.kind == FailureKind::Draining {
+    if matches!(
+        f.kind,
+        FailureKind::Draining | FailureKind::InFlight | FailureKind::StoreUnavailable
+    ) {
         response
             .headers_mut()
             .insert("retry-after", http::HeaderValue::from_static("1"));
@@ -100,11 +114,35 @@ fn failure_response(f: &Failure) -> Response {
 }
 
 /// Success is `202` with an empty body: Knative treats a non-empty body that is not a
-/// CloudEvent as a failed delivery.
+/// CloudEvent as a failed delivery. A dead-lettered event keeps its precise error status (the
+/// sender should know what was wrong) and names its record in `zerofn-dead-letter`; retries
+/// that ran out answer `422 attempts_exhausted`.
 fn respond(outcome: &Outcome) -> Response {
     match outcome {
-        Outcome::Success => StatusCode::ACCEPTED.into_response(),
+        Outcome::Success | Outcome::Duplicate => StatusCode::ACCEPTED.into_response(),
         Outcome::Retry(f) | Outcome::Drop(f) => failure_response(f),
+        Outcome::DeadLettered {
+            failure,
+            id,
+            exhausted,
+        } => {
+            let mut response = if *exhausted {
+                super::error_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "attempts_exhausted",
+                    &format!(
+                        "gave up after the last allowed attempt: {}",
+                        failure.message
+                    ),
+                )
+            } else {
+                failure_response(failure)
+            };
+            if let Ok(v) = http::HeaderValue::from_str(id) {
+                response.headers_mut().insert("zerofn-dead-letter", v);
+            }
+            response
+        }
     }
 }
 
@@ -112,14 +150,23 @@ fn respond(outcome: &Outcome) -> Response {
 /// (redelivering the successful ones is safe under idempotency); otherwise 207 with the
 /// per-event results when some succeeded, or the first failure's status when none did.
 fn respond_batch(results: &[(Option<String>, Outcome)]) -> Response {
-    if results.iter().all(|(_, o)| *o == Outcome::Success) {
+    let done = |o: &Outcome| matches!(o, Outcome::Success | Outcome::Duplicate);
+    if results.iter().all(|(_, o)| done(o)) {
         return StatusCode::ACCEPTED.into_response();
     }
     let body = json!({"results": results.iter().map(|(id, o)| {
         let mut r = json!({"id": id, "outcome": o.label()});
-        if let Outcome::Retry(f) | Outcome::Drop(f) = o {
-            r["error"] = json!(f.kind.code());
-            r["message"] = json!(f.message);
+        match o {
+            Outcome::Retry(f) | Outcome::Drop(f) => {
+                r["error"] = json!(f.kind.code());
+                r["message"] = json!(f.message);
+            }
+            Outcome::DeadLettered { failure, id, .. } => {
+                r["error"] = json!(failure.kind.code());
+                r["message"] = json!(failure.message);
+                r["deadLetterId"] = json!(id);
+            }
+            Outcome::Success | Outcome::Duplicate => {}
         }
         r
     }).collect::<Vec<_>>()});
@@ -128,13 +175,13 @@ fn respond_batch(results: &[(Option<String>, Outcome)]) -> Response {
         _ => None,
     }) {
         status_of(f)
-    } else if results.iter().any(|(_, o)| *o == Outcome::Success) {
+    } else if results.iter().any(|(_, o)| done(o)) {
         StatusCode::MULTI_STATUS
     } else {
         results
             .iter()
             .find_map(|(_, o)| match o {
-                Outcome::Drop(f) => Some(status_of(f)),
+                Outcome::Drop(f) | Outcome::DeadLettered { failure: f, .. } => Some(status_of(f)),
                 _ => None,
             })
             .unwrap_or(StatusCode::UNPROCESSABLE_ENTITY)
@@ -157,8 +204,7 @@ impl SinkPublisher {
 impl Publisher for SinkPublisher {
     fn publish<'a>(
         &'a self,
-        _target: &'a Publish,
-        event: &'a Outgoing,
+        event: &'a StoredOutput,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
         Box::pin(async move {
             let request = self

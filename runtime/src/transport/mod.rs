@@ -21,35 +21,35 @@ use axum::{
     routing::get,
 };
 use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde_json::json;
 
 use crate::{
     config::{Config, TransportKind},
-    intake::{DeliveryMeta, Failure, FailureKind, Intake, Outgoing},
-    manifest::Publish,
+    dead_letter::Original,
+    idempotency::StoredOutput,
+    intake::{DeliveryMeta, Failure, FailureKind, Intake},
     shutdown::Drain,
 };
 
-/// Sends an emitted event to its topic.
+/// Sends an event (an outbox entry or a dead-letter record) to its topic.
 pub(crate) trait Publisher: Send + Sync {
     fn publish<'a>(
         &'a self,
-        target: &'a Publish,
-        event: &'a Outgoing,
+        event: &'a StoredOutput,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
 }
 
-/// For functions that publish nothing: any emit is already refused by the manifest check.
+/// Where nothing can be published (the HTTP transport without `K_SINK`, for a function that
+/// emits nothing): dead-letter records stay in the store only.
 pub(crate) struct NoPublisher;
 
 impl Publisher for NoPublisher {
     fn publish<'a>(
         &'a self,
-        target: &'a Publish,
-        _event: &'a Outgoing,
+        event: &'a StoredOutput,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
-        let msg = format!("no publisher is configured for topic {}", target.topic);
+        let msg = format!("no publisher is configured for topic {}", event.topic);
         Box::pin(async move { Err(msg) })
     }
 }
@@ -140,6 +140,13 @@ pub(crate) fn error_response(status: StatusCode, code: &str, message: &str) -> R
     (status, Json(json!({"error": code, "message": message}))).into_response()
 }
 
+/// After the limit, at most this much more is read and thrown away, so that the sender is not
+/// reset mid-upload and actually receives the `413` (or Dapr reply) instead of a broken
+/// connection. Anything larger is cut off.
+const DRAIN_EXTRA: usize = 1 << 20;
+/// Longest time spent reading (and draining) a body.
+const READ_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Read a request body, refusing more than `limit` bytes.
 pub(crate) async fn read_body(
     headers: &HeaderMap,
@@ -156,32 +163,48 @@ pub(crate) async fn read_body(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if declared.is_some_and(|n| n > (limit.saturating_add(DRAIN_EXTRA)) as u64) {
         return Err(too_large());
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if is_length_limit(&*e) => Err(too_large()),
-        Err(e) => Err(Failure::new(
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                Failure::new(
+                    FailureKind::Malformed,
+                    format!("request body could not be read completely: {e}"),
+                )
+            })?;
+            if let Ok(data) = frame.into_data() {
+                seen = seen.saturating_add(data.len());
+                if seen <= limit {
+                    buf.extend_from_slice(&data);
+                } else if seen > limit.saturating_add(DRAIN_EXTRA) {
+                    break;
+                }
+            }
+        }
+        Ok::<(), Failure>(())
+    };
+    let outcome = tokio::time::timeout(READ_TIME, read).await;
+    if seen > limit {
+        return Err(too_large());
+    }
+    match outcome {
+        Ok(Ok(())) => Ok(buf.freeze()),
+        Ok(Err(f)) => Err(f),
+        Err(_) => Err(Failure::new(
             FailureKind::Malformed,
-            format!("request body could not be read completely: {e}"),
+            format!("request body did not arrive within {READ_TIME:?}"),
         )),
     }
 }
 
-fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(e);
-    while let Some(err) = next {
-        if err.is::<LengthLimitError>() {
-            return true;
-        }
-        next = err.source();
-    }
-    false
-}
-
-/// Trace and Kafka facts from the request headers (Dapr forwards broker metadata as headers).
-pub(crate) fn delivery_meta(headers: &HeaderMap) -> DeliveryMeta {
+/// Trace and Kafka facts from the request headers (Dapr forwards broker metadata as headers),
+/// and the message as it arrived.
+pub(crate) fn delivery_meta(headers: &HeaderMap, body: &[u8]) -> DeliveryMeta {
     DeliveryMeta {
         hop_traceparent: headers
             .get("traceparent")
@@ -190,7 +213,33 @@ pub(crate) fn delivery_meta(headers: &HeaderMap) -> DeliveryMeta {
         kafka: crate::event::KafkaCoordinates::from_metadata(|name| {
             headers.get(name).and_then(|v| v.to_str().ok())
         }),
+        source_topic: None,
+        original: Some(original(headers, body)),
     }
+}
+
+/// Headers that must not end up in a dead-letter record.
+const SECRET_HEADERS: &[&str] = &[
+    "dapr-api-token",
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+];
+
+/// The original message for a dead-letter record: body and headers, secrets removed.
+pub(crate) fn original(headers: &HeaderMap, body: &[u8]) -> Original {
+    let kept = headers
+        .iter()
+        .filter(|(name, _)| !SECRET_HEADERS.contains(&name.as_str()))
+        .map(|(name, value)| {
+            (
+                name.as_str().to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let content_type = crate::intake::decode::content_type(headers).map(str::to_string);
+    Original::new(content_type, body, kept)
 }
 
 /// Build the outbound HTTP client shared by the publishers.

@@ -1,0 +1,162 @@
+//! Dead-letter records: everything a person needs to understand an event that could not be
+//! processed, and to replay it once the cause is fixed.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+/// One event that could not be processed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// Record id (UUID v7, time-ordered).
+    pub id: String,
+    /// Function that gave up on the event.
+    pub function: String,
+    /// Its version.
+    pub function_version: String,
+    /// Idempotency key of the event (empty when the event could not even be decoded).
+    pub key: String,
+    /// CloudEvent `id`, `type` and `source`, when the event could be decoded.
+    pub event_id: Option<String>,
+    /// CloudEvent `type`.
+    pub event_type: Option<String>,
+    /// CloudEvent `source`.
+    pub event_source: Option<String>,
+    /// The topic the event arrived on (and is replayed to), when known.
+    pub topic: Option<String>,
+    /// The pub/sub component, when known.
+    pub pubsub: Option<String>,
+    /// The message exactly as it arrived.
+    pub original: Original,
+    /// Why it failed.
+    pub error: DeadLetterError,
+    /// Attempts made (1 for failures that are never retried).
+    pub attempts: u32,
+    /// First failure, RFC 3339.
+    pub first_failure: String,
+    /// Last failure, RFC 3339.
+    pub last_failure: String,
+    /// W3C trace id of the last attempt.
+    pub trace_id: Option<String>,
+}
+
+/// The original message: body (text when UTF-8, otherwise base64) and headers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Original {
+    /// `Content-Type` of the original message.
+    pub content_type: Option<String>,
+    /// The body, when it is valid UTF-8.
+    pub body: Option<String>,
+    /// The body in base64, when it is not valid UTF-8.
+    pub body_base64: Option<String>,
+    /// The request headers, lower-cased (tokens removed).
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Original {
+    /// Keep `body` as text when it is UTF-8, as base64 otherwise.
+    pub fn new(
+        content_type: Option<String>,
+        body: &[u8],
+        headers: BTreeMap<String, String>,
+    ) -> Self {
+        match std::str::from_utf8(body) {
+            Ok(text) => Original {
+                content_type,
+                body: Some(text.to_string()),
+                body_base64: None,
+                headers,
+            },
+            Err(_) => Original {
+                content_type,
+                body: None,
+                body_base64: Some(base64::engine::general_purpose::STANDARD.encode(body)),
+                headers,
+            },
+        }
+    }
+
+    /// The original bytes.
+    pub fn bytes(&self) -> Vec<u8> {
+        match (&self.body, &self.body_base64) {
+            (Some(text), _) => text.as_bytes().to_vec(),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap_or_default(),
+            (None, None) => Vec::new(),
+        }
+    }
+}
+
+/// The failure: its stable code, whether it was retryable, and the message chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterError {
+    /// Stable code, e.g. `schema_violation` or `handler_retryable`.
+    pub kind: String,
+    /// `retryable` (attempts exhausted) or `permanent`.
+    pub class: String,
+    /// Outermost message first.
+    pub messages: Vec<String>,
+}
+
+/// The CloudEvent type under which dead-letter records are published.
+pub const DEAD_LETTER_TYPE: &str = "zerofn.deadletter.recorded";
+
+/// Read access to the dead letters of a store, for tools (`zerofn dlq`): the same store URL
+/// the functions use (`sqlite:…`, `postgres://…`, `redis://…`).
+pub struct DeadLetters {
+    store: std::sync::Arc<dyn crate::idempotency::Store>,
+}
+
+impl std::fmt::Debug for DeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeadLetters")
+    }
+}
+
+impl DeadLetters {
+    /// Open the store at `url`.
+    pub async fn open(url: &str) -> Result<DeadLetters, crate::Error> {
+        let store = crate::idempotency::open(url, "zerofn-cli")
+            .await
+            .map_err(|e| crate::Error::Store {
+                url: crate::idempotency::sql::redact(url),
+                reason: e.0,
+            })?;
+        Ok(DeadLetters { store })
+    }
+
+    /// Dead letters newest first, of one function or all, created at or after `since`.
+    pub async fn list(
+        &self,
+        function: Option<&str>,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, crate::Error> {
+        let filter = crate::idempotency::DeadLetterFilter {
+            function: function.map(str::to_string),
+            since_ms: since.map(|t| t.timestamp_millis()),
+            limit,
+        };
+        self.store.dead_letters(&filter).await.map_err(store_error)
+    }
+
+    /// One dead letter by id.
+    pub async fn get(&self, id: &str) -> Result<Option<DeadLetter>, crate::Error> {
+        self.store.dead_letter_by_id(id).await.map_err(store_error)
+    }
+
+    /// Record that `id` was replayed.
+    pub async fn mark_replayed(&self, id: &str) -> Result<(), crate::Error> {
+        self.store.mark_replayed(id).await.map_err(store_error)
+    }
+}
+
+fn store_error(e: crate::idempotency::StoreError) -> crate::Error {
+    crate::Error::Store {
+        url: String::from("(dead letters)"),
+        reason: e.0,
+    }
+}

@@ -1,0 +1,197 @@
+//! Idempotency: every event is claimed in a store before its handler runs and completed after,
+//! so that any number of deliveries, in any interleaving, through crashes, produce its effects
+//! once. The store also counts attempts, keeps the outbox of emitted events and the dead
+//! letters.
+//!
+//! | state | meaning | a new delivery gets |
+//! |---|---|---|
+//! | (absent or expired) | never seen | claimed: handler runs |
+//! | `in_flight`, lease valid | a worker is handling it | RETRY (no second run) |
+//! | `in_flight`, lease expired | its worker died | claimed again (counts as a failed attempt) |
+//! | `failed` | last attempt failed (retryable) | claimed again |
+//! | `done` | handled | acknowledged; unsent outputs re-published |
+//! | `dead` | dead-lettered | acknowledged |
+
+pub(crate) mod memory;
+pub(crate) mod redis;
+pub(crate) mod sql;
+
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use crate::dead_letter::DeadLetter;
+
+pub(crate) type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a claim found.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Claim {
+    /// This delivery holds the lease; `attempt` counts from 1.
+    Acquired { attempt: u32 },
+    /// Already handled; the outputs not yet published.
+    Done { unsent: Vec<StoredOutput> },
+    /// Another delivery holds a valid lease.
+    InFlight,
+    /// Already dead-lettered under this record id.
+    Dead { dead_letter_id: String },
+}
+
+/// An emitted event kept until it is published (the outbox).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct StoredOutput {
+    pub(crate) seq: u32,
+    pub(crate) event_id: String,
+    pub(crate) event_type: String,
+    pub(crate) pubsub: String,
+    pub(crate) topic: String,
+    pub(crate) body: String,
+    pub(crate) traceparent: String,
+    pub(crate) partition_key: Option<String>,
+}
+
+/// Failure facts after an attempt failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Attempts {
+    /// Failed attempts so far, this one included.
+    pub(crate) failed: u32,
+    pub(crate) first_failure_ms: i64,
+    pub(crate) last_failure_ms: i64,
+}
+
+/// Which dead letters to list.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct DeadLetterFilter {
+    pub(crate) function: Option<String>,
+    pub(crate) since_ms: Option<i64>,
+    pub(crate) limit: usize,
+}
+
+/// A store fault (connection, query, serialisation). Always retryable for the event.
+#[derive(Debug, thiserror::Error)]
+#[error("idempotency store: {0}")]
+pub(crate) struct StoreError(pub(crate) String);
+
+impl StoreError {
+    pub(crate) fn from(e: impl std::fmt::Display) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+/// A database transaction handed to the handler (SQL stores): its writes commit together with
+/// the idempotency record and the outbox, or not at all.
+#[derive(Clone)]
+pub struct Transaction {
+    pub(crate) inner: Arc<tokio::sync::Mutex<Option<sqlx::Transaction<'static, sqlx::Any>>>>,
+}
+
+impl std::fmt::Debug for Transaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Transaction")
+    }
+}
+
+/// Exclusive use of the transaction: `sqlx::query(..).execute(&mut **conn)`.
+pub type TransactionGuard<'a> =
+    tokio::sync::MappedMutexGuard<'a, sqlx::Transaction<'static, sqlx::Any>>;
+
+impl Transaction {
+    pub(crate) fn new(tx: sqlx::Transaction<'static, sqlx::Any>) -> Self {
+        Transaction {
+            inner: Arc::new(tokio::sync::Mutex::new(Some(tx))),
+        }
+    }
+
+    /// Lock the transaction for a query. Fails (retryably) if the runtime already ended it.
+    pub async fn conn(&self) -> Result<TransactionGuard<'_>, crate::HandlerError> {
+        let guard = self.inner.lock().await;
+        tokio::sync::MutexGuard::try_map(guard, Option::as_mut).map_err(|_| {
+            crate::HandlerError::retryable("the delivery's transaction has already ended")
+        })
+    }
+
+    pub(crate) async fn take(&self) -> Option<sqlx::Transaction<'static, sqlx::Any>> {
+        self.inner.lock().await.take()
+    }
+}
+
+/// The idempotency store. Every method is atomic with respect to concurrent deliveries.
+pub(crate) trait Store: Send + Sync + 'static {
+    /// Claim `key` for `owner` for `lease`; records live for `ttl`.
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease: Duration,
+        ttl: Duration,
+    ) -> BoxFut<'a, Result<Claim, StoreError>>;
+
+    /// A transaction for the handler's writes (SQL stores only).
+    fn begin(&self) -> BoxFut<'_, Result<Option<Transaction>, StoreError>>;
+
+    /// Mark `key` done and keep `outputs` unsent, inside `tx` when given (then commit it).
+    /// `Ok(false)` when `owner` no longer holds the lease: nothing was written.
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        outputs: &'a [StoredOutput],
+        tx: Option<Transaction>,
+    ) -> BoxFut<'a, Result<bool, StoreError>>;
+
+    /// Record that output `seq` of `key` was published.
+    fn mark_sent<'a>(&'a self, key: &'a str, seq: u32) -> BoxFut<'a, Result<(), StoreError>>;
+
+    /// Record a failed attempt and release the lease.
+    fn fail<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        error: &'a str,
+    ) -> BoxFut<'a, Result<Attempts, StoreError>>;
+
+    /// The failure facts so far (for a failure that is dead-lettered at once).
+    fn attempts<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<Option<Attempts>, StoreError>>;
+
+    /// Keep `record`; when `key` is not empty, mark it dead so redeliveries are acknowledged.
+    fn dead_letter<'a>(
+        &'a self,
+        key: &'a str,
+        record: &'a DeadLetter,
+    ) -> BoxFut<'a, Result<(), StoreError>>;
+
+    /// Dead letters, newest first.
+    fn dead_letters<'a>(
+        &'a self,
+        filter: &'a DeadLetterFilter,
+    ) -> BoxFut<'a, Result<Vec<DeadLetter>, StoreError>>;
+
+    /// One dead letter by id (any function).
+    fn dead_letter_by_id<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFut<'a, Result<Option<DeadLetter>, StoreError>>;
+
+    /// Note that a dead letter was replayed.
+    fn mark_replayed<'a>(&'a self, id: &'a str) -> BoxFut<'a, Result<(), StoreError>>;
+
+    /// Forget records whose TTL has passed; how many.
+    fn purge_expired(&self) -> BoxFut<'_, Result<u64, StoreError>>;
+}
+
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub(crate) fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Open the store `url` names for `function`: `memory`, `sqlite:…`, `postgres://…`, `redis://…`.
+pub(crate) async fn open(url: &str, function: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url == "memory" {
+        Ok(Arc::new(memory::MemoryStore::new(function)))
+    } else if url.starts_with("redis://") || url.starts_with("rediss://") {
+        Ok(Arc::new(redis::RedisStore::connect(url, function).await?))
+    } else {
+        Ok(Arc::new(sql::SqlStore::connect(url, function).await?))
+    }
+}

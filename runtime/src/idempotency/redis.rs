@@ -1,0 +1,341 @@
+//! Redis store (the seeds' Dapr state store choice). The lease is a `SET NX PX` key; the
+//! record, its outputs and the dead letters are hashes and sorted sets. Every read-modify-write
+//! is one Lua script, so concurrent deliveries see an atomic claim.
+//!
+//! Keys: `zerofn:{fn}:rec:{key}` (hash), `zerofn:{fn}:lease:{key}` (owner, PX lease),
+//! `zerofn:{fn}:out:{key}` (hash seq → output JSON, removed once sent), `zerofn:dlq:{id}`
+//! (record JSON), `zerofn:dlq:index` and `zerofn:dlq:fn:{fn}` (sorted by time).
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+
+use super::{
+    Attempts, BoxFut, Claim, DeadLetterFilter, Store, StoreError, StoredOutput, Transaction,
+    memory::LEASE_EXPIRED, ms, now_ms,
+};
+use crate::dead_letter::DeadLetter;
+
+const CLAIM: &str = r"
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'done' then return {'done'} end
+if state == 'dead' then return {'dead', redis.call('HGET', KEYS[1], 'dead_letter_id') or ''} end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'in_flight'} end
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+if state == 'in_flight' then
+  attempts = attempts + 1
+  redis.call('HSET', KEYS[1], 'attempts', attempts, 'last_failure', ARGV[4], 'last_error', ARGV[5])
+  if not redis.call('HGET', KEYS[1], 'first_failure') then redis.call('HSET', KEYS[1], 'first_failure', ARGV[4]) end
+end
+redis.call('HSET', KEYS[1], 'state', 'in_flight', 'owner', ARGV[1], 'attempts', attempts)
+if not state then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return {'acquired', tostring(attempts + 1)}
+";
+
+const COMPLETE: &str = r"
+if redis.call('HGET', KEYS[1], 'state') ~= 'in_flight' or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'done')
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
+if #ARGV >= 3 then redis.call('PEXPIRE', KEYS[3], ARGV[2]) end
+redis.call('DEL', KEYS[2])
+return 1
+";
+
+const FAIL: &str = r"
+if redis.call('HGET', KEYS[1], 'state') ~= 'in_flight' or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return {} end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if not redis.call('HGET', KEYS[1], 'first_failure') then redis.call('HSET', KEYS[1], 'first_failure', ARGV[2]) end
+redis.call('HSET', KEYS[1], 'state', 'failed', 'last_failure', ARGV[2], 'last_error', ARGV[3])
+redis.call('DEL', KEYS[2])
+return {tostring(attempts), redis.call('HGET', KEYS[1], 'first_failure'), ARGV[2]}
+";
+
+pub(crate) struct RedisStore {
+    con: MultiplexedConnection,
+    function: String,
+    claim: redis::Script,
+    complete: redis::Script,
+    fail: redis::Script,
+}
+
+impl RedisStore {
+    pub(crate) async fn connect(url: &str, function: &str) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError(format!("bad Redis URL {}: {e}", super::sql::redact(url))))?;
+        let con = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| {
+                StoreError(format!(
+                    "cannot connect to {}: {e}",
+                    super::sql::redact(url)
+                ))
+            })?;
+        Ok(RedisStore {
+            con,
+            function: function.to_string(),
+            claim: redis::Script::new(CLAIM),
+            complete: redis::Script::new(COMPLETE),
+            fail: redis::Script::new(FAIL),
+        })
+    }
+
+    fn k(&self, kind: &str, key: &str) -> String {
+        format!("zerofn:{}:{kind}:{key}", self.function)
+    }
+}
+
+fn parse_ms(v: Option<&String>) -> i64 {
+    v.and_then(|s| s.parse().ok()).unwrap_or_else(now_ms)
+}
+
+impl Store for RedisStore {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease: Duration,
+        ttl: Duration,
+    ) -> BoxFut<'a, Result<Claim, StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let reply: Vec<String> = self
+                .claim
+                .key(self.k("rec", key))
+                .key(self.k("lease", key))
+                .arg(owner)
+                .arg(ms(lease).max(1))
+                .arg(ms(ttl).max(1))
+                .arg(now_ms())
+                .arg(LEASE_EXPIRED)
+                .invoke_async(&mut con)
+                .await
+                .map_err(StoreError::from)?;
+            Ok(match reply.first().map(String::as_str) {
+                Some("acquired") => Claim::Acquired {
+                    attempt: reply.get(1).and_then(|a| a.parse().ok()).unwrap_or(1),
+                },
+                Some("done") => {
+                    let outputs: Vec<String> = redis::cmd("HVALS")
+                        .arg(self.k("out", key))
+                        .query_async(&mut con)
+                        .await
+                        .map_err(StoreError::from)?;
+                    let mut unsent: Vec<StoredOutput> = outputs
+                        .iter()
+                        .map(|o| serde_json::from_str(o))
+                        .collect::<Result<_, _>>()
+                        .map_err(StoreError::from)?;
+                    unsent.sort_by_key(|o| o.seq);
+                    Claim::Done { unsent }
+                }
+                Some("dead") => Claim::Dead {
+                    dead_letter_id: reply.get(1).cloned().unwrap_or_default(),
+                },
+                _ => Claim::InFlight,
+            })
+        })
+    }
+
+    fn begin(&self) -> BoxFut<'_, Result<Option<Transaction>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        outputs: &'a [StoredOutput],
+        _tx: Option<Transaction>,
+    ) -> BoxFut<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let mut invocation = self.complete.key(self.k("rec", key));
+            invocation
+                .key(self.k("lease", key))
+                .key(self.k("out", key))
+                .arg(owner)
+                .arg(ms(Duration::from_secs(7 * 86_400)));
+            for o in outputs {
+                invocation
+                    .arg(o.seq)
+                    .arg(serde_json::to_string(o).map_err(StoreError::from)?);
+            }
+            let done: i64 = invocation
+                .invoke_async(&mut con)
+                .await
+                .map_err(StoreError::from)?;
+            Ok(done == 1)
+        })
+    }
+
+    fn mark_sent<'a>(&'a self, key: &'a str, seq: u32) -> BoxFut<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            redis::cmd("HDEL")
+                .arg(self.k("out", key))
+                .arg(seq)
+                .query_async::<i64>(&mut con)
+                .await
+                .map_err(StoreError::from)?;
+            Ok(())
+        })
+    }
+
+    fn fail<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        error: &'a str,
+    ) -> BoxFut<'a, Result<Attempts, StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let reply: Vec<String> = self
+                .fail
+                .key(self.k("rec", key))
+                .key(self.k("lease", key))
+                .arg(owner)
+                .arg(now_ms())
+                .arg(error)
+                .invoke_async(&mut con)
+                .await
+                .map_err(StoreError::from)?;
+            if reply.is_empty() {
+                return Err(StoreError(format!(
+                    "record {key} is not held by this delivery"
+                )));
+            }
+            Ok(Attempts {
+                failed: reply[0].parse().unwrap_or(1),
+                first_failure_ms: parse_ms(reply.get(1)),
+                last_failure_ms: parse_ms(reply.get(2)),
+            })
+        })
+    }
+
+    fn attempts<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<Option<Attempts>, StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let v: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(self.k("rec", key))
+                .arg("attempts")
+                .arg("first_failure")
+                .arg("last_failure")
+                .query_async(&mut con)
+                .await
+                .map_err(StoreError::from)?;
+            Ok(v.get(1).cloned().flatten().map(|first| Attempts {
+                failed: v[0].as_deref().and_then(|a| a.parse().ok()).unwrap_or(0),
+                first_failure_ms: first.parse().unwrap_or_else(|_| now_ms()),
+                last_failure_ms: parse_ms(v[2].as_ref()),
+            }))
+        })
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        key: &'a str,
+        record: &'a DeadLetter,
+    ) -> BoxFut<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let json = serde_json::to_string(record).map_err(StoreError::from)?;
+            let now = now_ms();
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            if !key.is_empty() {
+                pipe.cmd("HSET")
+                    .arg(self.k("rec", key))
+                    .arg("state")
+                    .arg("dead")
+                    .arg("dead_letter_id")
+                    .arg(&record.id)
+                    .ignore();
+                pipe.cmd("DEL").arg(self.k("lease", key)).ignore();
+            }
+            pipe.cmd("SET")
+                .arg(format!("zerofn:dlq:{}", record.id))
+                .arg(json)
+                .ignore();
+            pipe.cmd("ZADD")
+                .arg("zerofn:dlq:index")
+                .arg(now)
+                .arg(&record.id)
+                .ignore();
+            pipe.cmd("ZADD")
+                .arg(format!("zerofn:dlq:fn:{}", self.function))
+                .arg(now)
+                .arg(&record.id)
+                .ignore();
+            pipe.query_async::<()>(&mut con)
+                .await
+                .map_err(StoreError::from)
+        })
+    }
+
+    fn dead_letters<'a>(
+        &'a self,
+        filter: &'a DeadLetterFilter,
+    ) -> BoxFut<'a, Result<Vec<DeadLetter>, StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let index = match &filter.function {
+                Some(f) => format!("zerofn:dlq:fn:{f}"),
+                None => "zerofn:dlq:index".to_string(),
+            };
+            let ids: Vec<String> = redis::cmd("ZREVRANGEBYSCORE")
+                .arg(index)
+                .arg("+inf")
+                .arg(filter.since_ms.unwrap_or(0))
+                .arg("LIMIT")
+                .arg(0)
+                .arg(filter.limit.max(1))
+                .query_async(&mut con)
+                .await
+                .map_err(StoreError::from)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(d) = self.dead_letter_by_id(&id).await? {
+                    out.push(d);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn dead_letter_by_id<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFut<'a, Result<Option<DeadLetter>, StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let json: Option<String> = redis::cmd("GET")
+                .arg(format!("zerofn:dlq:{id}"))
+                .query_async(&mut con)
+                .await
+                .map_err(StoreError::from)?;
+            json.map(|j| serde_json::from_str(&j))
+                .transpose()
+                .map_err(StoreError::from)
+        })
+    }
+
+    fn mark_replayed<'a>(&'a self, id: &'a str) -> BoxFut<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            redis::cmd("HSET")
+                .arg("zerofn:dlq:replayed")
+                .arg(id)
+                .arg(now_ms())
+                .query_async::<i64>(&mut con)
+                .await
+                .map_err(StoreError::from)?;
+            Ok(())
+        })
+    }
+
+    fn purge_expired(&self) -> BoxFut<'_, Result<u64, StoreError>> {
+        // Redis expires records by itself (PEXPIRE at first claim).
+        Box::pin(async { Ok(0) })
+    }
+}
