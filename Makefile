@@ -3,18 +3,27 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help build test test-fast lint fmt doc clean
+.PHONY: help build test test-fast services-up services-down lint fmt doc clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 build: ## Build every crate (runtime, functions, test harness)
 	$(CARGO) build --workspace --all-targets --locked
 
 test: lint test-fast ## Lint, then run every test: unit, doc, contract golden, transport and process suites
 
-test-fast: ## Run every test without the lint step
+test-fast: ## Run every test without the lint step (starts PostgreSQL and Redis on 127.0.0.1)
+	@set -e; env_file=$$(scripts/test-services.sh up); \
+	trap 'scripts/test-services.sh down' EXIT; \
+	. "$$env_file"; \
 	$(CARGO) test --workspace --locked
+
+services-up: ## Start the test PostgreSQL and Redis (prints the env file to source)
+	@scripts/test-services.sh up
+
+services-down: ## Stop them
+	@scripts/test-services.sh down
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

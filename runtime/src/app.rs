@@ -70,7 +70,7 @@ impl App {
                 .into());
             }
         };
-        let store = idempotency::open(&config.store, &manifest.name)
+        let store = idempotency::open(&config.store, &manifest.name, source.function_migrations())
             .await
             .map_err(|e| Error::Store {
                 url: crate::idempotency::sql::redact(&config.store),

@@ -119,7 +119,7 @@ impl std::fmt::Debug for DeadLetters {
 impl DeadLetters {
     /// Open the store at `url`.
     pub async fn open(url: &str) -> Result<DeadLetters, crate::Error> {
-        let store = crate::idempotency::open(url, "zerofn-cli")
+        let store = crate::idempotency::open(url, "zerofn-cli", None)
             .await
             .map_err(|e| crate::Error::Store {
                 url: crate::idempotency::sql::redact(url),

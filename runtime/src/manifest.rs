@@ -20,12 +20,14 @@ macro_rules! manifest {
     };
 }
 
-/// The unparsed text of a `function.toml` plus the crate it belongs to.
+/// The unparsed text of a `function.toml` plus the crate it belongs to, and the function's
+/// own database migrations, if it has tables.
 #[derive(Clone, Copy, Debug)]
 pub struct ManifestSource {
     text: &'static str,
     crate_name: &'static str,
     crate_version: &'static str,
+    migrations: Option<&'static sqlx::migrate::Migrator>,
 }
 
 impl ManifestSource {
@@ -39,7 +41,20 @@ impl ManifestSource {
             text,
             crate_name,
             crate_version,
+            migrations: None,
         }
+    }
+
+    /// The function's own migrations (`static M: Migrator = sqlx::migrate!();`), run on the SQL
+    /// store after the runtime's, with their own history table. Write portable SQL: the same
+    /// files run on SQLite and PostgreSQL.
+    pub const fn migrations(mut self, migrations: &'static sqlx::migrate::Migrator) -> Self {
+        self.migrations = Some(migrations);
+        self
+    }
+
+    pub(crate) fn function_migrations(&self) -> Option<&'static sqlx::migrate::Migrator> {
+        self.migrations
     }
 
     /// Parse and check the manifest.

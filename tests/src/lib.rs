@@ -34,11 +34,22 @@ pub struct Task {
     pub title: String,
 }
 
-/// Every context the probe was called with (in-process tests).
+/// Every context the probe was called with (in-process tests), and a switch that makes
+/// `broken` tasks fail permanently until the test "fixes the cause".
 #[derive(Clone, Debug, Default)]
-pub struct Calls(Arc<Mutex<Vec<Context>>>);
+pub struct Calls(Arc<Mutex<Vec<Context>>>, Arc<std::sync::atomic::AtomicBool>);
 
 impl Calls {
+    /// Make `broken` tasks fail (true) or succeed (false).
+    pub fn set_broken(&self, broken: bool) {
+        self.1.store(broken, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many calls were for event `id`.
+    pub fn count_of(&self, id: &str) -> usize {
+        self.all().iter().filter(|c| c.id == id).count()
+    }
+
     /// All calls so far.
     pub fn all(&self) -> Vec<Context> {
         self.0.lock().map(|c| c.clone()).unwrap_or_default()
@@ -52,7 +63,10 @@ impl Calls {
 
 /// The probe handler. By task title: `retry`, `permanent`, `panic`, `emit` (a valid
 /// `todo.notification.sent`), `emit-invalid`, `emit-undeclared`, `slow:<ms>` (logs
-/// "probe handler started", then sleeps); anything else succeeds with nothing to emit.
+/// "probe handler started", then sleeps), `effect` (a `probe_effects` row in the delivery's
+/// transaction when the store has one, plus an emitted notification), `broken` (fails
+/// permanently while [`Calls::set_broken`] is on, otherwise as `effect`); anything else
+/// succeeds with nothing to emit.
 pub fn probe(calls: Calls) -> impl zerofn::Handler {
     zerofn::handler_fn(move |event: Event<Task>| {
         let calls = calls.clone();
@@ -61,6 +75,22 @@ pub fn probe(calls: Calls) -> impl zerofn::Handler {
                 c.push(event.ctx.clone());
             }
             tracing::info!(event_id = %event.ctx.id, "probe handler invoked");
+            let broken = calls.1.load(std::sync::atomic::Ordering::SeqCst);
+            if task_title(&event.data) == "broken" && broken {
+                return Err(HandlerError::permanent(
+                    "the downstream service rejected it",
+                ));
+            }
+            if matches!(task_title(&event.data), "effect" | "broken") {
+                if let Some(tx) = event.transaction() {
+                    let mut conn = tx.conn().await?;
+                    record_effect(&mut conn, &event.ctx.id, event.ctx.attempt).await?;
+                }
+                let user = event.data.user_id.clone();
+                return Ok(vec![
+                    Emit::new("todo.notification.sent", &notification(&user))?.partition_key(&user),
+                ]);
+            }
             let task = event.data;
             if let Some(ms) = task.title.strip_prefix("slow:") {
                 let ms: u64 = ms.parse().map_err(HandlerError::permanent)?;
@@ -87,8 +117,45 @@ pub fn probe(calls: Calls) -> impl zerofn::Handler {
     })
 }
 
-/// The manifest of the probe (`tests/function.toml`).
-pub const MANIFEST: zerofn::ManifestSource = zerofn::manifest!();
+async fn record_effect(
+    conn: &mut sqlx::AnyConnection,
+    id: &str,
+    attempt: u32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO probe_effects (event_id, attempt) VALUES ($1, $2)")
+        .bind(id)
+        .bind(i64::from(attempt))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+fn task_title(task: &Task) -> &str {
+    &task.title
+}
+
+/// The probe's own table (`probe_effects`).
+static PROBE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The manifest of the probe (`tests/function.toml`) with its migrations.
+pub const MANIFEST: zerofn::ManifestSource = zerofn::manifest!().migrations(&PROBE_MIGRATIONS);
+
+/// How many `probe_effects` rows event `id` has in the SQL store at `url`.
+pub async fn effect_rows(url: &str, id: &str) -> i64 {
+    sqlx::any::install_default_drivers();
+    let url = match url.strip_prefix("sqlite:") {
+        Some(path) => format!("sqlite://{}", path.trim_start_matches("//")),
+        None => url.to_string(),
+    };
+    let pool = sqlx::AnyPool::connect(&url).await.expect("store reachable");
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM probe_effects WHERE event_id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .expect("probe_effects exists");
+    pool.close().await;
+    sqlx::Row::get(&row, "n")
+}
 
 /// A valid `todo.notification.sent` payload for `user_id`.
 pub fn notification(user_id: &str) -> Value {

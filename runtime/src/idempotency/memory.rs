@@ -100,14 +100,23 @@ impl Store for MemoryStore {
                     }
                 };
                 match record.state {
-                    State::Done => Claim::Done {
-                        unsent: record
+                    State::Done => {
+                        let unsent: Vec<StoredOutput> = record
                             .outputs
                             .iter()
                             .filter(|(_, sent)| !sent)
                             .map(|(o, _)| o.clone())
-                            .collect(),
-                    },
+                            .collect();
+                        if unsent.is_empty() {
+                            Claim::Done { unsent }
+                        } else if record.lease_until > now {
+                            Claim::InFlight
+                        } else {
+                            record.owner = owner.to_string();
+                            record.lease_until = now + ms(lease);
+                            Claim::Done { unsent }
+                        }
+                    }
                     State::Dead => Claim::Dead {
                         dead_letter_id: record.dead_letter_id.clone().unwrap_or_default(),
                     },
@@ -147,6 +156,20 @@ impl Store for MemoryStore {
                     true
                 }
                 _ => false,
+            })
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.with(|inner| {
+                if let Some(r) = inner
+                    .records
+                    .get_mut(key)
+                    .filter(|r| r.owner == owner && r.state == State::Done)
+                {
+                    r.lease_until = 0;
+                }
             })
         })
     }

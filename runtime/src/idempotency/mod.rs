@@ -80,7 +80,7 @@ impl StoreError {
 /// the idempotency record and the outbox, or not at all.
 #[derive(Clone)]
 pub struct Transaction {
-    pub(crate) inner: Arc<tokio::sync::Mutex<Option<sqlx::Transaction<'static, sqlx::Any>>>>,
+    slot: Arc<std::sync::Mutex<Option<sqlx::Transaction<'static, sqlx::Any>>>>,
 }
 
 impl std::fmt::Debug for Transaction {
@@ -89,27 +89,64 @@ impl std::fmt::Debug for Transaction {
     }
 }
 
-/// Exclusive use of the transaction: `sqlx::query(..).execute(&mut **conn)`.
-pub type TransactionGuard<'a> =
-    tokio::sync::MappedMutexGuard<'a, sqlx::Transaction<'static, sqlx::Any>>;
+/// Exclusive use of the delivery's transaction, for queries: `.execute(&mut **conn)`. Dropping
+/// it hands the transaction back to the runtime, which commits it with the idempotency record.
+pub struct TransactionGuard {
+    tx: Option<sqlx::Transaction<'static, sqlx::Any>>,
+    slot: Arc<std::sync::Mutex<Option<sqlx::Transaction<'static, sqlx::Any>>>>,
+}
+
+impl std::fmt::Debug for TransactionGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TransactionGuard")
+    }
+}
+
+impl std::ops::Deref for TransactionGuard {
+    type Target = sqlx::Transaction<'static, sqlx::Any>;
+    fn deref(&self) -> &Self::Target {
+        self.tx.as_ref().expect("present until drop")
+    }
+}
+
+impl std::ops::DerefMut for TransactionGuard {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.tx.as_mut().expect("present until drop")
+    }
+}
+
+impl Drop for TransactionGuard {
+    fn drop(&mut self) {
+        if let (Some(tx), Ok(mut slot)) = (self.tx.take(), self.slot.lock()) {
+            *slot = Some(tx);
+        }
+    }
+}
 
 impl Transaction {
     pub(crate) fn new(tx: sqlx::Transaction<'static, sqlx::Any>) -> Self {
         Transaction {
-            inner: Arc::new(tokio::sync::Mutex::new(Some(tx))),
+            slot: Arc::new(std::sync::Mutex::new(Some(tx))),
         }
     }
 
-    /// Lock the transaction for a query. Fails (retryably) if the runtime already ended it.
-    pub async fn conn(&self) -> Result<TransactionGuard<'_>, crate::HandlerError> {
-        let guard = self.inner.lock().await;
-        tokio::sync::MutexGuard::try_map(guard, Option::as_mut).map_err(|_| {
-            crate::HandlerError::retryable("the delivery's transaction has already ended")
-        })
+    /// Take the transaction for queries until the guard drops. Fails (retryably) while another
+    /// guard holds it, or once the runtime has ended it.
+    pub async fn conn(&self) -> Result<TransactionGuard, crate::HandlerError> {
+        let tx = self.slot.lock().ok().and_then(|mut slot| slot.take());
+        match tx {
+            Some(tx) => Ok(TransactionGuard {
+                tx: Some(tx),
+                slot: self.slot.clone(),
+            }),
+            None => Err(crate::HandlerError::retryable(
+                "the delivery's transaction is in use by another guard or has already ended",
+            )),
+        }
     }
 
     pub(crate) async fn take(&self) -> Option<sqlx::Transaction<'static, sqlx::Any>> {
-        self.inner.lock().await.take()
+        self.slot.lock().ok().and_then(|mut slot| slot.take())
     }
 }
 
@@ -136,6 +173,10 @@ pub(crate) trait Store: Send + Sync + 'static {
         outputs: &'a [StoredOutput],
         tx: Option<Transaction>,
     ) -> BoxFut<'a, Result<bool, StoreError>>;
+
+    /// Give up the right to publish `key`'s outputs (after a failed publish), so the next
+    /// delivery publishes them at once instead of waiting for the lease to end.
+    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, Result<(), StoreError>>;
 
     /// Record that output `seq` of `key` was published.
     fn mark_sent<'a>(&'a self, key: &'a str, seq: u32) -> BoxFut<'a, Result<(), StoreError>>;
@@ -186,12 +227,19 @@ pub(crate) fn ms(d: Duration) -> i64 {
 }
 
 /// Open the store `url` names for `function`: `memory`, `sqlite:…`, `postgres://…`, `redis://…`.
-pub(crate) async fn open(url: &str, function: &str) -> Result<Arc<dyn Store>, StoreError> {
+/// SQL stores also run the function's own `migrations`.
+pub(crate) async fn open(
+    url: &str,
+    function: &str,
+    migrations: Option<&sqlx::migrate::Migrator>,
+) -> Result<Arc<dyn Store>, StoreError> {
     if url == "memory" {
         Ok(Arc::new(memory::MemoryStore::new(function)))
     } else if url.starts_with("redis://") || url.starts_with("rediss://") {
         Ok(Arc::new(redis::RedisStore::connect(url, function).await?))
     } else {
-        Ok(Arc::new(sql::SqlStore::connect(url, function).await?))
+        Ok(Arc::new(
+            sql::SqlStore::connect(url, function, migrations).await?,
+        ))
     }
 }

@@ -18,7 +18,11 @@ use crate::dead_letter::DeadLetter;
 
 const CLAIM: &str = r"
 local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'done' then return {'done'} end
+if state == 'done' then
+  -- Unsent outputs: publish only with the lease (the completing worker's, until it expires).
+  if redis.call('HLEN', KEYS[3]) == 0 or redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'done'} end
+  return {'in_flight'}
+end
 if state == 'dead' then return {'dead', redis.call('HGET', KEYS[1], 'dead_letter_id') or ''} end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'in_flight'} end
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
@@ -37,7 +41,6 @@ if redis.call('HGET', KEYS[1], 'state') ~= 'in_flight' or redis.call('HGET', KEY
 redis.call('HSET', KEYS[1], 'state', 'done')
 for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
 if #ARGV >= 3 then redis.call('PEXPIRE', KEYS[3], ARGV[2]) end
-redis.call('DEL', KEYS[2])
 return 1
 ";
 
@@ -50,12 +53,18 @@ redis.call('DEL', KEYS[2])
 return {tostring(attempts), redis.call('HGET', KEYS[1], 'first_failure'), ARGV[2]}
 ";
 
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+";
+
 pub(crate) struct RedisStore {
     con: MultiplexedConnection,
     function: String,
     claim: redis::Script,
     complete: redis::Script,
     fail: redis::Script,
+    release: redis::Script,
 }
 
 impl RedisStore {
@@ -77,6 +86,7 @@ impl RedisStore {
             claim: redis::Script::new(CLAIM),
             complete: redis::Script::new(COMPLETE),
             fail: redis::Script::new(FAIL),
+            release: redis::Script::new(RELEASE),
         })
     }
 
@@ -103,6 +113,7 @@ impl Store for RedisStore {
                 .claim
                 .key(self.k("rec", key))
                 .key(self.k("lease", key))
+                .key(self.k("out", key))
                 .arg(owner)
                 .arg(ms(lease).max(1))
                 .arg(ms(ttl).max(1))
@@ -166,6 +177,19 @@ impl Store for RedisStore {
                 .await
                 .map_err(StoreError::from)?;
             Ok(done == 1)
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            self.release
+                .key(self.k("lease", key))
+                .arg(owner)
+                .invoke_async::<i64>(&mut con)
+                .await
+                .map_err(StoreError::from)?;
+            Ok(())
         })
     }
 

@@ -22,7 +22,11 @@ pub(crate) struct SqlStore {
 const CLAIM_ROUNDS: usize = 5;
 
 impl SqlStore {
-    pub(crate) async fn connect(url: &str, function: &str) -> Result<SqlStore, StoreError> {
+    pub(crate) async fn connect(
+        url: &str,
+        function: &str,
+        migrations: Option<&sqlx::migrate::Migrator>,
+    ) -> Result<SqlStore, StoreError> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
         let url = if sqlite {
@@ -50,7 +54,7 @@ impl SqlStore {
             .connect(&url)
             .await
             .map_err(|e| StoreError(format!("cannot open {}: {e}", redact(&url))))?;
-        migrate(&pool).await?;
+        migrate(&pool, function, migrations).await?;
         Ok(SqlStore {
             pool,
             function: function.to_string(),
@@ -114,7 +118,30 @@ impl SqlStore {
             return Ok(None);
         }
         let taken = match state.as_str() {
-            "done" => return Ok(Some(Claim::Done { unsent: self.unsent(key).await? })),
+            "done" => {
+                let unsent = self.unsent(key).await?;
+                if unsent.is_empty() {
+                    return Ok(Some(Claim::Done { unsent }));
+                }
+                // Outputs not yet published: the completing worker holds the publish right
+                // until its lease ends; after that, one duplicate takes it over.
+                if lease_until > now {
+                    return Ok(Some(Claim::InFlight));
+                }
+                let took = sqlx::query(
+                    "UPDATE zerofn_inbox SET owner = $3, lease_until = $4 \
+                     WHERE function = $1 AND key = $2 AND state = 'done' AND lease_until <= $5",
+                )
+                .bind(&self.function)
+                .bind(key)
+                .bind(owner)
+                .bind(now + ms(lease))
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(StoreError::from)?;
+                return Ok(Some(if took.rows_affected() == 1 { Claim::Done { unsent } } else { Claim::InFlight }));
+            }
             "dead" => {
                 let id: Option<String> = row.try_get("dead_letter_id").map_err(StoreError::from)?;
                 return Ok(Some(Claim::Dead { dead_letter_id: id.unwrap_or_default() }));
@@ -183,14 +210,31 @@ impl SqlStore {
     }
 }
 
-/// Run the runtime's migrations; they share sqlx's table with the functions' own migrations.
-async fn migrate(pool: &sqlx::AnyPool) -> Result<(), StoreError> {
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.set_ignore_missing(true);
-    migrator
+/// Run the runtime's migrations (history in `_zerofn_migrations`), then the function's own
+/// (history in `_zerofn_fn_<name>_migrations`), so that functions sharing a database never
+/// see each other's migrations.
+async fn migrate(
+    pool: &sqlx::AnyPool,
+    function: &str,
+    own: Option<&sqlx::migrate::Migrator>,
+) -> Result<(), StoreError> {
+    let mut runtime = sqlx::migrate!("./migrations");
+    runtime.dangerous_set_table_name("_zerofn_migrations");
+    runtime
         .run(pool)
         .await
-        .map_err(|e| StoreError(format!("migrations failed: {e}")))
+        .map_err(|e| StoreError(format!("runtime migrations failed: {e}")))?;
+    if let Some(own) = own {
+        let mut m = sqlx::migrate::Migrator::with_migrations(own.iter().cloned().collect());
+        m.dangerous_set_table_name(format!(
+            "_zerofn_fn_{}_migrations",
+            function.replace('-', "_")
+        ));
+        m.run(pool)
+            .await
+            .map_err(|e| StoreError(format!("migrations of function {function} failed: {e}")))?;
+    }
+    Ok(())
 }
 
 /// `sqlite:path` / `sqlite://path`: create the directory and the file when missing.
@@ -264,7 +308,8 @@ impl Store for SqlStore {
                 None => self.begin_tx().await?,
             };
             let done = sqlx::query(
-                "UPDATE zerofn_inbox SET state = 'done', lease_until = 0 \
+                // The lease stays: it is now the right to publish the outputs.
+                "UPDATE zerofn_inbox SET state = 'done' \
                  WHERE function = $1 AND key = $2 AND owner = $3 AND state = 'in_flight'",
             )
             .bind(&self.function)
@@ -300,6 +345,19 @@ impl Store for SqlStore {
             }
             tx.commit().await.map_err(StoreError::from)?;
             Ok(true)
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            sqlx::query("UPDATE zerofn_inbox SET lease_until = 0 WHERE function = $1 AND key = $2 AND owner = $3 AND state = 'done'")
+                .bind(&self.function)
+                .bind(key)
+                .bind(owner)
+                .execute(&self.pool)
+                .await
+                .map_err(StoreError::from)?;
+            Ok(())
         })
     }
 

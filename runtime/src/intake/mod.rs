@@ -328,8 +328,13 @@ impl Intake {
                 self.crash_point(CrashPoint::AfterCommit);
                 match self.publish_outputs(&key, &outputs).await {
                     Ok(()) => Outcome::Success,
-                    // The record is done: a redelivery publishes what is still unsent.
-                    Err(f) => Outcome::Retry(f),
+                    // The record is done: the next delivery publishes what is still unsent.
+                    Err(f) => {
+                        if let Err(e) = self.store.release(&key, &owner).await {
+                            tracing::warn!(error = %e, "could not release the publish right; a redelivery waits for the lease");
+                        }
+                        Outcome::Retry(f)
+                    }
                 }
             }
             Err(f) if f.kind == FailureKind::InFlight => Outcome::Retry(f),

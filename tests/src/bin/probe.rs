@@ -7,7 +7,7 @@
 async fn main() -> Result<(), zerofn::Error> {
     zerofn::run(
         zerofn_tests::probe(zerofn_tests::Calls::default()),
-        zerofn::manifest!(),
+        zerofn_tests::MANIFEST,
     )
     .await
 }
