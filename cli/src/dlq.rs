@@ -1,0 +1,396 @@
+//! `zerofn dlq`: list, show and replay dead letters.
+
+use std::{io::Write, time::Duration};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use zerofn::dead_letter::{DeadLetter, DeadLetters};
+
+/// Dead-letter tools.
+#[derive(Debug, Args)]
+pub(crate) struct Dlq {
+    /// The store the functions use: sqlite:<path>, postgres://…, redis://….
+    #[arg(
+        long,
+        env = "ZEROFN_STORE",
+        default_value = "sqlite:.zerofn/zerofn.db",
+        global = true
+    )]
+    store: String,
+    #[command(subcommand)]
+    command: DlqCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// List dead letters, newest first.
+    Ls {
+        /// Only this function's.
+        #[arg(long = "fn")]
+        function: Option<String>,
+        /// Only those recorded within this long (e.g. 30m, 1h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one dead letter in full.
+    Show {
+        /// The dead letter's id.
+        id: String,
+        /// JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish dead letters' original events again, marked `replayof`; the idempotency layer
+    /// handles each replay at most once.
+    Replay {
+        /// The dead letter to replay.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Replay every dead letter (narrowed by --fn and --since).
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this function's.
+        #[arg(long = "fn")]
+        function: Option<String>,
+        /// With --all: only those recorded within this long.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many events per second (e.g. 10 or 10/s).
+        #[arg(long, default_value = "10/s")]
+        rate: String,
+        /// Print what would be published, publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Publish through this Dapr sidecar, to the event's original pub/sub and topic.
+        #[arg(long, env = "ZEROFN_REPLAY_DAPR", conflicts_with = "sink")]
+        dapr: Option<String>,
+        /// POST the event to this CloudEvents endpoint (a Knative broker, a function) instead.
+        #[arg(long)]
+        sink: Option<String>,
+        /// Token for the Dapr sidecar.
+        #[arg(long, env = "DAPR_API_TOKEN", hide_env_values = true)]
+        dapr_api_token: Option<String>,
+    },
+}
+
+impl Dlq {
+    pub(crate) async fn run(self, out: &mut impl Write) -> anyhow::Result<()> {
+        let letters = DeadLetters::open(&self.store).await?;
+        match self.command {
+            DlqCommand::Ls {
+                function,
+                since,
+                limit,
+                json,
+            } => {
+                let list = letters
+                    .list(function.as_deref(), since_time(since.as_deref())?, limit)
+                    .await?;
+                if json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+                } else {
+                    write_table(out, &list)?;
+                }
+            }
+            DlqCommand::Show { id, json } => {
+                let record = letters
+                    .get(&id)
+                    .await?
+                    .with_context(|| format!("no dead letter {id}"))?;
+                if json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&record)?)?;
+                } else {
+                    write_record(out, &record)?;
+                }
+            }
+            DlqCommand::Replay {
+                id,
+                all,
+                function,
+                since,
+                rate,
+                dry_run,
+                dapr,
+                sink,
+                dapr_api_token,
+            } => {
+                let records = match (id, all) {
+                    (Some(id), _) => vec![
+                        letters
+                            .get(&id)
+                            .await?
+                            .with_context(|| format!("no dead letter {id}"))?,
+                    ],
+                    (None, true) => {
+                        letters
+                            .list(
+                                function.as_deref(),
+                                since_time(since.as_deref())?,
+                                usize::MAX,
+                            )
+                            .await?
+                    }
+                    (None, false) => bail!("name a dead letter id or --all"),
+                };
+                let target = match (dapr, sink, dry_run) {
+                    (Some(url), _, _) => Target::Dapr {
+                        url,
+                        token: dapr_api_token,
+                    },
+                    (None, Some(url), _) => Target::Sink(url),
+                    (None, None, true) => Target::DryRun,
+                    (None, None, false) => bail!(
+                        "say where to publish: --dapr http://127.0.0.1:3500 or --sink URL (or --dry-run)"
+                    ),
+                };
+                let pause = pause_for(&rate)?;
+                let client = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()?;
+                let mut failed = 0;
+                for (i, record) in records.iter().enumerate() {
+                    if i > 0 {
+                        tokio::time::sleep(pause).await;
+                    }
+                    match replay(&client, &target, record).await {
+                        Ok(what) => {
+                            writeln!(out, "{}  {what}", record.id)?;
+                            if !matches!(target, Target::DryRun) {
+                                letters.mark_replayed(&record.id).await?;
+                            }
+                        }
+                        Err(e) => {
+                            failed += 1;
+                            writeln!(out, "{}  FAILED: {e:#}", record.id)?;
+                        }
+                    }
+                }
+                if failed > 0 {
+                    bail!("{failed} of {} replays failed", records.len());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+enum Target {
+    Dapr { url: String, token: Option<String> },
+    Sink(String),
+    DryRun,
+}
+
+/// The original CloudEvent of a dead letter, marked `replayof`.
+fn replay_event(record: &DeadLetter) -> anyhow::Result<Value> {
+    let bytes = record.original.bytes();
+    let mut event = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(v @ Value::Object(_)) if v.get("specversion").is_some() => v,
+        _ if record.original.headers.contains_key("ce-specversion") => {
+            // Binary mode: the attributes were headers, the body was the data.
+            let mut event = serde_json::Map::new();
+            for (name, value) in &record.original.headers {
+                if let Some(attr) = name.strip_prefix("ce-") {
+                    event.insert(attr.to_string(), json!(value));
+                }
+            }
+            let content_type = record
+                .original
+                .content_type
+                .clone()
+                .unwrap_or_else(|| "application/json".into());
+            let data = serde_json::from_slice::<Value>(&bytes)
+                .unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
+            event.insert("datacontenttype".into(), json!(content_type));
+            event.insert("data".into(), data);
+            Value::Object(event)
+        }
+        _ => bail!(
+            "holds no CloudEvent to replay: it failed as {} ({})",
+            record.error.kind,
+            record.error.messages.join(": ")
+        ),
+    };
+    event["replayof"] = json!(record.id);
+    Ok(event)
+}
+
+async fn replay(
+    client: &reqwest::Client,
+    target: &Target,
+    record: &DeadLetter,
+) -> anyhow::Result<String> {
+    let event = replay_event(record)?;
+    let request = match target {
+        Target::DryRun => return Ok(format!("would publish {}", serde_json::to_string(&event)?)),
+        Target::Sink(url) => client.post(url),
+        Target::Dapr { url, token } => {
+            let (Some(pubsub), Some(topic)) = (&record.pubsub, &record.topic) else {
+                bail!("the record names no pub/sub and topic to replay to; use --sink");
+            };
+            let mut request = client.post(format!(
+                "{}/v1.0/publish/{pubsub}/{topic}",
+                url.trim_end_matches('/')
+            ));
+            if let Some(token) = token {
+                request = request.header("dapr-api-token", token);
+            }
+            request
+        }
+    };
+    let response = request
+        .header("content-type", "application/cloudevents+json")
+        .body(serde_json::to_vec(&event)?)
+        .send()
+        .await
+        .context("publish failed")?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = response.text().await.unwrap_or_default();
+        bail!("publish answered {status}: {body}");
+    }
+    Ok(format!("replayed ({status})"))
+}
+
+fn since_time(since: Option<&str>) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
+    let Some(since) = since else { return Ok(None) };
+    let d = parse_age(since)
+        .with_context(|| format!("--since {since:?}: expected a duration such as 30m, 1h or 7d"))?;
+    Ok(Some(chrono::Utc::now() - d))
+}
+
+fn parse_age(v: &str) -> Option<chrono::Duration> {
+    let split = v.find(|c: char| !c.is_ascii_digit())?;
+    let n: i64 = v[..split].parse().ok()?;
+    match &v[split..] {
+        "s" => Some(chrono::Duration::seconds(n)),
+        "m" => Some(chrono::Duration::minutes(n)),
+        "h" => Some(chrono::Duration::hours(n)),
+        "d" => Some(chrono::Duration::days(n)),
+        _ => None,
+    }
+}
+
+fn pause_for(rate: &str) -> anyhow::Result<Duration> {
+    let n: f64 = rate
+        .trim_end_matches("/s")
+        .parse()
+        .ok()
+        .filter(|n: &f64| *n > 0.0)
+        .with_context(|| format!("--rate {rate:?}: expected events per second, e.g. 10 or 10/s"))?;
+    Ok(Duration::from_secs_f64(1.0 / n))
+}
+
+fn write_table(out: &mut impl Write, list: &[DeadLetter]) -> std::io::Result<()> {
+    let rows: Vec<[String; 7]> = list
+        .iter()
+        .map(|d| {
+            [
+                d.id.clone(),
+                d.function.clone(),
+                d.event_type.clone().unwrap_or_else(|| "-".into()),
+                d.error.kind.clone(),
+                d.attempts.to_string(),
+                d.last_failure.clone(),
+                d.event_id.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let header = [
+        "ID",
+        "FUNCTION",
+        "TYPE",
+        "ERROR",
+        "ATTEMPTS",
+        "LAST FAILURE",
+        "EVENT ID",
+    ];
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[&str]| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    writeln!(out, "{}", line(&header))?;
+    for r in &rows {
+        writeln!(
+            out,
+            "{}",
+            line(&r.iter().map(String::as_str).collect::<Vec<_>>())
+        )?;
+    }
+    if rows.is_empty() {
+        writeln!(out, "(no dead letters)")?;
+    }
+    Ok(())
+}
+
+fn write_record(out: &mut impl Write, d: &DeadLetter) -> std::io::Result<()> {
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    writeln!(out, "id:            {}", d.id)?;
+    writeln!(out, "function:      {} {}", d.function, d.function_version)?;
+    writeln!(
+        out,
+        "event:         {} {} from {}",
+        or_dash(&d.event_type),
+        or_dash(&d.event_id),
+        or_dash(&d.event_source)
+    )?;
+    writeln!(
+        out,
+        "topic:         {} / {}",
+        or_dash(&d.pubsub),
+        or_dash(&d.topic)
+    )?;
+    writeln!(out, "error:         {} ({})", d.error.kind, d.error.class)?;
+    for m in &d.error.messages {
+        writeln!(out, "               {m}")?;
+    }
+    writeln!(
+        out,
+        "attempts:      {} (first {}, last {})",
+        d.attempts, d.first_failure, d.last_failure
+    )?;
+    writeln!(out, "trace id:      {}", or_dash(&d.trace_id))?;
+    writeln!(out, "idempotency:   {}", d.key)?;
+    writeln!(out, "content type:  {}", or_dash(&d.original.content_type))?;
+    match (&d.original.body, &d.original.body_base64) {
+        (Some(body), _) => writeln!(out, "original:\n{body}")?,
+        (None, Some(b64)) => writeln!(out, "original (base64):\n{b64}")?,
+        (None, None) => writeln!(out, "original:      (empty)")?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_and_ages() {
+        assert_eq!(pause_for("10/s").unwrap(), Duration::from_millis(100));
+        assert_eq!(pause_for("2").unwrap(), Duration::from_millis(500));
+        assert!(pause_for("0").is_err() && pause_for("fast").is_err());
+        assert_eq!(parse_age("90m"), Some(chrono::Duration::minutes(90)));
+        assert_eq!(parse_age("1w"), None);
+    }
+}
