@@ -89,13 +89,17 @@ struct Notification {
     id: uuid::Uuid,
     user_id: String,
     channel: String,
+    kind: String,
     title: String,
     body: String,
     cause_event_id: String,
 }
 
-/// In-memory notification store (the durable one arrives with the idempotency store).
+/// Notifications of handlers run without a SQL store (unit tests, the memory store).
 static NOTIFICATIONS: Mutex<Vec<Notification>> = Mutex::new(Vec::new());
+
+/// notify's own table.
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Serialize)]
 struct Cause<'a> {
@@ -189,7 +193,16 @@ async fn handle(event: Event<Notice>) -> Result<Emit, HandlerError> {
                 .chars()
                 .take(120)
                 .collect();
-            store(id, &r.user_id, &r.channel, &title, &body, &ctx.id)?;
+            let n = Notification {
+                id,
+                user_id: r.user_id.clone(),
+                channel: r.channel.clone(),
+                kind: "reminder".into(),
+                title: title.clone(),
+                body: body.clone(),
+                cause_event_id: ctx.id.clone(),
+            };
+            store(event.transaction(), n).await?;
             let sent = NotificationSent {
                 notification_id: id,
                 user_id: &r.user_id,
@@ -204,7 +217,16 @@ async fn handle(event: Event<Notice>) -> Result<Emit, HandlerError> {
             return Ok(Emit::new("todo.notification.sent", &sent)?.partition_key(&r.user_id));
         }
     };
-    store(id, user_id, "in_app", &title, &body, &ctx.id)?;
+    let n = Notification {
+        id,
+        user_id: user_id.clone(),
+        channel: "in_app".into(),
+        kind: kind.into(),
+        title: title.clone(),
+        body: body.clone(),
+        cause_event_id: ctx.id.clone(),
+    };
+    store(event.transaction(), n).await?;
     let alert = AlertSent {
         alert_id: id,
         user_id,
@@ -219,28 +241,42 @@ async fn handle(event: Event<Notice>) -> Result<Emit, HandlerError> {
     Ok(Emit::new("finance.alert.sent", &alert)?.partition_key(user_id))
 }
 
-fn store(
-    id: uuid::Uuid,
-    user_id: &str,
-    channel: &str,
-    title: &str,
-    body: &str,
-    cause: &str,
-) -> Result<(), HandlerError> {
-    let mut all = NOTIFICATIONS
-        .lock()
-        .map_err(|_| HandlerError::retryable("notification store lock poisoned"))?;
-    if !all.iter().any(|n| n.id == id) {
-        all.push(Notification {
-            id,
-            user_id: user_id.into(),
-            channel: channel.into(),
-            title: title.into(),
-            body: body.into(),
-            cause_event_id: cause.into(),
-        });
+/// Keep the notification: in the delivery's transaction with a SQL store (so it commits
+/// exactly once, with the idempotency record and the emitted event), in memory otherwise.
+async fn store(tx: Option<&zerofn::Transaction>, n: Notification) -> Result<(), HandlerError> {
+    match tx {
+        Some(tx) => {
+            let mut conn = tx.conn().await?;
+            insert(&mut conn, &n).await?;
+        }
+        None => {
+            let mut all = NOTIFICATIONS
+                .lock()
+                .map_err(|_| HandlerError::retryable("notification store lock poisoned"))?;
+            if !all.iter().any(|m| m.id == n.id) {
+                all.push(n);
+            }
+        }
     }
     Ok(())
+}
+
+async fn insert(conn: &mut sqlx::AnyConnection, n: &Notification) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO notifications (id, user_id, channel, kind, title, body, cause_event_id, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(n.id.to_string())
+    .bind(&n.user_id)
+    .bind(&n.channel)
+    .bind(&n.kind)
+    .bind(&n.title)
+    .bind(&n.body)
+    .bind(&n.cause_event_id)
+    .bind(Utc::now().timestamp_millis())
+    .execute(conn)
+    .await
+    .map(|_| ())
 }
 
 /// Format minor units with the currency's decimals (0 for JPY/KRW, 2 otherwise).
@@ -260,7 +296,11 @@ fn money(minor: i64, currency: &str) -> String {
 
 #[tokio::main]
 async fn main() -> Result<(), zerofn::Error> {
-    zerofn::run(handler_fn(handle), zerofn::manifest!()).await
+    zerofn::run(
+        handler_fn(handle),
+        zerofn::manifest!().migrations(&MIGRATIONS),
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -470,6 +510,47 @@ mod tests {
                 .starts_with("00-0af7651916cd43dd8448eb211c80319c-")
         );
         server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn redeliveries_store_one_notification_row_in_sqlite() {
+        let dir = std::env::temp_dir().join(zerofn_tests::fresh_id("notify"));
+        let store = format!("sqlite:{}/zerofn.db", dir.display());
+        let sidecar = testing::Recorder::start().await.unwrap();
+        let port = sidecar.port().to_string();
+        let server = testing::TestServer::start(
+            zerofn::manifest!().migrations(&MIGRATIONS),
+            handler_fn(handle),
+            &[("DAPR_HTTP_PORT", &port), ("ZEROFN_STORE", &store)],
+        )
+        .await
+        .unwrap();
+        let envelope = json!({
+            "specversion": "1.0", "id": "b-sql-1", "source": "budgets", "type": "finance.budget.exceeded",
+            "datacontenttype": "application/json",
+            "data": example("finance.budget.exceeded", "groceries-over"),
+        });
+        let url = format!("{}/events/finance.budget.exceeded", server.url());
+        for _ in 0..3 {
+            let reply = reqwest_post(&url, &envelope).await;
+            assert_eq!(reply["status"], "SUCCESS");
+        }
+        server.shutdown().await.unwrap();
+
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&format!("sqlite://{}/zerofn.db", dir.display()))
+            .await
+            .unwrap();
+        let rows = sqlx::query("SELECT user_id, kind, title FROM notifications")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "one notification for three deliveries");
+        let kind: String = sqlx::Row::get(&rows[0], "kind");
+        assert_eq!(kind, "budget_exceeded");
+        pool.close().await;
+        assert_eq!(sidecar.requests().len(), 1, "one alert published");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     async fn reqwest_post(url: &str, body: &Value) -> Value {
