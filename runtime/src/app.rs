@@ -76,6 +76,7 @@ impl App {
                 url: crate::idempotency::sql::redact(&config.store),
                 reason: e.0,
             })?;
+        let extra = source.function_routes().map(|routes| routes(store.pool()));
         let intake = Intake::new(
             manifest.clone(),
             contracts,
@@ -90,6 +91,7 @@ impl App {
                 drain: Drain::default(),
                 config,
                 subscribed: Arc::new(AtomicBool::new(false)),
+                extra,
             },
         })
     }

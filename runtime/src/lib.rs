@@ -65,7 +65,7 @@ pub use error::{BoxError, Error, ErrorKind, HandlerError, ResultExt};
 pub use event::{Context, Event, EventData, KafkaCoordinates};
 pub use handler::{Handler, HandlerFn, handler_fn};
 pub use idempotency::{Transaction, TransactionGuard};
-pub use manifest::{Manifest, ManifestSource};
+pub use manifest::{Manifest, ManifestSource, Routes};
 
 /// What a handler module needs: `use zerofn::prelude::*;`.
 pub mod prelude {

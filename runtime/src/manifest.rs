@@ -28,7 +28,12 @@ pub struct ManifestSource {
     crate_name: &'static str,
     crate_version: &'static str,
     migrations: Option<&'static sqlx::migrate::Migrator>,
+    routes: Option<Routes>,
 }
+
+/// Builds a function's own HTTP routes (e.g. a read endpoint) from the SQL store's pool, when
+/// the store is SQL. They are served next to the runtime's on `$PORT`.
+pub type Routes = fn(Option<sqlx::AnyPool>) -> axum::Router;
 
 impl ManifestSource {
     /// Wrap a manifest's text; normally called through [`crate::manifest!`].
@@ -42,7 +47,20 @@ impl ManifestSource {
             crate_name,
             crate_version,
             migrations: None,
+            routes: None,
         }
+    }
+
+    /// The function's own HTTP routes (reads, verification endpoints). Their paths must not
+    /// collide with the runtime's (`/`, `/healthz`, `/readyz`, `/dapr/subscribe`, the
+    /// subscription routes).
+    pub const fn routes(mut self, routes: Routes) -> Self {
+        self.routes = Some(routes);
+        self
+    }
+
+    pub(crate) fn function_routes(&self) -> Option<Routes> {
+        self.routes
     }
 
     /// The function's own migrations (`static M: Migrator = sqlx::migrate!();`), run on the SQL

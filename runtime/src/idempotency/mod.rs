@@ -216,6 +216,11 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// Forget records whose TTL has passed; how many.
     fn purge_expired(&self) -> BoxFut<'_, Result<u64, StoreError>>;
+
+    /// The SQL pool, for a function's own routes (SQL stores only).
+    fn pool(&self) -> Option<sqlx::AnyPool> {
+        None
+    }
 }
 
 pub(crate) fn now_ms() -> i64 {

@@ -269,6 +269,10 @@ pub(crate) fn redact(url: &str) -> String {
 }
 
 impl Store for SqlStore {
+    fn pool(&self) -> Option<sqlx::AnyPool> {
+        Some(self.pool.clone())
+    }
+
     fn claim<'a>(
         &'a self,
         key: &'a str,

@@ -62,6 +62,8 @@ pub(crate) struct AppState {
     pub(crate) config: Arc<Config>,
     /// Dapr: set once the sidecar has read `/dapr/subscribe`.
     pub(crate) subscribed: Arc<AtomicBool>,
+    /// The function's own routes, built at start.
+    pub(crate) extra: Option<Router>,
 }
 
 impl AppState {
@@ -92,11 +94,16 @@ pub(crate) fn router(state: AppState) -> Router {
         TransportKind::Dapr => dapr::routes(&state),
         TransportKind::Http => knative::routes(),
     };
-    probes
+    let extra = state.extra.clone();
+    let router = probes
         .merge(transport)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .with_state(state.clone());
+    match extra {
+        Some(own) => router.merge(own.layer(body_limit(&state))),
+        None => router,
+    }
 }
 
 /// The limit layer for routes that do not deliver events.
