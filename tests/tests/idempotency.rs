@@ -410,3 +410,86 @@ async fn post_raw(url: &str, id: &str) -> Result<reqwest::Response, reqwest::Err
         .send()
         .await
 }
+
+/// The probe with another idempotency key and a short TTL.
+fn probe_keyed_by(key: &str) -> zerofn::ManifestSource {
+    let text: &'static str = Box::leak(
+        format!(
+            "{}\n[idempotency]\nkey = \"{key}\"\n",
+            include_str!("../function.toml")
+        )
+        .into_boxed_str(),
+    );
+    zerofn::ManifestSource::new(text, "probe", "0.1.0")
+}
+
+#[tokio::test]
+async fn the_kafka_key_sees_through_daprs_changing_envelope_ids() {
+    let sidecar = Recorder::start().await.unwrap();
+    let port = sidecar.port().to_string();
+    let calls = Calls::default();
+    let server = TestServer::start(
+        probe_keyed_by("kafka"),
+        probe(calls.clone()),
+        &[("DAPR_HTTP_PORT", &port)],
+    )
+    .await
+    .unwrap();
+    let offset = "77"; // the memory store is per server, so a fixed offset is fine
+    for envelope_id in ["dapr-id-1", "dapr-id-2", "dapr-id-3"] {
+        let reply: Value = client()
+            .post(format!("{}/events/todo.task.created", server.url()))
+            .header("content-type", "application/cloudevents+json")
+            .header("__topic", "todo.task.created")
+            .header("__partition", "1")
+            .header("__offset", offset)
+            .json(&zerofn_tests::dapr_envelope(
+                envelope_id,
+                "todo.task.created",
+                task("fine"),
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(reply["status"], "SUCCESS");
+    }
+    assert_eq!(
+        calls.count(),
+        1,
+        "one record at todo.task.created/1/{offset}, however Dapr re-enveloped it"
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_business_key_from_data_and_the_record_ttl() {
+    let calls = Calls::default();
+    let sink = Recorder::start().await.unwrap();
+    let sink_url = sink.url();
+    let server = TestServer::start(
+        probe_keyed_by("data:/task_id"),
+        probe(calls.clone()),
+        &[("K_SINK", &sink_url), ("ZEROFN_IDEMPOTENCY_TTL", "1s")],
+    )
+    .await
+    .unwrap();
+    // Different CloudEvent ids, same task: one run.
+    for id in ["a", "b", "c"] {
+        assert_eq!(
+            post(&server.url(), &fresh_id(id), "fine").await.status(),
+            202
+        );
+    }
+    assert_eq!(calls.count(), 1);
+    // After the TTL the record is gone: the same key runs again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        post(&server.url(), &fresh_id("d"), "fine").await.status(),
+        202
+    );
+    assert_eq!(calls.count(), 2);
+    server.shutdown().await.unwrap();
+}

@@ -137,10 +137,6 @@ impl Store for MemoryStore {
         })
     }
 
-    fn begin(&self) -> BoxFut<'_, Result<Option<Transaction>, StoreError>> {
-        Box::pin(async { Ok(None) })
-    }
-
     fn complete<'a>(
         &'a self,
         key: &'a str,

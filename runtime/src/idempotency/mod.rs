@@ -162,7 +162,9 @@ pub(crate) trait Store: Send + Sync + 'static {
     ) -> BoxFut<'a, Result<Claim, StoreError>>;
 
     /// A transaction for the handler's writes (SQL stores only).
-    fn begin(&self) -> BoxFut<'_, Result<Option<Transaction>, StoreError>>;
+    fn begin(&self) -> BoxFut<'_, Result<Option<Transaction>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
 
     /// Mark `key` done and keep `outputs` unsent, inside `tx` when given (then commit it).
     /// `Ok(false)` when `owner` no longer holds the lease: nothing was written.

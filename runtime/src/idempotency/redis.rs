@@ -148,10 +148,6 @@ impl Store for RedisStore {
         })
     }
 
-    fn begin(&self) -> BoxFut<'_, Result<Option<Transaction>, StoreError>> {
-        Box::pin(async { Ok(None) })
-    }
-
     fn complete<'a>(
         &'a self,
         key: &'a str,
