@@ -116,6 +116,10 @@ impl App {
             "serving"
         );
         let purge = tokio::spawn(purge_expired(state.intake.store().clone()));
+        let relay = tokio::spawn(relay_outbox(
+            state.intake.clone(),
+            state.config.relay_interval,
+        ));
         let drain = state.drain.clone();
         let grace = state.config.shutdown_grace;
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -147,6 +151,7 @@ impl App {
             }
         };
         purge.abort();
+        relay.abort();
         match drained {
             Err(in_flight) => Err(Error::DrainTimeout { grace, in_flight }),
             Ok(()) => {
@@ -159,6 +164,16 @@ impl App {
 
 /// How long a drained server waits for idle keep-alive connections to close.
 const CLOSE_CONNECTIONS: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Publish outputs left unsent, every `interval`.
+async fn relay_outbox(intake: Arc<Intake>, interval: std::time::Duration) {
+    let mut every = tokio::time::interval(interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        intake.relay_once().await;
+    }
+}
 
 /// Forget idempotency records past their TTL, hourly.
 async fn purge_expired(store: Arc<dyn idempotency::Store>) {

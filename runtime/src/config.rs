@@ -45,6 +45,9 @@ pub const ENV_STORE: &str = "ZEROFN_STORE";
 pub const ENV_LEASE: &str = "ZEROFN_LEASE";
 /// How long idempotency records are kept. Default `7d`.
 pub const ENV_IDEMPOTENCY_TTL: &str = "ZEROFN_IDEMPOTENCY_TTL";
+/// How often the outbox relay publishes outputs left unsent (a failed publish that no
+/// redelivery retried). Default `30s`.
+pub const ENV_RELAY_INTERVAL: &str = "ZEROFN_RELAY_INTERVAL";
 /// Test hook: abort the process at `after_claim`, `after_handler` or `after_commit`.
 pub const ENV_CRASH_AT: &str = "ZEROFN_CRASH_AT";
 /// `json` (default, one object per line) or `pretty`.
@@ -72,6 +75,7 @@ pub const ALL_KEYS: &[&str] = &[
     ENV_STORE,
     ENV_LEASE,
     ENV_IDEMPOTENCY_TTL,
+    ENV_RELAY_INTERVAL,
     ENV_CRASH_AT,
     ENV_LOG_FORMAT,
     ENV_LOG,
@@ -196,6 +200,8 @@ pub struct Config {
     pub lease: Duration,
     /// Lifetime of idempotency records.
     pub idempotency_ttl: Duration,
+    /// How often the outbox relay runs.
+    pub relay_interval: Duration,
     /// Test hook: where to abort the process.
     pub crash_at: Option<CrashPoint>,
     /// Log line format.
@@ -341,6 +347,16 @@ impl Config {
             store,
             lease,
             idempotency_ttl: duration(src, ENV_IDEMPOTENCY_TTL, Duration::from_secs(7 * 86_400))?,
+            relay_interval: match duration(src, ENV_RELAY_INTERVAL, Duration::from_secs(30))? {
+                d if d.is_zero() => {
+                    return Err(ConfigError::new(
+                        ENV_RELAY_INTERVAL,
+                        "0",
+                        "must be longer than zero",
+                    ));
+                }
+                d => d,
+            },
             crash_at,
             max_body_bytes,
             shutdown_grace: duration(src, ENV_SHUTDOWN_GRACE, Duration::from_secs(30))?,

@@ -493,3 +493,50 @@ async fn a_business_key_from_data_and_the_record_ttl() {
     assert_eq!(calls.count(), 2);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_outbox_relay_publishes_what_a_failed_publish_left_behind() {
+    for (name, url) in stores() {
+        let sink = Recorder::start().await.unwrap();
+        sink.respond_with(500);
+        let calls = Calls::default();
+        let sink_url = sink.url();
+        let server = TestServer::start(
+            MANIFEST,
+            probe(calls.clone()),
+            &[
+                ("K_SINK", &sink_url),
+                ("ZEROFN_STORE", &url),
+                ("ZEROFN_RELAY_INTERVAL", "200ms"),
+            ],
+        )
+        .await
+        .unwrap();
+        let id = fresh_id("relay");
+        let response = post(&server.url(), &id, "effect").await;
+        assert_eq!(response.status(), 502, "{name}: the publish failed");
+        assert_eq!(published_for(&sink, &id), 1, "{name}: one failed attempt");
+        // Nobody redelivers; the sink comes back; the relay publishes the committed output.
+        sink.respond_with(204);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while published_for(&sink, &id) < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "{name}: the relay never published"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(800)).await; // a few more relay rounds
+        assert_eq!(
+            published_for(&sink, &id),
+            2,
+            "{name}: published once more, not again"
+        );
+        assert_eq!(
+            calls.count_of(&id),
+            1,
+            "{name}: the handler did not run again"
+        );
+        server.shutdown().await.unwrap();
+    }
+}

@@ -170,6 +170,26 @@ impl Store for MemoryStore {
         })
     }
 
+    fn keys_with_unsent<'a>(
+        &'a self,
+        _before_ms: i64,
+        limit: usize,
+    ) -> BoxFut<'a, Result<Vec<String>, StoreError>> {
+        Box::pin(async move {
+            self.with(|inner| {
+                inner
+                    .records
+                    .iter()
+                    .filter(|(_, r)| {
+                        r.state == State::Done && r.outputs.iter().any(|(_, sent)| !sent)
+                    })
+                    .map(|(k, _)| k.clone())
+                    .take(limit)
+                    .collect()
+            })
+        })
+    }
+
     fn mark_sent<'a>(&'a self, key: &'a str, seq: u32) -> BoxFut<'a, Result<(), StoreError>> {
         Box::pin(async move {
             self.with(|inner| {

@@ -180,6 +180,14 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// delivery publishes them at once instead of waiting for the lease to end.
     fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, Result<(), StoreError>>;
 
+    /// Keys of completed events with outputs still unsent, completed before `before_ms`: the
+    /// outbox relay's work list.
+    fn keys_with_unsent<'a>(
+        &'a self,
+        before_ms: i64,
+        limit: usize,
+    ) -> BoxFut<'a, Result<Vec<String>, StoreError>>;
+
     /// Record that output `seq` of `key` was published.
     fn mark_sent<'a>(&'a self, key: &'a str, seq: u32) -> BoxFut<'a, Result<(), StoreError>>;
 

@@ -39,8 +39,17 @@ return {'acquired', tostring(attempts + 1)}
 const COMPLETE: &str = r"
 if redis.call('HGET', KEYS[1], 'state') ~= 'in_flight' or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'done')
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
-if #ARGV >= 3 then redis.call('PEXPIRE', KEYS[3], ARGV[2]) end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
+if #ARGV >= 4 then
+  redis.call('PEXPIRE', KEYS[3], ARGV[2])
+  redis.call('SADD', KEYS[4], ARGV[3])
+end
+return 1
+";
+
+const MARK_SENT: &str = r"
+redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('HLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
 return 1
 ";
 
@@ -65,6 +74,7 @@ pub(crate) struct RedisStore {
     complete: redis::Script,
     fail: redis::Script,
     release: redis::Script,
+    mark_sent: redis::Script,
 }
 
 impl RedisStore {
@@ -87,11 +97,17 @@ impl RedisStore {
             complete: redis::Script::new(COMPLETE),
             fail: redis::Script::new(FAIL),
             release: redis::Script::new(RELEASE),
+            mark_sent: redis::Script::new(MARK_SENT),
         })
     }
 
     fn k(&self, kind: &str, key: &str) -> String {
         format!("zerofn:{}:{kind}:{key}", self.function)
+    }
+
+    /// The set of keys whose outputs are not all published (the relay's work list).
+    fn unsent_set(&self) -> String {
+        format!("zerofn:{}:unsent", self.function)
     }
 }
 
@@ -161,8 +177,10 @@ impl Store for RedisStore {
             invocation
                 .key(self.k("lease", key))
                 .key(self.k("out", key))
+                .key(self.unsent_set())
                 .arg(owner)
-                .arg(ms(Duration::from_secs(7 * 86_400)));
+                .arg(ms(Duration::from_secs(7 * 86_400)))
+                .arg(key);
             for o in outputs {
                 invocation
                     .arg(o.seq)
@@ -189,13 +207,54 @@ impl Store for RedisStore {
         })
     }
 
+    fn keys_with_unsent<'a>(
+        &'a self,
+        _before_ms: i64,
+        limit: usize,
+    ) -> BoxFut<'a, Result<Vec<String>, StoreError>> {
+        // Recency is left to the claim: a key whose completing worker still holds the lease is
+        // answered in-flight there, so the relay skips it.
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let members: Vec<String> = redis::cmd("SRANDMEMBER")
+                .arg(self.unsent_set())
+                .arg(limit.max(1))
+                .query_async(&mut con)
+                .await
+                .map_err(StoreError::from)?;
+            let mut keys = Vec::with_capacity(members.len());
+            for key in members {
+                let state: Option<String> = redis::cmd("HGET")
+                    .arg(self.k("rec", &key))
+                    .arg("state")
+                    .query_async(&mut con)
+                    .await
+                    .map_err(StoreError::from)?;
+                if state.as_deref() == Some("done") {
+                    keys.push(key);
+                } else {
+                    // Expired record: nothing left to relay for it.
+                    redis::cmd("SREM")
+                        .arg(self.unsent_set())
+                        .arg(&key)
+                        .query_async::<i64>(&mut con)
+                        .await
+                        .map_err(StoreError::from)?;
+                }
+            }
+            Ok(keys)
+        })
+    }
+
     fn mark_sent<'a>(&'a self, key: &'a str, seq: u32) -> BoxFut<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let mut con = self.con.clone();
-            redis::cmd("HDEL")
-                .arg(self.k("out", key))
+            self.mark_sent
+                .key(self.k("out", key))
+                .key(self.unsent_set())
                 .arg(seq)
-                .query_async::<i64>(&mut con)
+                .arg(key)
+                .invoke_async::<i64>(&mut con)
                 .await
                 .map_err(StoreError::from)?;
             Ok(())

@@ -365,6 +365,29 @@ impl Store for SqlStore {
         })
     }
 
+    fn keys_with_unsent<'a>(
+        &'a self,
+        before_ms: i64,
+        limit: usize,
+    ) -> BoxFut<'a, Result<Vec<String>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT DISTINCT o.key AS key FROM zerofn_outbox o JOIN zerofn_inbox i ON i.function = o.function AND i.key = o.key \
+                 WHERE o.function = $1 AND o.sent_at IS NULL AND o.created_at <= $2 AND i.state = 'done' LIMIT $3",
+            )
+            .bind(&self.function)
+            .bind(before_ms)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::from)?;
+            rows.iter()
+                .map(|r| r.try_get::<String, _>("key"))
+                .collect::<Result<_, _>>()
+                .map_err(StoreError::from)
+        })
+    }
+
     fn mark_sent<'a>(&'a self, key: &'a str, seq: u32) -> BoxFut<'a, Result<(), StoreError>> {
         Box::pin(async move {
             sqlx::query("UPDATE zerofn_outbox SET sent_at = $4 WHERE function = $1 AND key = $2 AND seq = $3")

@@ -541,6 +541,47 @@ impl Intake {
         Ok(())
     }
 
+    /// The outbox relay, one round: publish the outputs of completed events that are still
+    /// unsent (their publish failed and no redelivery came), taking the publish right first so
+    /// a live worker is never raced. Returns how many outputs were published.
+    pub(crate) async fn relay_once(&self) -> usize {
+        let keys = match self.store.keys_with_unsent(now_ms() - 1000, 100).await {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox relay could not list unsent outputs");
+                return 0;
+            }
+        };
+        let mut published = 0;
+        for key in keys {
+            let owner = uuid::Uuid::new_v4().to_string();
+            match self
+                .store
+                .claim(&key, &owner, self.config.lease, self.config.idempotency_ttl)
+                .await
+            {
+                Ok(Claim::Done { unsent }) if !unsent.is_empty() => {
+                    match self.publish_outputs(&key, &unsent).await {
+                        Ok(()) => {
+                            published += unsent.len();
+                            tracing::info!(
+                                outputs = unsent.len(),
+                                "outbox relay published outputs left unsent"
+                            );
+                        }
+                        Err(f) => {
+                            let _ = self.store.release(&key, &owner).await;
+                            tracing::warn!(reason = %f.message, "outbox relay could not publish; will try again");
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "outbox relay could not claim a record"),
+            }
+        }
+        published
+    }
+
     /// Keep a dead-letter record in the store and forward it to the dead-letter topic.
     async fn dead_letter(
         &self,
