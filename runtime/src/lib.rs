@@ -51,6 +51,7 @@ mod error;
 mod event;
 mod handler;
 mod idempotency;
+pub mod instruments;
 mod intake;
 pub mod manifest;
 mod shutdown;

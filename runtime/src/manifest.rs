@@ -355,7 +355,7 @@ pub struct Delivery {
 }
 
 /// Routes the runtime serves itself; a subscription may not claim them.
-const RESERVED_ROUTES: &[&str] = &["/", "/healthz", "/readyz", "/dapr/subscribe"];
+const RESERVED_ROUTES: &[&str] = &["/", "/healthz", "/readyz", "/metrics", "/dapr/subscribe"];
 
 impl Manifest {
     /// Parse `text` as the manifest of crate `crate_name` at `crate_version`.

@@ -20,6 +20,7 @@ use crate::{
     event::{Context, Event, EventData, KafkaCoordinates},
     handler::Handler,
     idempotency::{Attempts, Claim, Store, StoredOutput, now_ms},
+    instruments::Instruments,
     manifest::{KeyStrategy, Manifest},
     telemetry::TraceContext,
     transport::Publisher,
@@ -205,6 +206,7 @@ pub(crate) struct Intake {
     store: Arc<dyn Store>,
     config: Arc<Config>,
     source: String,
+    instruments: Instruments,
 }
 
 impl Intake {
@@ -216,9 +218,11 @@ impl Intake {
         store: Arc<dyn Store>,
         config: Arc<Config>,
     ) -> Self {
+        let consumed: Vec<String> = manifest.consumed_types().map(str::to_string).collect();
         Intake {
             source: format!("/zerofn/{}", manifest.name),
-            consumed: manifest.consumed_types().map(str::to_string).collect(),
+            instruments: Instruments::new(&manifest.name, &consumed, Instant::now()),
+            consumed,
             manifest,
             contracts,
             handler: Arc::new(handler),
@@ -240,6 +244,10 @@ impl Intake {
         &self.store
     }
 
+    pub(crate) fn instruments(&self) -> &Instruments {
+        &self.instruments
+    }
+
     /// Run one event through the pipeline and log one line about it.
     pub(crate) async fn process(
         &self,
@@ -248,6 +256,10 @@ impl Intake {
         meta: DeliveryMeta,
     ) -> Outcome {
         let started = Instant::now();
+        let in_flight = self.instruments.in_flight();
+        in_flight.increment(1.0);
+        self.instruments
+            .received(input.as_ref().ok().map(|d| d.ctx.ty.as_str()));
         let (outcome, ctx) = match input {
             Err(f) => (self.dead_letter(None, "", f, &meta, false).await, None),
             Ok(decoded) => {
@@ -263,6 +275,18 @@ impl Intake {
             }
         };
         log_outcome(&self.manifest.name, &outcome, ctx.as_ref(), started);
+        self.instruments
+            .handled(ctx.as_ref().map(|c| c.ty.as_str()), outcome.label());
+        if let (
+            Outcome::Success,
+            Some(Context {
+                ty, time: Some(t), ..
+            }),
+        ) = (&outcome, ctx.as_ref())
+        {
+            self.instruments.latency(ty, *t);
+        }
+        in_flight.decrement(1.0);
         outcome
     }
 
@@ -295,11 +319,13 @@ impl Intake {
     ) -> Outcome {
         let key = self.key(ctx, &data);
         let owner = uuid::Uuid::new_v4().to_string();
-        let claim = match self
+        let claiming = Instant::now();
+        let claimed = self
             .store
             .claim(&key, &owner, self.config.lease, self.config.idempotency_ttl)
-            .await
-        {
+            .await;
+        self.instruments.store_op("claim", claiming.elapsed());
+        let claim = match claimed {
             Ok(c) => c,
             Err(e) => {
                 return Outcome::Retry(Failure::new(FailureKind::StoreUnavailable, e.to_string()));
@@ -396,12 +422,10 @@ impl Intake {
             .map(|(seq, e)| self.outgoing(ctx, u32::try_from(seq).unwrap_or(u32::MAX), e))
             .collect::<Result<Vec<_>, _>>()?;
         self.crash_point(CrashPoint::AfterHandler);
-        if !self
-            .store
-            .complete(key, owner, &outputs, tx)
-            .await
-            .map_err(store_down)?
-        {
+        let completing = Instant::now();
+        let completed = self.store.complete(key, owner, &outputs, tx).await;
+        self.instruments.store_op("complete", completing.elapsed());
+        if !completed.map_err(store_down)? {
             return Err(Failure::new(
                 FailureKind::InFlight,
                 "the lease on this event expired and another delivery took it over; this attempt's effects were rolled back",
@@ -417,8 +441,11 @@ impl Intake {
         tx: Option<Transaction>,
     ) -> Result<Vec<Emit>, Failure> {
         let timeout = self.config.handler_timeout;
+        let (ty, running) = (ctx.ty.clone(), Instant::now());
         let mut task = tokio::spawn(self.handler.call(ctx, data, tx));
-        match tokio::time::timeout(timeout, &mut task).await {
+        let finished = tokio::time::timeout(timeout, &mut task).await;
+        self.instruments.handler_duration(&ty, running.elapsed());
+        match finished {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => {
                 let message = if join.is_panic() {
@@ -525,6 +552,7 @@ impl Intake {
     async fn publish_outputs(&self, key: &str, outputs: &[StoredOutput]) -> Result<(), Failure> {
         for o in outputs {
             self.publisher.publish(o).await.map_err(|reason| {
+                self.instruments.publish_failed(&o.topic);
                 Failure::new(
                     FailureKind::PublishFailed,
                     format!(
@@ -653,6 +681,7 @@ impl Intake {
             tracing::error!(error = %e, "could not record a dead letter; leaving it to the transport's dead-letter path");
             return Outcome::Drop(failure);
         }
+        self.instruments.dead_lettered(failure.kind.code());
         self.forward_dead_letter(&record, ctx).await;
         Outcome::DeadLettered {
             failure,
@@ -701,6 +730,8 @@ impl Intake {
             Err(e) => Err(e),
         };
         if let Err(reason) = result {
+            self.instruments
+                .publish_failed(&self.manifest.delivery.dead_letter_topic);
             tracing::warn!(dead_letter_id = %record.id, %reason, "dead letter kept in the store but not forwarded to the dead-letter topic");
         }
     }

@@ -89,6 +89,7 @@ pub(crate) fn router(state: AppState) -> Router {
     let probes = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .layer(body_limit(&state));
     let transport = match state.config.transport {
         TransportKind::Dapr => dapr::routes(&state),
@@ -124,6 +125,18 @@ async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> 
         )
             .into_response(),
     }
+}
+
+/// Prometheus text exposition of this function's metrics.
+async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.intake.instruments().render(),
+    )
+        .into_response()
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {

@@ -1,0 +1,208 @@
+//! Every metric the runtime exports — names, help texts and the calls that record them — in
+//! one place. Each app has its own Prometheus registry (no global recorder), served on
+//! `GET /metrics` in the Prometheus text format.
+//!
+//! Labels never carry input verbatim: `type` is one of the function's accepted types or
+//! `other`, so a flood of junk cannot blow up the series count.
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+/// Events that reached the pipeline (decoded or not), by type.
+pub const EVENTS_RECEIVED: &str = "zerofn_events_received_total";
+/// Events by type and outcome: success, duplicate, retry, dead_letter, drop.
+pub const EVENTS_HANDLED: &str = "zerofn_events_handled_total";
+/// Handler run time, by type.
+pub const HANDLER_DURATION: &str = "zerofn_handler_duration_seconds";
+/// From the event's `time` to handled, by type.
+pub const EVENT_LATENCY: &str = "zerofn_event_latency_seconds";
+/// Deliveries being processed right now.
+pub const IN_FLIGHT: &str = "zerofn_deliveries_in_flight";
+/// Idempotency store operations, by operation (claim, complete).
+pub const STORE_DURATION: &str = "zerofn_store_operation_duration_seconds";
+/// Failed publishes of emitted events and dead letters, by topic.
+pub const PUBLISH_FAILURES: &str = "zerofn_publish_failures_total";
+/// Dead-letter records written, by error kind.
+pub const DEAD_LETTERS: &str = "zerofn_dead_letters_total";
+/// Cold starts: processes that handled their first event.
+pub const COLD_STARTS: &str = "zerofn_cold_starts_total";
+/// From process start to the first event handled.
+pub const COLD_START_DURATION: &str = "zerofn_cold_start_duration_seconds";
+
+/// Every metric: name, help text, unit.
+pub const ALL: &[(&str, &str, Unit)] = &[
+    (
+        EVENTS_RECEIVED,
+        "Events that reached the pipeline, by CloudEvent type",
+        Unit::Count,
+    ),
+    (
+        EVENTS_HANDLED,
+        "Events by type and outcome (success, duplicate, retry, dead_letter, drop)",
+        Unit::Count,
+    ),
+    (
+        HANDLER_DURATION,
+        "Time the handler ran for one event",
+        Unit::Seconds,
+    ),
+    (
+        EVENT_LATENCY,
+        "Time from the event's time attribute to handled",
+        Unit::Seconds,
+    ),
+    (IN_FLIGHT, "Deliveries being processed now", Unit::Count),
+    (
+        STORE_DURATION,
+        "Idempotency store operations (claim, complete)",
+        Unit::Seconds,
+    ),
+    (
+        PUBLISH_FAILURES,
+        "Failed publishes of emitted events and dead letters, by topic",
+        Unit::Count,
+    ),
+    (
+        DEAD_LETTERS,
+        "Dead-letter records written, by error kind",
+        Unit::Count,
+    ),
+    (
+        COLD_STARTS,
+        "Processes that handled their first event",
+        Unit::Count,
+    ),
+    (
+        COLD_START_DURATION,
+        "Time from process start to the first event handled",
+        Unit::Seconds,
+    ),
+];
+
+const BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+static METADATA: Metadata<'static> =
+    Metadata::new("zerofn", metrics::Level::INFO, Some(module_path!()));
+
+/// One app's metrics.
+pub(crate) struct Instruments {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    function: String,
+    accepted: Vec<String>,
+    started: Instant,
+    cold: AtomicBool,
+}
+
+impl Instruments {
+    pub(crate) fn new(function: &str, accepted: &[String], started: Instant) -> Instruments {
+        let recorder = PrometheusBuilder::new().set_buckets(BUCKETS).map_or_else(
+            |_| PrometheusBuilder::new().build_recorder(),
+            PrometheusBuilder::build_recorder,
+        );
+        for (name, help, unit) in ALL {
+            let key = metrics::KeyName::from(*name);
+            match *unit {
+                Unit::Seconds => recorder.describe_histogram(key, Some(*unit), (*help).into()),
+                _ if *name == IN_FLIGHT => {
+                    recorder.describe_gauge(key, Some(*unit), (*help).into())
+                }
+                _ => recorder.describe_counter(key, Some(*unit), (*help).into()),
+            }
+        }
+        let handle = recorder.handle();
+        Instruments {
+            recorder,
+            handle,
+            function: function.to_string(),
+            accepted: accepted.to_vec(),
+            started,
+            cold: AtomicBool::new(true),
+        }
+    }
+
+    fn key(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+        let mut all = vec![Label::new("function", self.function.clone())];
+        all.extend(labels.iter().map(|(k, v)| Label::new(*k, v.to_string())));
+        Key::from_parts(name, all)
+    }
+
+    fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+        self.recorder
+            .register_counter(&self.key(name, labels), &METADATA)
+    }
+
+    fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
+        self.recorder
+            .register_histogram(&self.key(name, labels), &METADATA)
+    }
+
+    /// The `type` label: an accepted type, or `other`.
+    fn ty<'a>(&self, ty: Option<&'a str>) -> &'a str {
+        match ty {
+            Some(t) if self.accepted.iter().any(|a| a == t) => t,
+            _ => "other",
+        }
+    }
+
+    pub(crate) fn received(&self, ty: Option<&str>) {
+        self.counter(EVENTS_RECEIVED, &[("type", self.ty(ty))])
+            .increment(1);
+    }
+
+    pub(crate) fn handled(&self, ty: Option<&str>, outcome: &str) {
+        self.counter(
+            EVENTS_HANDLED,
+            &[("type", self.ty(ty)), ("outcome", outcome)],
+        )
+        .increment(1);
+        if self.cold.swap(false, Ordering::SeqCst) {
+            self.counter(COLD_STARTS, &[]).increment(1);
+            self.histogram(COLD_START_DURATION, &[])
+                .record(self.started.elapsed().as_secs_f64());
+        }
+    }
+
+    pub(crate) fn handler_duration(&self, ty: &str, d: Duration) {
+        self.histogram(HANDLER_DURATION, &[("type", self.ty(Some(ty)))])
+            .record(d.as_secs_f64());
+    }
+
+    pub(crate) fn latency(&self, ty: &str, since: chrono::DateTime<chrono::Utc>) {
+        let secs = (chrono::Utc::now() - since).num_milliseconds().max(0) as f64 / 1000.0;
+        self.histogram(EVENT_LATENCY, &[("type", self.ty(Some(ty)))])
+            .record(secs);
+    }
+
+    pub(crate) fn in_flight(&self) -> Gauge {
+        self.recorder
+            .register_gauge(&self.key(IN_FLIGHT, &[]), &METADATA)
+    }
+
+    pub(crate) fn store_op(&self, operation: &str, d: Duration) {
+        self.histogram(STORE_DURATION, &[("operation", operation)])
+            .record(d.as_secs_f64());
+    }
+
+    pub(crate) fn publish_failed(&self, topic: &str) {
+        self.counter(PUBLISH_FAILURES, &[("topic", topic)])
+            .increment(1);
+    }
+
+    pub(crate) fn dead_lettered(&self, kind: &str) {
+        self.counter(DEAD_LETTERS, &[("kind", kind)]).increment(1);
+    }
+
+    /// The Prometheus text exposition.
+    pub(crate) fn render(&self) -> String {
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+}
