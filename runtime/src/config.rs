@@ -50,6 +50,13 @@ pub const ENV_IDEMPOTENCY_TTL: &str = "ZEROFN_IDEMPOTENCY_TTL";
 pub const ENV_RELAY_INTERVAL: &str = "ZEROFN_RELAY_INTERVAL";
 /// Test hook: abort the process at `after_claim`, `after_handler` or `after_commit`.
 pub const ENV_CRASH_AT: &str = "ZEROFN_CRASH_AT";
+/// OTLP/gRPC endpoint for traces (standard OpenTelemetry variable). Unset: tracing stays
+/// local (log lines only) and costs nothing per event.
+pub const ENV_OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// Traces-only override of the endpoint (standard OpenTelemetry variable).
+pub const ENV_OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+/// Service name in traces (standard OpenTelemetry variable). Default: the function name.
+pub const ENV_OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 /// `json` (default, one object per line) or `pretty`.
 pub const ENV_LOG_FORMAT: &str = "ZEROFN_LOG_FORMAT";
 /// A `tracing` filter such as `info,zerofn=debug`. Falls back to `RUST_LOG`, then `info`.
@@ -77,6 +84,9 @@ pub const ALL_KEYS: &[&str] = &[
     ENV_IDEMPOTENCY_TTL,
     ENV_RELAY_INTERVAL,
     ENV_CRASH_AT,
+    ENV_OTEL_EXPORTER_OTLP_ENDPOINT,
+    ENV_OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    ENV_OTEL_SERVICE_NAME,
     ENV_LOG_FORMAT,
     ENV_LOG,
     ENV_RUST_LOG,
@@ -204,6 +214,10 @@ pub struct Config {
     pub relay_interval: Duration,
     /// Test hook: where to abort the process.
     pub crash_at: Option<CrashPoint>,
+    /// Where traces are exported (OTLP/gRPC); `None` keeps tracing local.
+    pub otlp_endpoint: Option<String>,
+    /// Service name in traces.
+    pub otel_service_name: Option<String>,
     /// Log line format.
     pub log_format: LogFormat,
     /// `tracing` filter directives.
@@ -362,6 +376,14 @@ impl Config {
             shutdown_grace: duration(src, ENV_SHUTDOWN_GRACE, Duration::from_secs(30))?,
             handler_timeout,
             publish_timeout: duration(src, ENV_PUBLISH_TIMEOUT, Duration::from_secs(10))?,
+            otlp_endpoint: match src.get(ENV_OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) {
+                Some(v) => Some(check_http_url(ENV_OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, v)?),
+                None => src
+                    .get(ENV_OTEL_EXPORTER_OTLP_ENDPOINT)
+                    .map(|v| check_http_url(ENV_OTEL_EXPORTER_OTLP_ENDPOINT, v))
+                    .transpose()?,
+            },
+            otel_service_name: src.get(ENV_OTEL_SERVICE_NAME),
             log_format,
             log_filter,
         })

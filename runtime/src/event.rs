@@ -66,10 +66,14 @@ impl Context {
     pub fn extension(&self, name: &str) -> Option<&str> {
         self.extensions.get(name).map(String::as_str)
     }
-
     /// The 32-hex-digit trace id.
     pub fn trace_id(&self) -> &str {
         self.traceparent.get(3..35).unwrap_or_default()
+    }
+
+    /// The 16-hex-digit span id of the span handling this event.
+    pub fn span_id(&self) -> &str {
+        self.traceparent.get(36..52).unwrap_or_default()
     }
 }
 

@@ -156,18 +156,24 @@ impl Instruments {
         self.counter(EVENTS_RECEIVED, &[("type", self.ty(ty))])
             .increment(1);
     }
-
     pub(crate) fn handled(&self, ty: Option<&str>, outcome: &str) {
         self.counter(
             EVENTS_HANDLED,
             &[("type", self.ty(ty)), ("outcome", outcome)],
         )
         .increment(1);
-        if self.cold.swap(false, Ordering::SeqCst) {
-            self.counter(COLD_STARTS, &[]).increment(1);
-            self.histogram(COLD_START_DURATION, &[])
-                .record(self.started.elapsed().as_secs_f64());
+    }
+
+    /// For the process's first event: how long since it started (and record the cold start).
+    pub(crate) fn cold_start(&self) -> Option<Duration> {
+        if !self.cold.swap(false, Ordering::SeqCst) {
+            return None;
         }
+        let elapsed = self.started.elapsed();
+        self.counter(COLD_STARTS, &[]).increment(1);
+        self.histogram(COLD_START_DURATION, &[])
+            .record(elapsed.as_secs_f64());
+        Some(elapsed)
     }
 
     pub(crate) fn handler_duration(&self, ty: &str, d: Duration) {

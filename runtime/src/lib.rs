@@ -84,7 +84,11 @@ pub async fn run<H: Handler>(handler: H, manifest: ManifestSource) -> Result<(),
         Ok(c) => c,
         Err(e) => usage_exit(e.into()),
     };
-    telemetry::init_logging(&config);
+    let service = match manifest.parse() {
+        Ok(m) => m.name,
+        Err(e) => usage_exit(e.into()),
+    };
+    let tracing = telemetry::init(&config, &service);
     let addr = config.addr;
     let app = match app::App::build(config, manifest, handler).await {
         Ok(app) => app,
@@ -94,7 +98,9 @@ pub async fn run<H: Handler>(handler: H, manifest: ManifestSource) -> Result<(),
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Bind { addr, source })?;
-    app.serve(listener, shutdown::signal()).await
+    let served = app.serve(listener, shutdown::signal()).await;
+    tracing.shutdown();
+    served
 }
 
 fn usage_exit(e: Error) -> ! {

@@ -1,25 +1,118 @@
-//! Logs (JSON by default, one object per line) and W3C trace-context handling.
+//! Logs (JSON by default, one object per line), OpenTelemetry traces (OTLP/gRPC, configured by
+//! the standard `OTEL_*` variables) and W3C trace-context handling.
 
-use std::fmt;
+use std::{collections::HashMap, fmt};
+
+use opentelemetry::{
+    propagation::TextMapPropagator, trace::TraceContextExt, trace::TracerProvider as _,
+};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
 use crate::config::{Config, LogFormat};
 
-/// Install the global `tracing` subscriber described by `config`. A second call is a no-op
-/// (tests build several apps in one process).
-pub(crate) fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    let _ = match config.log_format {
-        LogFormat::Json => builder
+/// The trace exporter, flushed on shutdown.
+pub(crate) struct Tracing {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Tracing {
+    /// Export what is buffered and stop.
+    pub(crate) fn shutdown(&self) {
+        if let Some(provider) = &self.provider
+            && let Err(e) = provider.shutdown()
+        {
+            tracing::warn!(error = %e, "trace exporter did not shut down cleanly");
+        }
+    }
+}
+
+/// Install the global `tracing` subscriber: the log format of `config`, plus an OpenTelemetry
+/// layer exporting to the OTLP endpoint when one is configured. A second call only returns
+/// (tests build several apps in one process). Must run inside the Tokio runtime.
+pub(crate) fn init(config: &Config, service: &str) -> Tracing {
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_new(&config.log_filter)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    let provider = config.otlp_endpoint.as_ref().and_then(|endpoint| {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint.clone())
+            .build();
+        match exporter {
+            Ok(exporter) => Some(
+                SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(
+                        opentelemetry_sdk::Resource::builder()
+                            .with_service_name(config.otel_service_name.clone().unwrap_or_else(|| service.to_string()))
+                            .build(),
+                    )
+                    .build(),
+            ),
+            Err(e) => {
+                eprintln!("zerofn: tracing stays local: cannot build the OTLP exporter for {endpoint}: {e}");
+                None
+            }
+        }
+    });
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("zerofn"))
+            .with_filter(filter())
+    });
+    let logs = match config.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .try_init(),
-        LogFormat::Pretty => builder.pretty().try_init(),
+            .with_writer(std::io::stdout)
+            .with_filter(filter())
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .pretty()
+            .with_writer(std::io::stdout)
+            .with_filter(filter())
+            .boxed(),
     };
+    if tracing_subscriber::registry()
+        .with(otel)
+        .with(logs)
+        .try_init()
+        .is_ok()
+        && provider.is_some()
+    {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    }
+    Tracing { provider }
+}
+
+/// Parent `span` on the W3C context in `traceparent` (and `tracestate`). A no-op without the
+/// OpenTelemetry layer.
+pub(crate) fn set_parent(span: &tracing::Span, traceparent: &str, tracestate: Option<&str>) {
+    let mut carrier = HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    if let Some(state) = tracestate {
+        carrier.insert("tracestate".to_string(), state.to_string());
+    }
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    let _ = span.set_parent(cx);
+}
+
+/// The `traceparent` of `span`, when OpenTelemetry is recording it.
+pub(crate) fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        )
+    })
 }
 
 /// A W3C `traceparent`: version 00, trace id, parent (span) id, flags.

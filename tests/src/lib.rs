@@ -25,7 +25,8 @@ use zerofn::{Context, Emit, Event, HandlerError, prelude::tracing};
 /// The probe's input: a `todo.task.created` (or `todo.task.deleted`) payload.
 #[derive(Debug, Deserialize)]
 pub struct Task {
-    /// Task id.
+    /// Task id (absent in a `todo.notification.sent` the probe also consumes).
+    #[serde(default)]
     pub task_id: String,
     /// Owner.
     pub user_id: String,
@@ -425,4 +426,137 @@ pub fn assert_message(body: &Value, expected: &str, context: &str) {
         message.contains(expected),
         "{context}: message {message:?} lacks {expected:?} (reply {body})"
     );
+}
+
+/// One span an [`OtlpReceiver`] received.
+#[derive(Clone, Debug)]
+pub struct ReceivedSpan {
+    /// `service.name` of the exporting process.
+    pub service: String,
+    /// Span name.
+    pub name: String,
+    /// Hex trace id.
+    pub trace_id: String,
+    /// Hex span id.
+    pub span_id: String,
+    /// Hex parent span id (empty for a root span).
+    pub parent_span_id: String,
+    /// OTLP span kind (5 = consumer, 4 = producer, 1 = internal).
+    pub kind: i32,
+    /// Names of the span's events.
+    pub events: Vec<String>,
+    /// String attributes.
+    pub attributes: std::collections::HashMap<String, String>,
+}
+
+/// A real OTLP/gRPC trace receiver (the collector protocol) on 127.0.0.1.
+#[derive(Debug)]
+pub struct OtlpReceiver {
+    addr: SocketAddr,
+    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct Collector(Arc<Mutex<Vec<ReceivedSpan>>>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for Collector
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+        let text = |kv: &opentelemetry_proto::tonic::common::v1::KeyValue| match kv
+            .value
+            .as_ref()
+            .and_then(|v| v.value.as_ref())
+        {
+            Some(Any::StringValue(s)) => Some(s.clone()),
+            Some(Any::IntValue(i)) => Some(i.to_string()),
+            Some(Any::BoolValue(b)) => Some(b.to_string()),
+            _ => None,
+        };
+        let mut received = Vec::new();
+        for rs in request.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+                .and_then(text)
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for span in ss.spans {
+                    received.push(ReceivedSpan {
+                        service: service.clone(),
+                        name: span.name.clone(),
+                        trace_id: hex(&span.trace_id),
+                        span_id: hex(&span.span_id),
+                        parent_span_id: hex(&span.parent_span_id),
+                        kind: span.kind,
+                        events: span.events.iter().map(|e| e.name.clone()).collect(),
+                        attributes: span
+                            .attributes
+                            .iter()
+                            .filter_map(|kv| Some((kv.key.clone(), text(kv)?)))
+                            .collect(),
+                    });
+                }
+            }
+        }
+        if let Ok(mut spans) = self.0.lock() {
+            spans.extend(received);
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl OtlpReceiver {
+    /// Listen on an ephemeral port of 127.0.0.1.
+    pub async fn start() -> OtlpReceiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let spans: Arc<Mutex<Vec<ReceivedSpan>>> = Arc::default();
+        let service = opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer::new(
+            Collector(spans.clone()),
+        );
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        });
+        OtlpReceiver { addr, spans, task }
+    }
+
+    /// The endpoint for `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.spans.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

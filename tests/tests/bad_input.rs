@@ -285,7 +285,7 @@ fn http_cases() -> Vec<Case> {
             )),
             status: 422,
             error: "unknown_event_type",
-            message: "event type \"finance.transaction.created\" is not consumed here: function probe accepts todo.task.created, todo.task.deleted",
+            message: "event type \"finance.transaction.created\" is not consumed here: function probe accepts todo.task.created, todo.task.deleted, todo.notification.sent",
         },
         Case {
             name: "type without any contract",

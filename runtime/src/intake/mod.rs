@@ -7,9 +7,9 @@
 
 pub(crate) mod decode;
 
-use std::{collections::BTreeSet, future::Future, pin::Pin, sync::Arc, time::Instant};
-
 use serde_json::Value;
+use std::{collections::BTreeSet, future::Future, pin::Pin, sync::Arc, time::Instant};
+use tracing::Instrument;
 
 use crate::{
     Transaction,
@@ -248,46 +248,111 @@ impl Intake {
         &self.instruments
     }
 
-    /// Run one event through the pipeline and log one line about it.
+    /// Run one event through the pipeline, in one consumer span, and log one line about it.
     pub(crate) async fn process(
         &self,
         input: Result<Decoded, Failure>,
         accepted: &[String],
         meta: DeliveryMeta,
     ) -> Outcome {
-        let started = Instant::now();
-        let in_flight = self.instruments.in_flight();
-        in_flight.increment(1.0);
-        self.instruments
-            .received(input.as_ref().ok().map(|d| d.ctx.ty.as_str()));
-        let (outcome, ctx) = match input {
-            Err(f) => (self.dead_letter(None, "", f, &meta, false).await, None),
-            Ok(decoded) => {
-                let mut ctx = decoded.ctx;
-                ctx.kafka = meta.kafka.clone();
-                ctx.traceparent = TraceContext::continue_from([
-                    meta.hop_traceparent.as_deref(),
-                    decoded.trace_ext.as_deref(),
-                ])
-                .to_string();
-                let outcome = self.claimed(&mut ctx, decoded.data, accepted, &meta).await;
-                (outcome, Some(ctx))
-            }
+        let span = tracing::info_span!(
+            "zerofn.process",
+            otel.name = tracing::field::Empty,
+            otel.kind = "consumer",
+            messaging.system = if meta.source_topic.is_some() { "dapr" } else { "cloudevents" },
+            messaging.operation.type = "process",
+            messaging.destination.name = tracing::field::Empty,
+            messaging.message.id = tracing::field::Empty,
+            cloudevents.event_id = tracing::field::Empty,
+            cloudevents.event_type = tracing::field::Empty,
+            cloudevents.event_source = tracing::field::Empty,
+            zerofn.function = %self.manifest.name,
+            zerofn.attempt = tracing::field::Empty,
+            zerofn.idempotency = tracing::field::Empty,
+            zerofn.outcome = tracing::field::Empty,
+        );
+        // Parent first (the span must not have started): the hop's context, else the event's.
+        let parent = match &input {
+            Ok(d) => [meta.hop_traceparent.as_deref(), d.trace_ext.as_deref()]
+                .into_iter()
+                .flatten()
+                .find(|tp| TraceContext::parse(tp).is_some())
+                .map(|tp| (tp.to_string(), d.ctx.tracestate.clone())),
+            Err(_) => meta
+                .hop_traceparent
+                .clone()
+                .filter(|tp| TraceContext::parse(tp).is_some())
+                .map(|tp| (tp, None)),
         };
-        log_outcome(&self.manifest.name, &outcome, ctx.as_ref(), started);
-        self.instruments
-            .handled(ctx.as_ref().map(|c| c.ty.as_str()), outcome.label());
-        if let (
-            Outcome::Success,
-            Some(Context {
-                ty, time: Some(t), ..
-            }),
-        ) = (&outcome, ctx.as_ref())
-        {
-            self.instruments.latency(ty, *t);
+        if let Some((tp, state)) = &parent {
+            crate::telemetry::set_parent(&span, tp, state.as_deref());
         }
-        in_flight.decrement(1.0);
-        outcome
+        let topic = meta
+            .source_topic
+            .as_ref()
+            .map(|(_, t)| t.clone())
+            .or_else(|| meta.kafka.as_ref().map(|k| k.topic.clone()));
+        span.record(
+            "otel.name",
+            format!(
+                "{} process",
+                topic.as_deref().unwrap_or(&self.manifest.name)
+            ),
+        );
+        if let Some(t) = &topic {
+            span.record("messaging.destination.name", t.as_str());
+        }
+        let body = async {
+            let started = Instant::now();
+            let in_flight = self.instruments.in_flight();
+            in_flight.increment(1.0);
+            self.instruments
+                .received(input.as_ref().ok().map(|d| d.ctx.ty.as_str()));
+            if let Some(cold) = self.instruments.cold_start() {
+                tracing::info!(
+                    cold_start_seconds = cold.as_secs_f64(),
+                    "cold start: first event since the process started"
+                );
+            }
+            let (outcome, ctx) = match input {
+                Err(f) => (self.dead_letter(None, "", f, &meta, false).await, None),
+                Ok(decoded) => {
+                    let mut ctx = decoded.ctx;
+                    let current = tracing::Span::current();
+                    current.record("cloudevents.event_id", ctx.id.as_str());
+                    current.record("messaging.message.id", ctx.id.as_str());
+                    current.record("cloudevents.event_type", ctx.ty.as_str());
+                    current.record("cloudevents.event_source", ctx.source.as_str());
+                    ctx.kafka = meta.kafka.clone();
+                    ctx.traceparent =
+                        crate::telemetry::traceparent_of(&current).unwrap_or_else(|| {
+                            TraceContext::continue_from([
+                                meta.hop_traceparent.as_deref(),
+                                decoded.trace_ext.as_deref(),
+                            ])
+                            .to_string()
+                        });
+                    let outcome = self.claimed(&mut ctx, decoded.data, accepted, &meta).await;
+                    (outcome, Some(ctx))
+                }
+            };
+            tracing::Span::current().record("zerofn.outcome", outcome.label());
+            log_outcome(&self.manifest.name, &outcome, ctx.as_ref(), started);
+            self.instruments
+                .handled(ctx.as_ref().map(|c| c.ty.as_str()), outcome.label());
+            if let (
+                Outcome::Success,
+                Some(Context {
+                    ty, time: Some(t), ..
+                }),
+            ) = (&outcome, ctx.as_ref())
+            {
+                self.instruments.latency(ty, *t);
+            }
+            in_flight.decrement(1.0);
+            outcome
+        };
+        body.instrument(span).await
     }
 
     /// The idempotency key of an event.
@@ -323,6 +388,10 @@ impl Intake {
         let claimed = self
             .store
             .claim(&key, &owner, self.config.lease, self.config.idempotency_ttl)
+            .instrument(tracing::info_span!(
+                "zerofn.claim",
+                otel.name = "idempotency claim"
+            ))
             .await;
         self.instruments.store_op("claim", claiming.elapsed());
         let claim = match claimed {
@@ -331,6 +400,12 @@ impl Intake {
                 return Outcome::Retry(Failure::new(FailureKind::StoreUnavailable, e.to_string()));
             }
         };
+        let idempotency = match &claim {
+            Claim::Acquired { .. } => "first",
+            Claim::InFlight => "in_flight",
+            Claim::Done { .. } | Claim::Dead { .. } => "duplicate",
+        };
+        tracing::Span::current().record("zerofn.idempotency", idempotency);
         let attempt = match claim {
             Claim::InFlight => {
                 return Outcome::Retry(Failure::new(
@@ -348,6 +423,7 @@ impl Intake {
             Claim::Acquired { attempt } => attempt,
         };
         ctx.attempt = attempt;
+        tracing::Span::current().record("zerofn.attempt", attempt);
         self.crash_point(CrashPoint::AfterClaim);
         match self.attempt(ctx, data, accepted, &key, &owner).await {
             Ok(outputs) => {
@@ -415,15 +491,31 @@ impl Intake {
             Failure::new(FailureKind::StoreUnavailable, e.to_string())
         };
         let tx = self.store.begin().await.map_err(store_down)?;
-        let emits = self.call_handler(ctx.clone(), data, tx.clone()).await?;
+        // The handler runs in its own span; what it emits carries that span's context.
+        let handler_span =
+            tracing::info_span!("zerofn.handler", otel.name = format!("handle {}", ctx.ty));
+        let mut handled = ctx.clone();
+        if let Some(tp) = crate::telemetry::traceparent_of(&handler_span) {
+            handled.traceparent = tp;
+        }
+        let emits = self
+            .call_handler(handled.clone(), data, tx.clone(), handler_span)
+            .await?;
         let outputs = emits
             .into_iter()
             .enumerate()
-            .map(|(seq, e)| self.outgoing(ctx, u32::try_from(seq).unwrap_or(u32::MAX), e))
+            .map(|(seq, e)| self.outgoing(&handled, u32::try_from(seq).unwrap_or(u32::MAX), e))
             .collect::<Result<Vec<_>, _>>()?;
         self.crash_point(CrashPoint::AfterHandler);
         let completing = Instant::now();
-        let completed = self.store.complete(key, owner, &outputs, tx).await;
+        let completed = self
+            .store
+            .complete(key, owner, &outputs, tx)
+            .instrument(tracing::info_span!(
+                "zerofn.complete",
+                otel.name = "idempotency complete"
+            ))
+            .await;
         self.instruments.store_op("complete", completing.elapsed());
         if !completed.map_err(store_down)? {
             return Err(Failure::new(
@@ -433,16 +525,16 @@ impl Intake {
         }
         Ok(outputs)
     }
-
     async fn call_handler(
         &self,
         ctx: Context,
         data: Value,
         tx: Option<Transaction>,
+        span: tracing::Span,
     ) -> Result<Vec<Emit>, Failure> {
         let timeout = self.config.handler_timeout;
         let (ty, running) = (ctx.ty.clone(), Instant::now());
-        let mut task = tokio::spawn(self.handler.call(ctx, data, tx));
+        let mut task = tokio::spawn(self.handler.call(ctx, data, tx).instrument(span));
         let finished = tokio::time::timeout(timeout, &mut task).await;
         self.instruments.handler_duration(&ty, running.elapsed());
         match finished {
@@ -551,16 +643,27 @@ impl Intake {
     /// Publish outbox entries in order, marking each sent.
     async fn publish_outputs(&self, key: &str, outputs: &[StoredOutput]) -> Result<(), Failure> {
         for o in outputs {
-            self.publisher.publish(o).await.map_err(|reason| {
-                self.instruments.publish_failed(&o.topic);
-                Failure::new(
-                    FailureKind::PublishFailed,
-                    format!(
-                        "publishing {} ({}) failed: {reason}",
-                        o.event_type, o.event_id
-                    ),
-                )
-            })?;
+            let publish_span = tracing::info_span!(
+                "zerofn.publish",
+                otel.name = format!("{} publish", o.topic),
+                otel.kind = "producer",
+                messaging.destination.name = %o.topic,
+                messaging.message.id = %o.event_id,
+            );
+            self.publisher
+                .publish(o)
+                .instrument(publish_span)
+                .await
+                .map_err(|reason| {
+                    self.instruments.publish_failed(&o.topic);
+                    Failure::new(
+                        FailureKind::PublishFailed,
+                        format!(
+                            "publishing {} ({}) failed: {reason}",
+                            o.event_type, o.event_id
+                        ),
+                    )
+                })?;
             if let Err(e) = self.store.mark_sent(key, o.seq).await {
                 // Published but not marked: a redelivery publishes it again with the same id.
                 tracing::warn!(error = %e, event_id = %o.event_id, "could not mark an output as sent");
@@ -677,7 +780,13 @@ impl Intake {
             last_failure: rfc3339(attempts.last_failure_ms),
             trace_id: ctx.map(|c| c.trace_id().to_string()),
         };
-        if let Err(e) = self.store.dead_letter(key, &record).await {
+        let dead_letter_span = tracing::info_span!("zerofn.dead_letter", otel.name = "dead letter", zerofn.dead_letter_id = %record.id);
+        if let Err(e) = self
+            .store
+            .dead_letter(key, &record)
+            .instrument(dead_letter_span)
+            .await
+        {
             tracing::error!(error = %e, "could not record a dead letter; leaving it to the transport's dead-letter path");
             return Outcome::Drop(failure);
         }
@@ -753,15 +862,16 @@ impl Intake {
 
 fn log_outcome(function: &str, outcome: &Outcome, ctx: Option<&Context>, started: Instant) {
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let (ty, id, source, trace_id, attempt) = match ctx {
+    let (ty, id, source, trace_id, span_id, attempt) = match ctx {
         Some(c) => (
             c.ty.as_str(),
             c.id.as_str(),
             c.source.as_str(),
             c.trace_id(),
+            c.span_id(),
             c.attempt,
         ),
-        None => ("", "", "", "", 0),
+        None => ("", "", "", "", "", 0),
     };
     let (kafka_topic, kafka_partition, kafka_offset) = ctx
         .and_then(|c| c.kafka.as_ref())
@@ -773,14 +883,14 @@ fn log_outcome(function: &str, outcome: &Outcome, ctx: Option<&Context>, started
         Outcome::Success | Outcome::Duplicate => tracing::info!(
             target: "zerofn::event",
             function, event_type = ty, event_id = id, event_source = source, outcome = label,
-            duration_ms, trace_id, attempt, kafka_topic, kafka_partition, kafka_offset,
+            duration_ms, trace_id, span_id, attempt, kafka_topic, kafka_partition, kafka_offset,
             "event handled"
         ),
         Outcome::Retry(f) => tracing::warn!(
             target: "zerofn::event",
             function, event_type = ty, event_id = id, event_source = source, outcome = label,
             error = f.kind.code(), reason = %f.message,
-            duration_ms, trace_id, attempt, kafka_topic, kafka_partition, kafka_offset,
+            duration_ms, trace_id, span_id, attempt, kafka_topic, kafka_partition, kafka_offset,
             "event will be retried"
         ),
         Outcome::DeadLettered {
@@ -791,14 +901,14 @@ fn log_outcome(function: &str, outcome: &Outcome, ctx: Option<&Context>, started
             target: "zerofn::event",
             function, event_type = ty, event_id = id, event_source = source, outcome = label,
             error = f.kind.code(), reason = %f.message, dead_letter_id = %dead_letter_id,
-            duration_ms, trace_id, attempt, kafka_topic, kafka_partition, kafka_offset,
+            duration_ms, trace_id, span_id, attempt, kafka_topic, kafka_partition, kafka_offset,
             "event dead-lettered"
         ),
         Outcome::Drop(f) => tracing::error!(
             target: "zerofn::event",
             function, event_type = ty, event_id = id, event_source = source, outcome = label,
             error = f.kind.code(), reason = %f.message,
-            duration_ms, trace_id, attempt, kafka_topic, kafka_partition, kafka_offset,
+            duration_ms, trace_id, span_id, attempt, kafka_topic, kafka_partition, kafka_offset,
             "event dropped"
         ),
     }
