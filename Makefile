@@ -2,8 +2,9 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
+CARGO_TARGET_DIR_OR_DEFAULT := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: help build test test-fast services-up services-down lint fmt doc clean
+.PHONY: help build test test-fast services-up services-down bench lint fmt doc clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -24,6 +25,10 @@ services-up: ## Start the test PostgreSQL and Redis (prints the env file to sour
 
 services-down: ## Stop them
 	@scripts/test-services.sh down
+
+bench: ## Measure per-event cost: tracing disabled (default) vs logs off vs OTLP export (release build)
+	$(CARGO) build --release --locked -p zerofn-tests --bins
+	$(CARGO_TARGET_DIR_OR_DEFAULT)/release/bench
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

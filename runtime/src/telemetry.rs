@@ -63,19 +63,25 @@ pub(crate) fn init(config: &Config, service: &str) -> Tracing {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("zerofn"))
             .with_filter(filter())
-    });
+    }); // Log lines need events only (their trace ids come from the event's context), so the log
+    // layer takes no spans: without an OTLP endpoint no layer wants spans at all, and every
+    // span of the pipeline is a disabled no-op — tracing off costs nothing per event.
+    let events_only = || tracing_subscriber::filter::filter_fn(|meta| meta.is_event());
     let logs = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
+            .with_span_list(false)
             .with_writer(std::io::stdout)
             .with_filter(filter())
+            .with_filter(events_only())
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .pretty()
             .with_writer(std::io::stdout)
             .with_filter(filter())
+            .with_filter(events_only())
             .boxed(),
     };
     if tracing_subscriber::registry()
