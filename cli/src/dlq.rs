@@ -10,7 +10,7 @@ use zerofn::dead_letter::{DeadLetter, DeadLetters};
 /// Dead-letter tools.
 #[derive(Debug, Args)]
 pub(crate) struct Dlq {
-    /// The store the functions use: sqlite:<path>, postgres://…, redis://….
+    /// The store the functions use: sqlite:PATH, postgres://…, redis://….
     #[arg(
         long,
         env = "ZEROFN_STORE",
