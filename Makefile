@@ -33,6 +33,7 @@ bench: ## Measure per-event cost: tracing disabled (default) vs logs off vs OTLP
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy -p zerofn --lib --no-default-features --locked -- -D warnings
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

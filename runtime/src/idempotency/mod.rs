@@ -13,6 +13,7 @@
 //! | `dead` | dead-lettered | acknowledged |
 
 pub(crate) mod memory;
+#[cfg(feature = "redis")]
 pub(crate) mod redis;
 pub(crate) mod sql;
 
@@ -251,7 +252,12 @@ pub(crate) async fn open(
     if url == "memory" {
         Ok(Arc::new(memory::MemoryStore::new(function)))
     } else if url.starts_with("redis://") || url.starts_with("rediss://") {
-        Ok(Arc::new(redis::RedisStore::connect(url, function).await?))
+        #[cfg(feature = "redis")]
+        return Ok(Arc::new(redis::RedisStore::connect(url, function).await?));
+        #[cfg(not(feature = "redis"))]
+        return Err(StoreError(
+            "this function was built without the runtime's `redis` feature".into(),
+        ));
     } else {
         Ok(Arc::new(
             sql::SqlStore::connect(url, function, migrations).await?,

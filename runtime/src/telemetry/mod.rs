@@ -1,33 +1,19 @@
 //! Logs (JSON by default, one object per line), OpenTelemetry traces (OTLP/gRPC, configured by
-//! the standard `OTEL_*` variables) and W3C trace-context handling.
+//! the standard `OTEL_*` variables; feature `otel`) and W3C trace-context handling.
 
-use std::{collections::HashMap, fmt};
+use std::fmt;
 
-use opentelemetry::{
-    propagation::TextMapPropagator, trace::TraceContextExt, trace::TracerProvider as _,
-};
-use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
 use crate::config::{Config, LogFormat};
 
-/// The trace exporter, flushed on shutdown.
-pub(crate) struct Tracing {
-    provider: Option<SdkTracerProvider>,
-}
+#[cfg(feature = "otel")]
+mod otel;
+#[cfg(not(feature = "otel"))]
+#[path = "no_otel.rs"]
+mod otel;
 
-impl Tracing {
-    /// Export what is buffered and stop.
-    pub(crate) fn shutdown(&self) {
-        if let Some(provider) = &self.provider
-            && let Err(e) = provider.shutdown()
-        {
-            tracing::warn!(error = %e, "trace exporter did not shut down cleanly");
-        }
-    }
-}
+pub(crate) use otel::{Tracing, set_parent, traceparent_of};
 
 /// Install the global `tracing` subscriber: the log format of `config`, plus an OpenTelemetry
 /// layer exporting to the OTLP endpoint when one is configured. A second call only returns
@@ -37,33 +23,9 @@ pub(crate) fn init(config: &Config, service: &str) -> Tracing {
         tracing_subscriber::EnvFilter::try_new(&config.log_filter)
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
     };
-    let provider = config.otlp_endpoint.as_ref().and_then(|endpoint| {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint.clone())
-            .build();
-        match exporter {
-            Ok(exporter) => Some(
-                SdkTracerProvider::builder()
-                    .with_batch_exporter(exporter)
-                    .with_resource(
-                        opentelemetry_sdk::Resource::builder()
-                            .with_service_name(config.otel_service_name.clone().unwrap_or_else(|| service.to_string()))
-                            .build(),
-                    )
-                    .build(),
-            ),
-            Err(e) => {
-                eprintln!("zerofn: tracing stays local: cannot build the OTLP exporter for {endpoint}: {e}");
-                None
-            }
-        }
-    });
-    let otel = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("zerofn"))
-            .with_filter(filter())
-    }); // Log lines need events only (their trace ids come from the event's context), so the log
+    let (tracing, otel) = otel::layer::<tracing_subscriber::Registry>(config, service);
+    let otel = otel.map(|layer| layer.with_filter(filter()));
+    // Log lines need events only (their trace ids come from the event's context), so the log
     // layer takes no spans: without an OTLP endpoint no layer wants spans at all, and every
     // span of the pipeline is a disabled no-op — tracing off costs nothing per event.
     let events_only = || tracing_subscriber::filter::filter_fn(|meta| meta.is_event());
@@ -89,36 +51,10 @@ pub(crate) fn init(config: &Config, service: &str) -> Tracing {
         .with(logs)
         .try_init()
         .is_ok()
-        && provider.is_some()
     {
-        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        tracing.installed();
     }
-    Tracing { provider }
-}
-
-/// Parent `span` on the W3C context in `traceparent` (and `tracestate`). A no-op without the
-/// OpenTelemetry layer.
-pub(crate) fn set_parent(span: &tracing::Span, traceparent: &str, tracestate: Option<&str>) {
-    let mut carrier = HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
-    if let Some(state) = tracestate {
-        carrier.insert("tracestate".to_string(), state.to_string());
-    }
-    let cx = TraceContextPropagator::new().extract(&carrier);
-    let _ = span.set_parent(cx);
-}
-
-/// The `traceparent` of `span`, when OpenTelemetry is recording it.
-pub(crate) fn traceparent_of(span: &tracing::Span) -> Option<String> {
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| {
-        format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        )
-    })
+    tracing
 }
 
 /// A W3C `traceparent`: version 00, trace id, parent (span) id, flags.
