@@ -5,9 +5,13 @@
 # The env file (printed by `up`) exports ZEROFN_TEST_POSTGRES and ZEROFN_TEST_REDIS.
 set -euo pipefail
 
-ROOT="${ZEROFN_SERVICES_DIR:-/tmp/zerofn-test-services-$(id -u)}"
-PG_PORT="${ZEROFN_TEST_PG_PORT:-54329}"
-REDIS_PORT="${ZEROFN_TEST_REDIS_PORT:-63799}"
+# Derived from the checkout's path, so test runs in two checkouts on one machine never share (or
+# stop) each other's servers.
+CHECKOUT=$(cd "$(dirname "$0")/.." && pwd)
+SLOT=$(( $(printf '%s' "$CHECKOUT" | cksum | cut -d' ' -f1) % 500 ))
+ROOT="${ZEROFN_SERVICES_DIR:-/tmp/zerofn-test-services-$(id -u)-$SLOT}"
+PG_PORT="${ZEROFN_TEST_PG_PORT:-$((54000 + SLOT))}"
+REDIS_PORT="${ZEROFN_TEST_REDIS_PORT:-$((63000 + SLOT))}"
 ENV_FILE="$ROOT/env"
 
 say() { printf 'test-services: %s\n' "$*" >&2; }
