@@ -1,8 +1,13 @@
 //! Assembling a function process: config + manifest + contracts + handler → an HTTP app,
 //! and serving it until shutdown.
 
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::{conn::auto, graceful::GracefulShutdown},
+    service::TowerToHyperService,
+};
 use std::{
-    future::{Future, IntoFuture},
+    future::Future,
     sync::{Arc, atomic::AtomicBool},
 };
 
@@ -129,27 +134,45 @@ impl App {
             let result = drain.drain(grace).await;
             let _ = done_tx.send(result);
         };
-        let server = axum::serve(listener, self.router())
-            .with_graceful_shutdown(graceful)
-            .into_future();
-        tokio::pin!(server);
+        // hyper-util rather than `axum::serve`, for HTTP/1 half-close: a client that shuts its
+        // write side after sending still gets its response.
+        let router = self.router();
+        let connections = GracefulShutdown::new();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().half_close(true);
+        tokio::pin!(graceful);
         let mut done_rx = done_rx;
-        let drained = tokio::select! {
-            served = &mut server => {
-                served.map_err(Error::Serve)?;
-                done_rx.await.unwrap_or(Ok(()))
-            }
-            drained = &mut done_rx => {
-                let drained = drained.unwrap_or(Ok(()));
-                if drained.is_ok() {
-                    // Nothing is in flight: give idle connections a moment to close.
-                    let _ = tokio::time::timeout(CLOSE_CONNECTIONS, &mut server).await;
-                }
-                // On a drain timeout the stuck deliveries' connections are not waited for:
-                // they were never acknowledged, so the broker delivers them again.
-                drained
+        let mut begun = false;
+        let drained = loop {
+            tokio::select! {
+                // The shutdown sequence: drain runs while the listener still answers (503 to new
+                // deliveries, probes served); once drained, stop accepting.
+                () = &mut graceful, if !begun => begun = true,
+                drained = &mut done_rx => break drained.unwrap_or(Ok(())),
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let service = TowerToHyperService::new(router.clone());
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                        let conn = connections.watch(conn);
+                        tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait, do not spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
             }
         };
+        drop(listener);
+        if drained.is_ok() {
+            // Nothing is in flight: close idle keep-alive connections.
+            let _ = tokio::time::timeout(CLOSE_CONNECTIONS, connections.shutdown()).await;
+        }
+        // On a drain timeout the stuck deliveries' connections are not waited for: they were
+        // never acknowledged, so the broker delivers them again.
         purge.abort();
         relay.abort();
         match drained {

@@ -102,14 +102,19 @@ fn truncated(path: &str, content_type: &str) -> Send {
     );
     Send::Raw([head.as_bytes(), body.as_bytes()].concat(), true)
 }
-
 fn chunked_oversized(path: &str, content_type: &str) -> Send {
+    chunked_oversized_closing(path, content_type, false)
+}
+
+/// `half_close`: the sender shuts its write side right after sending (the response must still
+/// arrive).
+fn chunked_oversized_closing(path: &str, content_type: &str, half_close: bool) -> Send {
     let chunk = "x".repeat(LIMIT + 500);
     let req = format!(
         "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
         chunk.len()
     );
-    Send::Raw(req.into_bytes(), false)
+    Send::Raw(req.into_bytes(), half_close)
 }
 
 /// Send a case: the status, the JSON body, and the `zerofn-dead-letter` header (HTTP only).
@@ -416,6 +421,13 @@ fn http_cases() -> Vec<Case> {
         Case {
             name: "oversized chunked",
             send: chunked_oversized("/", "application/cloudevents+json"),
+            status: 413,
+            error: "body_too_large",
+            message: "exceeds the limit of 4096 bytes",
+        },
+        Case {
+            name: "oversized chunked, sender half-closes",
+            send: chunked_oversized_closing("/", "application/cloudevents+json", true),
             status: 413,
             error: "body_too_large",
             message: "exceeds the limit of 4096 bytes",
