@@ -33,12 +33,14 @@ pub(crate) struct App {
 }
 
 impl App {
+    /// `manifest` is `source` parsed (the caller needed it first, for the trace service name).
     pub(crate) async fn build<H: Handler>(
         config: Config,
         source: ManifestSource,
+        manifest: Manifest,
         handler: H,
     ) -> Result<App, Error> {
-        let manifest = Arc::new(source.parse()?);
+        let manifest = Arc::new(manifest);
         let contracts = Contracts::embedded()?;
         check_contracts(&manifest, &contracts)?;
         let config = Arc::new(config);

@@ -65,15 +65,19 @@ pub enum Error {
         in_flight: usize,
     },
 }
+/// `err` and every `source()` below it, outermost first.
+pub(crate) fn chain<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |e| e.source())
+}
 
 /// `main` returning `Err` prints `Debug`: show the readable message and its causes.
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{self}")?;
-        let mut next = std::error::Error::source(self);
-        while let Some(cause) = next {
+        for cause in chain(self).skip(1) {
             write!(f, "\n  caused by: {cause}")?;
-            next = cause.source();
         }
         Ok(())
     }
@@ -158,25 +162,12 @@ impl HandlerError {
 
     /// The messages of the error and of every `source()` below it, outermost first.
     pub fn messages(&self) -> Vec<String> {
-        let mut out = vec![self.source.to_string()];
-        let mut next = self.source.source();
-        while let Some(err) = next {
-            out.push(err.to_string());
-            next = err.source();
-        }
-        out
+        chain(&*self.source).map(ToString::to_string).collect()
     }
 
     /// True if any error in the chain is an `E` (linkerd's `is_caused_by`).
     pub fn is_caused_by<E: std::error::Error + 'static>(&self) -> bool {
-        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&*self.source);
-        while let Some(err) = next {
-            if err.is::<E>() {
-                return true;
-            }
-            next = err.source();
-        }
-        false
+        chain(&*self.source).any(|err| err.is::<E>())
     }
 }
 

@@ -84,13 +84,13 @@ pub async fn run<H: Handler>(handler: H, manifest: ManifestSource) -> Result<(),
         Ok(c) => c,
         Err(e) => usage_exit(e.into()),
     };
-    let service = match manifest.parse() {
-        Ok(m) => m.name,
+    let parsed = match manifest.parse() {
+        Ok(m) => m,
         Err(e) => usage_exit(e.into()),
     };
-    let tracing = telemetry::init(&config, &service);
+    let tracing = telemetry::init(&config, &parsed.name);
     let addr = config.addr;
-    let app = match app::App::build(config, manifest, handler).await {
+    let app = match app::App::build(config, manifest, parsed, handler).await {
         Ok(app) => app,
         Err(e) if e.is_usage() => usage_exit(e),
         Err(e) => return Err(e),

@@ -68,7 +68,11 @@ pub async fn router<H: Handler>(
     handler: H,
     env: &[(&str, &str)],
 ) -> Result<axum::Router, Error> {
-    Ok(App::build(config(env)?, manifest, handler).await?.router())
+    Ok(
+        App::build(config(env)?, manifest, manifest.parse()?, handler)
+            .await?
+            .router(),
+    )
 }
 
 /// A function served on an ephemeral port of 127.0.0.1.
@@ -87,7 +91,7 @@ impl TestServer {
         env: &[(&str, &str)],
     ) -> Result<TestServer, Error> {
         let cfg = config(env)?;
-        let app = App::build(cfg, manifest, handler).await?;
+        let app = App::build(cfg, manifest, manifest.parse()?, handler).await?;
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(Error::Serve)?;

@@ -77,12 +77,12 @@ pub fn probe(calls: Calls) -> impl zerofn::Handler {
             }
             tracing::info!(event_id = %event.ctx.id, "probe handler invoked");
             let broken = calls.1.load(std::sync::atomic::Ordering::SeqCst);
-            if task_title(&event.data) == "broken" && broken {
+            if event.data.title == "broken" && broken {
                 return Err(HandlerError::permanent(
                     "the downstream service rejected it",
                 ));
             }
-            if matches!(task_title(&event.data), "effect" | "broken") {
+            if matches!(event.data.title.as_str(), "effect" | "broken") {
                 if let Some(tx) = event.transaction() {
                     let mut conn = tx.conn().await?;
                     record_effect(&mut conn, &event.ctx.id, event.ctx.attempt).await?;
@@ -129,10 +129,6 @@ async fn record_effect(
         .execute(conn)
         .await
         .map(|_| ())
-}
-
-fn task_title(task: &Task) -> &str {
-    &task.title
 }
 
 /// The probe's own table (`probe_effects`).

@@ -44,7 +44,7 @@ pub(crate) struct MemoryStore {
 }
 
 impl MemoryStore {
-    pub(crate) fn new(_function: &str) -> Self {
+    pub(crate) fn new() -> Self {
         MemoryStore {
             inner: Mutex::new(Inner::default()),
         }

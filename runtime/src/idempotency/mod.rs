@@ -250,7 +250,7 @@ pub(crate) async fn open(
     migrations: Option<&sqlx::migrate::Migrator>,
 ) -> Result<Arc<dyn Store>, StoreError> {
     if url == "memory" {
-        Ok(Arc::new(memory::MemoryStore::new(function)))
+        Ok(Arc::new(memory::MemoryStore::new()))
     } else if url.starts_with("redis://") || url.starts_with("rediss://") {
         #[cfg(feature = "redis")]
         return Ok(Arc::new(redis::RedisStore::connect(url, function).await?));

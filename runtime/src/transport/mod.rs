@@ -273,10 +273,10 @@ pub(crate) fn http_client(config: &Config) -> Result<reqwest::Client, crate::Err
 
 /// POST `body` and turn anything but a 2xx into a readable reason.
 pub(crate) async fn post(request: reqwest::RequestBuilder, what: &str) -> Result<(), String> {
-    let response = request
-        .send()
-        .await
-        .map_err(|e| format!("{what}: {}", error_chain(&e)))?;
+    let response = request.send().await.map_err(|e| {
+        let causes: Vec<String> = crate::error::chain(&e).map(ToString::to_string).collect();
+        format!("{what}: {}", causes.join(": "))
+    })?;
     let status = response.status();
     if status.is_success() {
         return Ok(());
@@ -284,14 +284,4 @@ pub(crate) async fn post(request: reqwest::RequestBuilder, what: &str) -> Result
     let body = response.text().await.unwrap_or_default();
     let body: String = body.chars().take(512).collect();
     Err(format!("{what} answered {status}: {body}"))
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut next = e.source();
-    while let Some(err) = next {
-        parts.push(err.to_string());
-        next = err.source();
-    }
-    parts.join(": ")
 }
