@@ -46,6 +46,7 @@ mod app;
 pub mod config;
 pub mod contract;
 pub mod dead_letter;
+pub mod edge;
 mod emit;
 mod error;
 mod event;
@@ -101,6 +102,32 @@ pub async fn run<H: Handler>(handler: H, manifest: ManifestSource) -> Result<(),
     let served = app.serve(listener, shutdown::signal()).await;
     tracing.shutdown();
     served
+}
+
+/// Run an HTTP-triggered function: its own routes ([`ManifestSource::routes`]) with the
+/// runtime's probes, `/metrics`, request spans, SQL store and drain, and no event intake.
+/// Its `function.toml` has an `[http]` section and may have no subscriptions.
+///
+/// ```no_run
+/// use axum::{Json, Router, routing::post};
+///
+/// fn routes(_db: Option<sqlx::AnyPool>) -> Router {
+///     Router::new().route("/echo", post(|Json(v): Json<serde_json::Value>| async { Json(v) }))
+/// }
+///
+/// #[tokio::main]
+/// async fn main() -> Result<(), zerofn::Error> {
+///     zerofn::serve(zerofn::manifest!().routes(routes)).await
+/// }
+/// ```
+pub async fn serve(manifest: ManifestSource) -> Result<(), Error> {
+    let no_events = handler_fn(|event: Event<serde_json::Value>| async move {
+        Err::<(), _>(HandlerError::permanent(format!(
+            "event {} ({}): this HTTP function has no subscriptions",
+            event.ctx.id, event.ctx.ty
+        )))
+    });
+    run(no_events, manifest).await
 }
 
 fn usage_exit(e: Error) -> ! {

@@ -117,6 +117,23 @@ struct RawManifest {
     delivery: RawDelivery,
     #[serde(default)]
     idempotency: RawIdempotency,
+    http: Option<RawHttp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    #[serde(default = "default_concurrency")]
+    concurrency: u32,
+    #[serde(default = "default_http_timeout")]
+    timeout: String,
+}
+
+fn default_concurrency() -> u32 {
+    10
+}
+fn default_http_timeout() -> String {
+    "60s".into()
 }
 
 #[derive(Deserialize, Default)]
@@ -271,6 +288,19 @@ pub struct Manifest {
     pub delivery: Delivery,
     /// How an event's idempotency key is formed.
     pub idempotency_key: KeyStrategy,
+    /// Present when the function serves HTTP requests routed by the gateway
+    /// (`/fn/{name}/...`): its own routes ([`ManifestSource::routes`]).
+    pub http: Option<Http>,
+}
+
+/// HTTP trigger settings (`[http]` in `function.toml`; Knative's concurrency scaling).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Http {
+    /// Target concurrent requests per replica: replicas = ceil(in flight and queued / this).
+    pub concurrency: u32,
+    /// Longest a request may take, including a cold start (504 after).
+    pub timeout: Duration,
 }
 
 /// How the idempotency key of an event is formed (`[idempotency] key` in `function.toml`).
@@ -511,7 +541,29 @@ impl Manifest {
                 ));
             }
         };
+        let http = match raw.http {
+            None => None,
+            Some(h) if h.concurrency == 0 => {
+                return Err(ManifestError::new(
+                    "http.concurrency",
+                    0,
+                    "must be at least 1",
+                ));
+            }
+            Some(h) => Some(Http {
+                concurrency: h.concurrency,
+                timeout: manifest_duration("http.timeout", &h.timeout)?,
+            }),
+        };
+        if subscriptions.is_empty() && http.is_none() {
+            return Err(ManifestError::new(
+                "subscriptions",
+                "[]",
+                "a function needs at least one [[subscriptions]] entry or an [http] section",
+            ));
+        }
         Ok(Manifest {
+            http,
             idempotency_key,
             name,
             version: crate_version.to_string(),

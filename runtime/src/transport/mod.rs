@@ -30,6 +30,7 @@ use crate::{
     idempotency::StoredOutput,
     intake::{DeliveryMeta, Failure, FailureKind, Intake},
     shutdown::Drain,
+    telemetry::TraceContext,
 };
 
 /// Sends an event (an outbox entry or a dead-letter record) to its topic.
@@ -102,9 +103,56 @@ pub(crate) fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone());
     match extra {
-        Some(own) => router.merge(own.layer(body_limit(&state))),
+        Some(own) => router.merge(
+            own.layer(body_limit(&state))
+                .layer(axum::middleware::from_fn_with_state(state, own_route)),
+        ),
         None => router,
     }
+}
+
+/// Around the function's own routes (HTTP-triggered functions): a server span continuing
+/// the caller's `traceparent`, and the drain — a request in progress holds shutdown back, and
+/// one arriving during shutdown gets a 503 to retry elsewhere.
+async fn own_route(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use tracing::Instrument as _;
+    let Some(_in_flight) = state.drain.enter() else {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            FailureKind::Draining.code(),
+            "this replica is shutting down; retry the request",
+        );
+    };
+    let name = format!("{} {}", request.method(), request.uri().path());
+    // `Body` is not `Sync`: no reference to the request may live across the await.
+    let (traceparent, tracestate) = {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        (header("traceparent"), header("tracestate"))
+    };
+    let span = tracing::info_span!(
+        "http.request",
+        otel.kind = "server",
+        otel.name = %name,
+        http.request.method = %request.method(),
+        url.path = %request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    if let Some(tp) = traceparent.filter(|tp| TraceContext::parse(tp).is_some()) {
+        crate::telemetry::set_parent(&span, &tp, tracestate.as_deref());
+    }
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
 }
 
 /// The limit layer for routes that do not deliver events.
