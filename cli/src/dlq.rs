@@ -266,15 +266,9 @@ fn since_time(since: Option<&str>) -> anyhow::Result<Option<chrono::DateTime<chr
 }
 
 fn parse_age(v: &str) -> Option<chrono::Duration> {
-    let split = v.find(|c: char| !c.is_ascii_digit())?;
-    let n: i64 = v[..split].parse().ok()?;
-    match &v[split..] {
-        "s" => Some(chrono::Duration::seconds(n)),
-        "m" => Some(chrono::Duration::minutes(n)),
-        "h" => Some(chrono::Duration::hours(n)),
-        "d" => Some(chrono::Duration::days(n)),
-        _ => None,
-    }
+    zerofn::config::parse_duration(v)
+        .ok()
+        .and_then(|d| chrono::Duration::from_std(d).ok())
 }
 
 fn pause_for(rate: &str) -> anyhow::Result<Duration> {

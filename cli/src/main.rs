@@ -1,13 +1,20 @@
 //! `zerofn`: the command line of the zerofn platform.
 //!
 //! ```text
+//! zerofn dev [--fn DIR | --fn TOML=BINARY]... [--listen 127.0.0.1:8080] [--chaos kill-replica|slow|drop-publish]
+//! zerofn status [--gateway URL] [--json]
+//! zerofn gateway --function NAME=URL... [--dapr-http-port 3500]
 //! zerofn dlq ls [--fn NAME] [--since 1h] [--limit N] [--json]
 //! zerofn dlq show ID [--json]
 //! zerofn dlq replay (ID | --all [--fn NAME] [--since 1h]) [--rate N/s] [--dry-run] (--dapr URL | --sink URL)
 //! ```
 //! Dead letters are read from the same store the functions use (`--store`, or `ZEROFN_STORE`).
 
+mod cluster;
+mod dev;
 mod dlq;
+mod gateway;
+mod status;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +34,12 @@ struct Cli {
 enum Command {
     /// Dead letters: list, inspect and replay events that could not be processed.
     Dlq(dlq::Dlq),
+    /// The local engine: functions scaled 0..N behind the gateway, with production semantics.
+    Dev(dev::Dev),
+    /// What the local engine is doing: replicas, lag, processed, retries, dead letters.
+    Status(status::Status),
+    /// The API gateway in a cluster (publishes through Dapr, proxies to Knative Services).
+    Gateway(cluster::Gateway),
 }
 
 #[tokio::main]
@@ -34,6 +47,9 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Dlq(dlq) => dlq.run(&mut std::io::stdout()).await,
+        Command::Dev(dev) => dev.run().await,
+        Command::Status(status) => status.run(&mut std::io::stdout()).await,
+        Command::Gateway(gateway) => gateway.run().await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

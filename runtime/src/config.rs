@@ -418,8 +418,9 @@ fn duration(
     }
 }
 
-/// Parse `250ms`, `30s`, `5m`, `1h` or a bare number of seconds.
-pub(crate) fn parse_duration(v: &str) -> Result<Duration, String> {
+/// Parse `250ms`, `30s`, `5m`, `1h`, `7d` or a bare number of seconds (the format of every
+/// duration setting, also used by the command line).
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
     let v = v.trim();
     let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
     let (num, unit) = v.split_at(split);

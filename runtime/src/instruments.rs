@@ -34,7 +34,47 @@ pub const COLD_STARTS: &str = "zerofn_cold_starts_total";
 /// From process start to the first event handled.
 pub const COLD_START_DURATION: &str = "zerofn_cold_start_duration_seconds";
 
-/// Every metric: name, help text, unit.
+/// Gateway requests, by function, route (`fn`, `events`, `async`) and status code.
+pub const GATEWAY_REQUESTS: &str = "zerofn_gateway_requests_total";
+/// Gateway request duration (a cold start included), by function and route.
+pub const GATEWAY_DURATION: &str = "zerofn_gateway_request_duration_seconds";
+/// Requests held at the gateway until a replica is ready (scale from zero), by function.
+pub const GATEWAY_QUEUED: &str = "zerofn_gateway_queued_requests";
+/// Events the gateway accepted and appended, by CloudEvent type.
+pub const GATEWAY_EVENTS: &str = "zerofn_gateway_events_total";
+/// Requests the gateway refused or dead-lettered, by reason code.
+pub const GATEWAY_REJECTED: &str = "zerofn_gateway_rejected_total";
+
+/// Every gateway metric: name, help text, unit.
+pub const GATEWAY: &[(&str, &str, Unit)] = &[
+    (
+        GATEWAY_REQUESTS,
+        "Gateway requests by function, route (fn, events, async) and status code",
+        Unit::Count,
+    ),
+    (
+        GATEWAY_DURATION,
+        "Gateway request duration including any cold start, by function and route",
+        Unit::Seconds,
+    ),
+    (
+        GATEWAY_QUEUED,
+        "Requests held at the gateway until a replica is ready, by function",
+        Unit::Count,
+    ),
+    (
+        GATEWAY_EVENTS,
+        "Events accepted and appended by the gateway, by CloudEvent type",
+        Unit::Count,
+    ),
+    (
+        GATEWAY_REJECTED,
+        "Requests the gateway refused, by reason code",
+        Unit::Count,
+    ),
+];
+
+/// Every function metric: name, help text, unit.
 pub const ALL: &[(&str, &str, Unit)] = &[
     (
         EVENTS_RECEIVED,
@@ -101,23 +141,131 @@ pub(crate) struct Instruments {
     cold: AtomicBool,
 }
 
+/// A recorder with every metric of `all` described; `gauges` are described as gauges.
+fn recorder(
+    all: &[(&'static str, &'static str, Unit)],
+    gauges: &[&str],
+) -> (PrometheusRecorder, PrometheusHandle) {
+    let recorder = PrometheusBuilder::new().set_buckets(BUCKETS).map_or_else(
+        |_| PrometheusBuilder::new().build_recorder(),
+        PrometheusBuilder::build_recorder,
+    );
+    for (name, help, unit) in all {
+        let key = metrics::KeyName::from(*name);
+        match *unit {
+            Unit::Seconds => recorder.describe_histogram(key, Some(*unit), (*help).into()),
+            _ if gauges.contains(name) => recorder.describe_gauge(key, Some(*unit), (*help).into()),
+            _ => recorder.describe_counter(key, Some(*unit), (*help).into()),
+        }
+    }
+    let handle = recorder.handle();
+    (recorder, handle)
+}
+
+/// The gateway's metrics, in its own registry. The `function` label is one of the known
+/// functions or `other`.
+pub struct GatewayInstruments {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    functions: Vec<String>,
+}
+
+impl std::fmt::Debug for GatewayInstruments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayInstruments")
+            .field("functions", &self.functions)
+            .finish()
+    }
+}
+
+impl GatewayInstruments {
+    /// Metrics for a gateway in front of `functions`.
+    pub fn new(functions: &[String]) -> GatewayInstruments {
+        let (recorder, handle) = recorder(GATEWAY, &[GATEWAY_QUEUED]);
+        GatewayInstruments {
+            recorder,
+            handle,
+            functions: functions.to_vec(),
+        }
+    }
+
+    fn function<'a>(&self, name: &'a str) -> &'a str {
+        if name.is_empty() || self.functions.iter().any(|f| f == name) {
+            name
+        } else {
+            "other"
+        }
+    }
+
+    fn key(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+        Key::from_parts(
+            name,
+            labels
+                .iter()
+                .map(|(k, v)| Label::new(*k, v.to_string()))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// One request finished.
+    pub fn request(&self, function: &str, route: &str, status: u16, d: Duration) {
+        let function = self.function(function);
+        self.recorder
+            .register_counter(
+                &self.key(
+                    GATEWAY_REQUESTS,
+                    &[
+                        ("function", function),
+                        ("route", route),
+                        ("status", &status.to_string()),
+                    ],
+                ),
+                &METADATA,
+            )
+            .increment(1);
+        self.recorder
+            .register_histogram(
+                &self.key(
+                    GATEWAY_DURATION,
+                    &[("function", function), ("route", route)],
+                ),
+                &METADATA,
+            )
+            .record(d.as_secs_f64());
+    }
+
+    /// The gauge of requests waiting for a replica of `function`.
+    pub fn queued(&self, function: &str) -> Gauge {
+        self.recorder.register_gauge(
+            &self.key(GATEWAY_QUEUED, &[("function", self.function(function))]),
+            &METADATA,
+        )
+    }
+
+    /// `n` events of type `ty` were appended (`ty` has a contract: the set is bounded).
+    pub fn events(&self, ty: &str, n: u64) {
+        self.recorder
+            .register_counter(&self.key(GATEWAY_EVENTS, &[("type", ty)]), &METADATA)
+            .increment(n);
+    }
+
+    /// A request was refused for `code`.
+    pub fn rejected(&self, code: &str) {
+        self.recorder
+            .register_counter(&self.key(GATEWAY_REJECTED, &[("code", code)]), &METADATA)
+            .increment(1);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+}
+
 impl Instruments {
     pub(crate) fn new(function: &str, accepted: &[String], started: Instant) -> Instruments {
-        let recorder = PrometheusBuilder::new().set_buckets(BUCKETS).map_or_else(
-            |_| PrometheusBuilder::new().build_recorder(),
-            PrometheusBuilder::build_recorder,
-        );
-        for (name, help, unit) in ALL {
-            let key = metrics::KeyName::from(*name);
-            match *unit {
-                Unit::Seconds => recorder.describe_histogram(key, Some(*unit), (*help).into()),
-                _ if *name == IN_FLIGHT => {
-                    recorder.describe_gauge(key, Some(*unit), (*help).into())
-                }
-                _ => recorder.describe_counter(key, Some(*unit), (*help).into()),
-            }
-        }
-        let handle = recorder.handle();
+        let (recorder, handle) = recorder(ALL, &[IN_FLIGHT]);
         Instruments {
             recorder,
             handle,

@@ -1,0 +1,380 @@
+//! `zerofn dev`: the local engine. Production semantics on one machine — a durable log with
+//! Kafka's semantics, a Dapr-compatible sidecar per function, KEDA's scaling arithmetic over
+//! real OS processes of the unchanged function binaries, and the API gateway on
+//! `127.0.0.1:8080`.
+
+pub(crate) mod consume;
+pub(crate) mod engine;
+pub(crate) mod log;
+pub(crate) mod replica;
+pub(crate) mod scaler;
+pub(crate) mod sidecar;
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use serde_json::{Value, json};
+use zerofn::Manifest;
+
+use crate::gateway::{self, Backend, BoxFuture, Outgoing, Refusal, Upstream};
+use engine::{Chaos, Engine, Function, FunctionSpec, Options, Unavailable};
+
+/// Run functions locally, scaled 0..N, behind the gateway.
+#[derive(Debug, Args)]
+pub(crate) struct Dev {
+    /// A function to run: a directory holding `function.toml` (the binary is
+    /// `<bin-dir>/<package name>`), or `PATH/function.toml=BINARY`. Repeatable.
+    /// Default: every `<functions-dir>/*/function.toml`.
+    #[arg(long = "fn", value_name = "DIR | TOML=BINARY")]
+    functions: Vec<String>,
+    /// Where to look for functions when no `--fn` is given.
+    #[arg(long, default_value = "functions")]
+    functions_dir: PathBuf,
+    /// Where the function binaries are (default: next to this `zerofn` binary).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// The gateway's address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The engine's state: the log, and each function's store under `functions/<name>/`.
+    #[arg(long, env = "ZEROFN_DATA_DIR", default_value = ".zerofn")]
+    state_dir: PathBuf,
+    /// Partitions of each new topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Longest a replica may take to become ready.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    start_timeout: Duration,
+    /// Longest a stopping replica may drain before SIGKILL.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    stop_grace: Duration,
+    /// Records older than this are deleted.
+    #[arg(long, default_value = "7d", value_parser = duration)]
+    retention: Duration,
+    /// Fault injection: kill-replica, slow, drop-publish. Repeatable.
+    #[arg(long, value_enum)]
+    chaos: Vec<Chaos>,
+    /// How often `--chaos kill-replica` strikes.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    chaos_interval: Duration,
+    /// Largest request body the gateway accepts.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_body_bytes: usize,
+}
+
+fn duration(v: &str) -> Result<Duration, String> {
+    zerofn::config::parse_duration(v)
+}
+
+/// `[package] name` of the `Cargo.toml` next to a `function.toml`.
+fn package_name(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("Cargo.toml")).ok()?;
+    let value: toml::Table = toml::from_str(&text).ok()?;
+    value
+        .get("package")?
+        .get("name")?
+        .as_str()
+        .map(str::to_string)
+}
+
+fn load(toml_path: &Path, binary: Option<PathBuf>, bin_dir: &Path) -> anyhow::Result<FunctionSpec> {
+    let text = std::fs::read_to_string(toml_path)
+        .with_context(|| format!("--fn {}: cannot read it", toml_path.display()))?;
+    let dir = toml_path.parent().unwrap_or(Path::new("."));
+    let crate_name = package_name(dir).unwrap_or_else(|| {
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    let manifest = Manifest::parse(&text, &crate_name, "0.0.0")
+        .with_context(|| format!("--fn {}", toml_path.display()))?;
+    let binary = binary.unwrap_or_else(|| bin_dir.join(&crate_name));
+    if !binary.is_file() {
+        bail!(
+            "--fn {}: binary {} does not exist (build it: cargo build -p {crate_name})",
+            toml_path.display(),
+            binary.display()
+        );
+    }
+    Ok(FunctionSpec { manifest, binary })
+}
+
+impl Dev {
+    fn specs(&self) -> anyhow::Result<Vec<FunctionSpec>> {
+        let bin_dir = match &self.bin_dir {
+            Some(d) => d.clone(),
+            None => std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+                .unwrap_or_else(|| PathBuf::from("target/debug")),
+        };
+        let mut specs = Vec::new();
+        if self.functions.is_empty() {
+            let entries = std::fs::read_dir(&self.functions_dir).with_context(|| {
+                format!(
+                    "--functions-dir {}: cannot list it (run from the project root, or pass --fn)",
+                    self.functions_dir.display()
+                )
+            })?;
+            let mut dirs: Vec<PathBuf> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.join("function.toml").is_file())
+                .collect();
+            dirs.sort();
+            for d in dirs {
+                specs.push(load(&d.join("function.toml"), None, &bin_dir)?);
+            }
+        }
+        for f in &self.functions {
+            let (path, binary) = match f.split_once('=') {
+                Some((p, b)) => (PathBuf::from(p), Some(PathBuf::from(b))),
+                None => (PathBuf::from(f), None),
+            };
+            let toml = if path.is_dir() {
+                path.join("function.toml")
+            } else {
+                path
+            };
+            specs.push(load(&toml, binary, &bin_dir)?);
+        }
+        if specs.is_empty() {
+            bail!(
+                "no functions to run: pass --fn DIR or run from a directory with functions/*/function.toml"
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for s in &specs {
+            if !seen.insert(s.manifest.name.clone()) {
+                bail!("function name {:?} is used twice", s.manifest.name);
+            }
+        }
+        Ok(specs)
+    }
+
+    /// Run until SIGINT or SIGTERM, then drain every replica.
+    pub(crate) async fn run(self) -> anyhow::Result<()> {
+        let _telemetry =
+            zerofn::edge::Telemetry::init("zerofn-gateway").map_err(|e| anyhow::anyhow!("{e}"))?;
+        let specs = self.specs()?;
+        std::fs::create_dir_all(&self.state_dir).with_context(|| {
+            format!("--state-dir {}: cannot create it", self.state_dir.display())
+        })?;
+        let log = Arc::new(
+            log::Log::open(&self.state_dir.join("log.db"), self.partitions)
+                .await
+                .with_context(|| format!("cannot open the log in {}", self.state_dir.display()))?,
+        );
+        let removed = log.apply_retention(self.retention).await?;
+        if removed > 0 {
+            tracing::info!(removed, "records past retention deleted");
+        }
+        let drop_publish = self.chaos.contains(&Chaos::DropPublish);
+        let mut functions = BTreeMap::new();
+        for spec in specs {
+            let f = &spec.manifest;
+            for t in f
+                .subscriptions
+                .iter()
+                .map(|s| s.topic.clone())
+                .chain(f.http.as_ref().map(|_| engine::async_topic(&f.name)))
+                .chain([f.delivery.dead_letter_topic.clone()])
+            {
+                log.ensure_topic(&t).await?;
+            }
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let port = listener.local_addr()?.port();
+            let function = Arc::new(Function::new(spec, port));
+            let router = sidecar::router(function.clone(), log.clone(), drop_publish);
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, router).await;
+            });
+            tracing::info!(
+                function = %function.name,
+                topics = ?function.topics,
+                http = function.manifest.http.is_some(),
+                sidecar_port = port,
+                "function registered (0 replicas)"
+            );
+            functions.insert(function.name.clone(), function);
+        }
+        let engine = Engine::new(
+            log.clone(),
+            functions,
+            Options {
+                state_dir: self.state_dir.clone(),
+                start_timeout: self.start_timeout,
+                stop_grace: self.stop_grace,
+                chaos: self.chaos.clone(),
+                chaos_interval: self.chaos_interval,
+            },
+        );
+        let mut loops = Vec::new();
+        for f in engine.functions.values() {
+            loops.push(tokio::spawn(engine.clone().scale_loop(f.clone())));
+            for topic in &f.topics {
+                let partitions = log.ensure_topic(topic).await?;
+                for p in 0..partitions {
+                    loops.push(tokio::spawn(consume::partition_loop(
+                        engine.clone(),
+                        f.clone(),
+                        topic.clone(),
+                        p,
+                    )));
+                }
+            }
+        }
+        if self.chaos.contains(&Chaos::KillReplica) {
+            loops.push(tokio::spawn(engine.clone().chaos_loop()));
+        }
+        let retention = self.retention;
+        let retention_log = log.clone();
+        loops.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                let _ = retention_log.apply_retention(retention).await;
+            }
+        }));
+        let backend: Arc<dyn Backend> = Arc::new(Local {
+            engine: engine.clone(),
+        });
+        let app = gateway::router(backend, self.max_body_bytes)?;
+        let listener = tokio::net::TcpListener::bind(self.listen)
+            .await
+            .with_context(|| format!("--listen {}: cannot bind", self.listen))?;
+        tracing::info!(addr = %listener.local_addr()?, functions = engine.functions.len(), chaos = ?self.chaos, "gateway listening");
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped_rx.await;
+                })
+                .await
+        });
+        shutdown_signal().await;
+        tracing::info!("stopping: draining every replica");
+        engine.shutdown().await;
+        let _ = stopped_tx.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        for l in loops {
+            l.abort();
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+/// The gateway's backend in `zerofn dev`: the engine.
+struct Local {
+    engine: Arc<Engine>,
+}
+
+impl Backend for Local {
+    fn append(&self, records: Vec<Outgoing>) -> BoxFuture<'_, Result<Vec<Value>, String>> {
+        Box::pin(async move {
+            let records = records
+                .into_iter()
+                .map(|r| log::NewRecord {
+                    topic: r.topic,
+                    key: r.key,
+                    value: r.value,
+                    headers: r
+                        .traceparent
+                        .map(|tp| BTreeMap::from([("traceparent".to_string(), tp)]))
+                        .unwrap_or_default(),
+                })
+                .collect();
+            let positions = self
+                .engine
+                .log
+                .append(records)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(positions
+                .into_iter()
+                .map(|p| json!({"topic": p.topic, "partition": p.partition, "offset": p.offset}))
+                .collect())
+        })
+    }
+
+    fn upstream<'a>(
+        &'a self,
+        name: &'a str,
+        queued: &'a metrics::Gauge,
+    ) -> BoxFuture<'a, Result<Upstream, Refusal>> {
+        Box::pin(async move {
+            let Some(f) = self.engine.functions.get(name) else {
+                return Err(Refusal {
+                    status: axum::http::StatusCode::NOT_FOUND,
+                    code: "unknown_function",
+                    message: format!("no function named {name:?}"),
+                });
+            };
+            let timeout = f
+                .manifest
+                .http
+                .as_ref()
+                .map_or(Duration::from_secs(60), |h| h.timeout);
+            let demand = f.demand();
+            queued.increment(1.0);
+            let got = f.replica_for_request(timeout).await;
+            queued.decrement(1.0);
+            match got {
+                Ok(lease) => Ok(Upstream {
+                    base: format!("http://{}", lease.replica.addr),
+                    timeout,
+                    _guard: Box::new((lease, demand)),
+                }),
+                Err(Unavailable::StartFailed(reason)) => Err(Refusal {
+                    status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    code: "function_unavailable",
+                    message: format!("function {name} could not start: {reason}"),
+                }),
+                Err(Unavailable::Timeout(t)) => Err(Refusal {
+                    status: axum::http::StatusCode::GATEWAY_TIMEOUT,
+                    code: "cold_start_timeout",
+                    message: format!(
+                        "function {name} had no ready replica within {t:?} ([http] timeout)"
+                    ),
+                }),
+            }
+        })
+    }
+
+    fn is_http_function(&self, name: &str) -> bool {
+        self.engine
+            .functions
+            .get(name)
+            .is_some_and(|f| f.manifest.http.is_some())
+    }
+
+    fn functions(&self) -> Vec<String> {
+        self.engine.functions.keys().cloned().collect()
+    }
+
+    fn status(&self) -> Option<Value> {
+        Some(self.engine.status())
+    }
+}

@@ -1,0 +1,291 @@
+//! One replica: a real OS process of the function binary on its own port, started like
+//! Kubernetes would start it (env, probes) and stopped like Kubernetes stops it (SIGTERM, a
+//! grace period, then SIGKILL).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    path::Path,
+    process::Stdio,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use serde::Deserialize;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+/// Where a subscription's events are delivered on a replica (from its `/dapr/subscribe`).
+#[derive(Clone, Debug)]
+pub(crate) struct Route {
+    pub(crate) pubsub: String,
+    pub(crate) path: String,
+    pub(crate) dead_letter_topic: Option<String>,
+    /// Bulk delivery: most records per call.
+    pub(crate) bulk: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DaprSubscription {
+    pubsubname: String,
+    topic: String,
+    route: Option<String>,
+    routes: Option<DaprRoutes>,
+    dead_letter_topic: Option<String>,
+    bulk_subscribe: Option<DaprBulk>,
+}
+
+#[derive(Deserialize)]
+struct DaprRoutes {
+    default: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DaprBulk {
+    enabled: bool,
+    max_messages_count: Option<u32>,
+}
+
+/// A running replica.
+#[derive(Debug)]
+pub(crate) struct Replica {
+    pub(crate) id: u64,
+    pub(crate) addr: SocketAddr,
+    pub(crate) routes: HashMap<String, Route>,
+    /// Deliveries and requests being sent to it now.
+    pub(crate) in_flight: AtomicUsize,
+    /// Taken out of rotation (scale-down or engine stop): no new work.
+    pub(crate) retiring: AtomicBool,
+    /// Set once the process has exited.
+    pub(crate) exited: tokio::sync::watch::Sender<bool>,
+    pid: Option<u32>,
+    child: Mutex<Option<Child>>,
+}
+
+/// Why a replica did not start.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct StartError(pub(crate) String);
+
+/// What a replica is started with.
+#[derive(Debug)]
+pub(crate) struct Spec<'a> {
+    pub(crate) function: &'a str,
+    pub(crate) binary: &'a Path,
+    pub(crate) id: u64,
+    pub(crate) sidecar_port: u16,
+    pub(crate) data_dir: &'a Path,
+    pub(crate) start_timeout: Duration,
+}
+
+/// A free port on 127.0.0.1 (bound, read, released).
+pub(crate) fn free_port() -> std::io::Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0").map(|l| l.local_addr().map(|a| a.port()))?
+}
+
+/// The last lines a process wrote to stderr, for a start failure's reason.
+type Tail = Arc<Mutex<VecDeque<String>>>;
+
+fn tail_text(tail: &Tail) -> String {
+    tail.lock()
+        .map(|t| t.iter().cloned().collect::<Vec<_>>().join(" | "))
+        .unwrap_or_default()
+}
+
+impl Replica {
+    /// Spawn the process and wait until it is ready: listening, subscriptions read (as daprd
+    /// does), `/readyz` answering 200. A process that exits or is not ready within the
+    /// timeout is killed and reported with its last stderr lines.
+    pub(crate) async fn start(
+        spec: Spec<'_>,
+        client: &reqwest::Client,
+    ) -> Result<Replica, StartError> {
+        let port = free_port().map_err(|e| StartError(format!("no free port: {e}")))?;
+        std::fs::create_dir_all(spec.data_dir)
+            .map_err(|e| StartError(format!("cannot create {}: {e}", spec.data_dir.display())))?;
+        let store = format!("sqlite:{}", spec.data_dir.join("zerofn.db").display());
+        let mut cmd = Command::new(spec.binary);
+        cmd.env("PORT", port.to_string())
+            .env("ZEROFN_BIND_ADDR", "127.0.0.1")
+            .env("DAPR_HTTP_PORT", spec.sidecar_port.to_string())
+            .env("ZEROFN_TRANSPORT", "dapr")
+            .env("ZEROFN_DATA_DIR", spec.data_dir)
+            .env("ZEROFN_STORE", store)
+            .env("ZEROFN_REPLICA", spec.id.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| StartError(format!("cannot run {}: {e}", spec.binary.display())))?;
+        let tail: Tail = Arc::default();
+        if let Some(stderr) = child.stderr.take() {
+            let tail = tail.clone();
+            let function = spec.function.to_string();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    eprintln!("[{function}] {line}");
+                    if let Ok(mut t) = tail.lock() {
+                        if t.len() == 5 {
+                            t.pop_front();
+                        }
+                        t.push_back(line);
+                    }
+                }
+            });
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let ready = tokio::time::timeout(spec.start_timeout, async {
+            wait_ready(&mut child, addr, client, &tail).await
+        })
+        .await;
+        let routes = match ready {
+            Ok(Ok(routes)) => routes,
+            Ok(Err(e)) => {
+                let _ = child.start_kill();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = child.start_kill();
+                return Err(StartError(format!(
+                    "not ready within {:?} (the engine's --start-timeout); stderr: {}",
+                    spec.start_timeout,
+                    tail_text(&tail)
+                )));
+            }
+        };
+        Ok(Replica {
+            id: spec.id,
+            addr,
+            routes,
+            in_flight: AtomicUsize::new(0),
+            retiring: AtomicBool::new(false),
+            exited: tokio::sync::watch::channel(false).0,
+            pid: child.id(),
+            child: Mutex::new(Some(child)),
+        })
+    }
+
+    /// Take the child, to wait on its exit (once).
+    pub(crate) fn take_child(&self) -> Option<Child> {
+        self.child.lock().ok().and_then(|mut c| c.take())
+    }
+
+    /// Send SIGTERM (through `kill(1)`: no `unsafe` in the workspace).
+    pub(crate) fn sigterm(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Send SIGKILL (chaos, or a drain that outlasted the grace period).
+    pub(crate) fn sigkill(&self) {
+        self.signal("-KILL");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(pid) = self.pid {
+            let _ = std::process::Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
+    /// Whether new work may go here.
+    pub(crate) fn serving(&self) -> bool {
+        !self.retiring.load(Ordering::SeqCst)
+    }
+}
+
+async fn wait_ready(
+    child: &mut Child,
+    addr: SocketAddr,
+    client: &reqwest::Client,
+    tail: &Tail,
+) -> Result<HashMap<String, Route>, StartError> {
+    let exited = |status: std::process::ExitStatus| {
+        StartError(format!(
+            "exited during start-up ({status}); stderr: {}",
+            tail_text(tail)
+        ))
+    };
+    // 1. Listening.
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            // Let the stderr reader catch up with the last lines.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return Err(exited(status));
+        }
+        if let Ok(r) = client.get(format!("http://{addr}/healthz")).send().await
+            && r.status().is_success()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // 2. Subscriptions, as daprd reads them.
+    let subs: Vec<DaprSubscription> = match client
+        .get(format!("http://{addr}/dapr/subscribe"))
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => r.json().await.unwrap_or_default(),
+        Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Vec::new(),
+        Ok(r) => {
+            return Err(StartError(format!(
+                "GET /dapr/subscribe answered {}",
+                r.status()
+            )));
+        }
+        Err(e) => return Err(StartError(format!("GET /dapr/subscribe failed: {e}"))),
+    };
+    let routes = subs
+        .into_iter()
+        .filter_map(|s| {
+            let path = s
+                .routes
+                .and_then(|r| r.default)
+                .filter(|d| !d.is_empty())
+                .or(s.route)?;
+            let path = if path.starts_with('/') {
+                path
+            } else {
+                format!("/{path}")
+            };
+            Some((
+                s.topic,
+                Route {
+                    pubsub: s.pubsubname,
+                    path,
+                    dead_letter_topic: s.dead_letter_topic.filter(|t| !t.is_empty()),
+                    bulk: s
+                        .bulk_subscribe
+                        .filter(|b| b.enabled)
+                        .map(|b| b.max_messages_count.unwrap_or(100).max(1)),
+                },
+            ))
+        })
+        .collect();
+    // 3. Ready.
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return Err(exited(status));
+        }
+        if let Ok(r) = client.get(format!("http://{addr}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return Ok(routes);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

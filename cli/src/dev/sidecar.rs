@@ -1,0 +1,388 @@
+//! The engine playing daprd toward one function: the publish API (into the log), the state
+//! API (a table of the log's file), and the health endpoints, on the function's
+//! `DAPR_HTTP_PORT`. Answers and error bodies follow Dapr's (`shared/reference/dapr-http.md`).
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde_json::{Map, Value, json};
+
+use super::{
+    engine::Function,
+    log::{Log, NewRecord},
+};
+
+#[derive(Clone)]
+struct Sidecar {
+    function: Arc<Function>,
+    log: Arc<Log>,
+    /// Chaos `drop-publish`: fail every second publish with a 500.
+    drop_publish: bool,
+    publishes: Arc<AtomicU64>,
+    token: Option<String>,
+}
+
+/// The sidecar's routes for `function`.
+pub(crate) fn router(function: Arc<Function>, log: Arc<Log>, drop_publish: bool) -> Router {
+    let state = Sidecar {
+        function,
+        log,
+        drop_publish,
+        publishes: Arc::default(),
+        token: std::env::var("DAPR_API_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+    };
+    Router::new()
+        .route("/v1.0/healthz", get(healthz))
+        .route("/v1.0/healthz/outbound", get(healthz))
+        .route(
+            "/v1.0/publish/{pubsub}/{*topic}",
+            post(publish).put(publish),
+        )
+        .route("/v1.0/state/{store}", post(state_save).put(state_save))
+        .route(
+            "/v1.0/state/{store}/{key}",
+            get(state_get).delete(state_delete),
+        )
+        .fallback(|| async {
+            dapr_error(
+                StatusCode::NOT_FOUND,
+                "ERR_NOT_SUPPORTED",
+                "the zerofn engine's sidecar serves publish, state (get, save, delete) and healthz",
+            )
+        })
+        .with_state(state)
+}
+
+fn dapr_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(json!({"errorCode": code, "message": message}))).into_response()
+}
+
+async fn healthz() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+impl Sidecar {
+    fn authorised(&self, headers: &HeaderMap) -> Result<(), Response> {
+        match &self.token {
+            Some(t) if headers.get("dapr-api-token").and_then(|v| v.to_str().ok()) != Some(t) => {
+                Err(dapr_error(
+                    StatusCode::UNAUTHORIZED,
+                    "ERR_API_TOKEN",
+                    "missing or invalid dapr-api-token",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `POST /v1.0/publish/{pubsub}/{topic}`: a CloudEvent passes through (topic and pubsubname
+/// overwritten, missing attributes defaulted); any other body is wrapped in one.
+async fn publish(
+    State(s): State<Sidecar>,
+    Path((pubsub, topic)): Path<(String, String)>,
+    Query(query): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = s.authorised(&headers) {
+        return r;
+    }
+    if !s.function.pubsubs().contains(&pubsub) {
+        return dapr_error(
+            StatusCode::NOT_FOUND,
+            "ERR_PUBSUB_NOT_FOUND",
+            &format!(
+                "pubsub {pubsub} is not found (this engine has {})",
+                s.function.pubsubs().join(", ")
+            ),
+        );
+    }
+    let n = s.publishes.fetch_add(1, Ordering::SeqCst);
+    if s.drop_publish && n % 2 == 0 {
+        return dapr_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ERR_PUBSUB_PUBLISH_MESSAGE",
+            "chaos drop-publish: this publish failed on purpose",
+        );
+    }
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("text/plain")
+        .to_string();
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut envelope = if ct.starts_with("application/cloudevents+json") {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(m)) => m,
+            _ => {
+                return dapr_error(
+                    StatusCode::BAD_REQUEST,
+                    "ERR_PUBSUB_CLOUD_EVENTS_SER",
+                    "the body is not a JSON object although Content-Type is application/cloudevents+json",
+                );
+            }
+        }
+    } else {
+        let mut m = Map::new();
+        m.insert("id".into(), uuid::Uuid::new_v4().to_string().into());
+        m.insert("datacontenttype".into(), ct.clone().into());
+        let data = if ct.contains("json") {
+            serde_json::from_slice(&body).unwrap_or_else(|_| String::from_utf8_lossy(&body).into())
+        } else {
+            Value::String(String::from_utf8_lossy(&body).into_owned())
+        };
+        m.insert("data".into(), data);
+        m
+    };
+    envelope
+        .entry("specversion")
+        .or_insert_with(|| "1.0".into());
+    envelope
+        .entry("source")
+        .or_insert_with(|| s.function.name.clone().into());
+    envelope
+        .entry("type")
+        .or_insert_with(|| "com.dapr.event.sent".into());
+    envelope.entry("time").or_insert_with(|| {
+        chrono::Utc::now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            .into()
+    });
+    if let Some(tp) = &traceparent
+        && !envelope.contains_key("traceid")
+    {
+        envelope.insert("traceid".into(), tp.clone().into());
+        envelope.insert("traceparent".into(), tp.clone().into());
+    }
+    envelope.insert("topic".into(), topic.clone().into());
+    envelope.insert("pubsubname".into(), pubsub.into());
+    // Every metadata entry becomes a record header, as Dapr's Kafka component writes them.
+    let mut record_headers: BTreeMap<String, String> = query
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("metadata.")
+                .map(|k| (k.to_string(), v.clone()))
+        })
+        .collect();
+    if let Some(tp) = envelope.get("traceparent").and_then(Value::as_str) {
+        record_headers.insert("traceparent".into(), tp.to_string());
+    }
+    let key = record_headers
+        .get("partitionKey")
+        .or_else(|| record_headers.get("__key"))
+        .cloned();
+    let value = Value::Object(envelope).to_string().into_bytes();
+    match s
+        .log
+        .append(vec![NewRecord {
+            topic: topic.clone(),
+            key,
+            value,
+            headers: record_headers,
+        }])
+        .await
+    {
+        Ok(_) => {
+            s.function.published(&topic);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => dapr_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ERR_PUBSUB_PUBLISH_MESSAGE",
+            &format!("the engine's log refused the record: {e}"),
+        ),
+    }
+}
+
+fn state_key(s: &Sidecar, key: &str) -> String {
+    format!("{}||{key}", s.function.name)
+}
+
+async fn state_get(
+    State(s): State<Sidecar>,
+    Path((store, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = s.authorised(&headers) {
+        return r;
+    }
+    let row: Result<Option<(Vec<u8>, i64)>, _> =
+        sqlx::query_as("SELECT value, etag FROM state WHERE store = ? AND key = ?")
+            .bind(&store)
+            .bind(state_key(&s, &key))
+            .fetch_optional(s.log.pool())
+            .await;
+    match row {
+        Ok(Some((value, etag))) => ([(header::ETAG, etag.to_string())], value).into_response(),
+        Ok(None) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => dapr_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ERR_STATE_GET",
+            &e.to_string(),
+        ),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct SetRequest {
+    key: String,
+    value: Value,
+    etag: Option<String>,
+}
+
+async fn state_save(
+    State(s): State<Sidecar>,
+    Path(store): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = s.authorised(&headers) {
+        return r;
+    }
+    let items: Vec<SetRequest> = match serde_json::from_slice(&body) {
+        Ok(i) => i,
+        Err(e) => {
+            return dapr_error(
+                StatusCode::BAD_REQUEST,
+                "ERR_MALFORMED_REQUEST",
+                &format!("the body is not a JSON array of {{key, value, etag?}}: {e}"),
+            );
+        }
+    };
+    let mut tx = match s.log.pool().begin().await {
+        Ok(tx) => tx,
+        Err(e) => {
+            return dapr_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ERR_STATE_SAVE",
+                &e.to_string(),
+            );
+        }
+    };
+    for item in items {
+        let key = state_key(&s, &item.key);
+        let current: Option<i64> =
+            match sqlx::query_scalar("SELECT etag FROM state WHERE store = ? AND key = ?")
+                .bind(&store)
+                .bind(&key)
+                .fetch_optional(&mut *tx)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    return dapr_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "ERR_STATE_SAVE",
+                        &e.to_string(),
+                    );
+                }
+            };
+        if let Some(etag) = &item.etag {
+            let Ok(expected) = etag.parse::<i64>() else {
+                return dapr_error(
+                    StatusCode::BAD_REQUEST,
+                    "ERR_STATE_SAVE",
+                    &format!("malformed etag {etag:?}"),
+                );
+            };
+            if current != Some(expected) {
+                return dapr_error(
+                    StatusCode::CONFLICT,
+                    "ERR_STATE_SAVE",
+                    &format!("etag mismatch for key {}", item.key),
+                );
+            }
+        }
+        let value = match &item.value {
+            Value::String(text) => text.clone().into_bytes(),
+            other => other.to_string().into_bytes(),
+        };
+        if let Err(e) = sqlx::query(
+            "INSERT INTO state (store, key, value, etag) VALUES (?, ?, ?, ?)
+             ON CONFLICT (store, key) DO UPDATE SET value = excluded.value, etag = excluded.etag",
+        )
+        .bind(&store)
+        .bind(&key)
+        .bind(value)
+        .bind(current.unwrap_or(0) + 1)
+        .execute(&mut *tx)
+        .await
+        {
+            return dapr_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ERR_STATE_SAVE",
+                &e.to_string(),
+            );
+        }
+    }
+    match tx.commit().await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => dapr_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ERR_STATE_SAVE",
+            &e.to_string(),
+        ),
+    }
+}
+
+async fn state_delete(
+    State(s): State<Sidecar>,
+    Path((store, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = s.authorised(&headers) {
+        return r;
+    }
+    let if_match = headers
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim_matches('"').parse::<i64>());
+    let query = match if_match {
+        Some(Ok(etag)) => sqlx::query("DELETE FROM state WHERE store = ? AND key = ? AND etag = ?")
+            .bind(store)
+            .bind(state_key(&s, &key))
+            .bind(etag),
+        Some(Err(_)) => {
+            return dapr_error(
+                StatusCode::BAD_REQUEST,
+                "ERR_STATE_DELETE",
+                "malformed If-Match etag",
+            );
+        }
+        None => sqlx::query("DELETE FROM state WHERE store = ? AND key = ?")
+            .bind(store)
+            .bind(state_key(&s, &key)),
+    };
+    match query.execute(s.log.pool()).await {
+        Ok(r) if r.rows_affected() == 0 && if_match.is_some() => dapr_error(
+            StatusCode::CONFLICT,
+            "ERR_STATE_DELETE",
+            &format!("etag mismatch for key {key}"),
+        ),
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => dapr_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ERR_STATE_DELETE",
+            &e.to_string(),
+        ),
+    }
+}

@@ -1,0 +1,74 @@
+//! `zerofn status`: per function — replicas now and desired, lag per topic, events processed,
+//! retries, dead letters, last cold start — from a running `zerofn dev`.
+
+use std::io::Write;
+
+use anyhow::Context as _;
+use clap::Args;
+use serde_json::Value;
+
+/// Show what the local engine is doing.
+#[derive(Debug, Args)]
+pub(crate) struct Status {
+    /// The engine's gateway.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    gateway: String,
+    /// JSON for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Status {
+    pub(crate) async fn run(&self, out: &mut impl Write) -> anyhow::Result<()> {
+        let url = format!("{}/_zerofn/status", self.gateway.trim_end_matches('/'));
+        let status: Value = reqwest::get(&url)
+            .await
+            .with_context(|| {
+                format!("cannot reach the engine at {url} (is `make run` / `zerofn dev` running?)")
+            })?
+            .error_for_status()
+            .with_context(|| format!("{url} is not a zerofn dev gateway"))?
+            .json()
+            .await?;
+        if self.json {
+            writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
+            return Ok(());
+        }
+        writeln!(
+            out,
+            "{:<14} {:<12} {:>8} {:>7} {:>8} {:>9} {:>7} {:>6} {:>11}  {}",
+            "FUNCTION",
+            "KIND",
+            "REPLICAS",
+            "DESIRED",
+            "LAG",
+            "PROCESSED",
+            "RETRIES",
+            "DLQ",
+            "COLD START",
+            "LAST START ERROR"
+        )?;
+        for f in status["functions"].as_array().into_iter().flatten() {
+            let n = |k: &str| f[k].as_u64().unwrap_or_default();
+            let cold = match f["last_cold_start_ms"].as_u64() {
+                Some(ms) => format!("{ms} ms"),
+                None => "-".into(),
+            };
+            writeln!(
+                out,
+                "{:<14} {:<12} {:>8} {:>7} {:>8} {:>9} {:>7} {:>6} {:>11}  {}",
+                f["name"].as_str().unwrap_or_default(),
+                f["kind"].as_str().unwrap_or_default(),
+                format!("{}+{}", n("replicas"), n("starting")),
+                n("desired"),
+                f["total_lag"].as_i64().unwrap_or_default(),
+                n("processed"),
+                n("retries"),
+                n("dead_letters"),
+                cold,
+                f["last_start_error"].as_str().unwrap_or("-"),
+            )?;
+        }
+        Ok(())
+    }
+}
