@@ -112,6 +112,7 @@ pub(crate) fn router(backend: Arc<dyn Backend>, max_body: usize) -> Result<Route
         .route("/_zerofn/status", get(status))
         .route("/events", post(events))
         .route("/async/{name}", post(async_invoke))
+        .route("/async/{name}/{*rest}", post(async_invoke))
         .route("/fn/{name}", any(proxy_root))
         .route("/fn/{name}/{*rest}", any(proxy))
         .fallback(|| async {
@@ -318,11 +319,15 @@ async fn refuse(g: &Gateway, headers: &HeaderMap, bytes: &[u8], r: Rejection) ->
 }
 
 /// `POST /async/{name}`: the request becomes an event on `async.{name}`; 202 with its id.
-async fn async_invoke(
-    State(g): State<Gateway>,
-    Path(name): Path<String>,
-    request: Request,
-) -> Response {
+async fn async_invoke(State(g): State<Gateway>, request: Request) -> Response {
+    let name = request
+        .uri()
+        .path()
+        .trim_start_matches("/async/")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let started = Instant::now();
     let span = request_span(&format!("POST /async/{name}"), request.headers());
     let response = async {

@@ -36,7 +36,7 @@ impl Status {
         }
         writeln!(
             out,
-            "{:<14} {:<12} {:>8} {:>7} {:>8} {:>9} {:>7} {:>6} {:>11}  {}",
+            "{:<14} {:<12} {:>8} {:>7} {:>8} {:>9} {:>7} {:>6} {:>11}  LAST START ERROR",
             "FUNCTION",
             "KIND",
             "REPLICAS",
@@ -45,8 +45,7 @@ impl Status {
             "PROCESSED",
             "RETRIES",
             "DLQ",
-            "COLD START",
-            "LAST START ERROR"
+            "COLD START"
         )?;
         for f in status["functions"].as_array().into_iter().flatten() {
             let n = |k: &str| f[k].as_u64().unwrap_or_default();

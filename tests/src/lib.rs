@@ -66,7 +66,9 @@ impl Calls {
 /// `todo.notification.sent`), `emit-invalid`, `emit-undeclared`, `slow:<ms>` (logs
 /// "probe handler started", then sleeps), `effect` (a `probe_effects` row in the delivery's
 /// transaction when the store has one, plus an emitted notification), `broken` (fails
-/// permanently while [`Calls::set_broken`] is on, otherwise as `effect`); anything else
+/// permanently while [`Calls::set_broken`] is on, otherwise as `effect`), `record` (a
+/// `probe_effects` row, nothing emitted), `record-slow:<ms>` (logs "probe handler started",
+/// sleeps, then as `record`); anything else
 /// succeeds with nothing to emit.
 pub fn probe(calls: Calls) -> impl zerofn::Handler {
     zerofn::handler_fn(move |event: Event<Task>| {
@@ -91,6 +93,18 @@ pub fn probe(calls: Calls) -> impl zerofn::Handler {
                 return Ok(vec![
                     Emit::new("todo.notification.sent", &notification(&user))?.partition_key(&user),
                 ]);
+            }
+            if let Some(ms) = event.data.title.strip_prefix("record-slow:") {
+                let ms: u64 = ms.parse().map_err(HandlerError::permanent)?;
+                tracing::info!(event_id = %event.ctx.id, "probe handler started");
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            if event.data.title == "record" || event.data.title.starts_with("record-slow:") {
+                if let Some(tx) = event.transaction() {
+                    let mut conn = tx.conn().await?;
+                    record_effect(&mut conn, &event.ctx.id, event.ctx.attempt).await?;
+                }
+                return Ok(vec![]);
             }
             let task = event.data;
             if let Some(ms) = task.title.strip_prefix("slow:") {
@@ -134,8 +148,59 @@ async fn record_effect(
 /// The probe's own table (`probe_effects`).
 static PROBE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// The manifest of the probe (`tests/function.toml`) with its migrations.
-pub const MANIFEST: zerofn::ManifestSource = zerofn::manifest!().migrations(&PROBE_MIGRATIONS);
+/// The manifest of the probe (`tests/function.toml`) with its migrations and HTTP routes.
+pub const MANIFEST: zerofn::ManifestSource = zerofn::manifest!()
+    .migrations(&PROBE_MIGRATIONS)
+    .routes(probe_routes);
+
+/// The probe's HTTP routes (it is also an HTTP function): `GET /hello` names the replica
+/// (`ZEROFN_REPLICA`) and echoes `traceparent`; `POST /echo` returns the body; `GET /slow/{ms}`
+/// sleeps first; `POST /effect/{id}` records a `probe_effects` row (the async-invocation tests).
+fn probe_routes(db: Option<sqlx::AnyPool>) -> axum::Router {
+    use axum::{
+        extract::Path,
+        routing::{get, post},
+    };
+    let replica = std::env::var("ZEROFN_REPLICA").unwrap_or_default();
+    axum::Router::new()
+        .route(
+            "/hello",
+            get(move |headers: axum::http::HeaderMap| async move {
+                let tp = headers
+                    .get("traceparent")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                axum::Json(json!({"hello": "probe", "replica": replica, "traceparent": tp}))
+            }),
+        )
+        .route("/echo", post(|body: axum::body::Bytes| async move { body }))
+        .route(
+            "/slow/{ms}",
+            get(|Path(ms): Path<u64>| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                "slept"
+            }),
+        )
+        .route(
+            "/effect/{id}",
+            post(move |Path(id): Path<String>| {
+                let db = db.clone();
+                async move {
+                    let Some(db) = db else {
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    };
+                    match db.acquire().await {
+                        Ok(mut conn) => match record_effect(&mut conn, &id, 1).await {
+                            Ok(()) => axum::http::StatusCode::CREATED,
+                            Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        },
+                        Err(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    }
+                }
+            }),
+        )
+}
 
 /// How many `probe_effects` rows event `id` has in the SQL store at `url`.
 pub async fn effect_rows(url: &str, id: &str) -> i64 {
@@ -219,6 +284,12 @@ impl FnProcess {
     /// `/healthz` answers.
     pub async fn start(binary: &str, env: &[(&str, &str)]) -> FnProcess {
         let mut process = Self::spawn(binary, env).await;
+        process.wait_healthy(binary).await;
+        process
+    }
+
+    async fn wait_healthy(&mut self, binary: &str) {
+        let process = self;
         for _ in 0..200 {
             if let Ok(r) = client()
                 .get(format!("{}/healthz", process.url()))
@@ -226,7 +297,7 @@ impl FnProcess {
                 .await
                 && r.status().is_success()
             {
-                return process;
+                return;
             }
             if let Ok(Some(status)) = process.child.try_wait() {
                 panic!(
@@ -244,10 +315,25 @@ impl FnProcess {
 
     /// Start `binary` without waiting for it to become healthy (for start-up failures).
     pub async fn spawn(binary: &str, env: &[(&str, &str)]) -> FnProcess {
+        Self::spawn_with_args(binary, &[], env).await
+    }
+
+    /// Start `binary` with `args` (`{port}` in an argument becomes the chosen port) and wait
+    /// until `/healthz` answers on that port.
+    pub async fn start_with_args(binary: &str, args: &[&str], env: &[(&str, &str)]) -> FnProcess {
+        let mut process = Self::spawn_with_args(binary, args, env).await;
+        process.wait_healthy(binary).await;
+        process
+    }
+
+    /// [`FnProcess::spawn`] with arguments (`{port}` is replaced by the chosen port).
+    pub async fn spawn_with_args(binary: &str, args: &[&str], env: &[(&str, &str)]) -> FnProcess {
         let port = free_port().await;
         let data_dir = std::env::temp_dir().join(format!("zerofn-test-{}", uuid::Uuid::new_v4()));
         let mut cmd = Command::new(binary);
-        cmd.env_clear()
+        cmd.args(args.iter().map(|a| a.replace("{port}", &port.to_string())))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("PORT", port.to_string())
             .env("ZEROFN_BIND_ADDR", "127.0.0.1")
             .env("ZEROFN_DATA_DIR", &data_dir)

@@ -297,6 +297,7 @@ impl Function {
                 _ => "events",
             },
             "replicas": st.replicas.iter().filter(|r| r.serving()).count(),
+            "pids": st.replicas.iter().filter(|r| r.serving()).filter_map(|r| r.pid()).collect::<Vec<_>>(),
             "starting": st.starting,
             "desired": st.desired,
             "lag": by_topic,

@@ -67,6 +67,9 @@ pub(crate) struct Log {
     pool: SqlitePool,
     default_partitions: u32,
     meta: Mutex<Meta>,
+    /// One writer at a time: SQLite allows one anyway, and a deferred transaction that reads
+    /// before it writes fails (`SQLITE_BUSY_SNAPSHOT`) when another commit slips in between.
+    writer: tokio::sync::Mutex<()>,
     /// Bumped on every append, so that consumers and scalers wake at once.
     appended: watch::Sender<u64>,
 }
@@ -155,6 +158,7 @@ impl Log {
             pool,
             default_partitions: default_partitions.max(1),
             meta: Mutex::new(meta),
+            writer: tokio::sync::Mutex::new(()),
             appended: watch::channel(0).0,
         })
     }
@@ -170,11 +174,17 @@ impl Log {
         &self.pool
     }
 
+    /// Hold this while writing (the sidecar's state API writes the same file).
+    pub(crate) async fn write_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writer.lock().await
+    }
+
     /// Partitions of `topic`, creating it with the default count if it is new.
     pub(crate) async fn ensure_topic(&self, topic: &str) -> Result<u32, sqlx::Error> {
         if let Some(n) = self.meta().partitions.get(topic) {
             return Ok(*n);
         }
+        let _writing = self.write_lock().await;
         sqlx::query("INSERT OR IGNORE INTO topics (name, partitions) VALUES (?, ?)")
             .bind(topic)
             .bind(i64::from(self.default_partitions))
@@ -197,6 +207,7 @@ impl Log {
         for r in &records {
             self.ensure_topic(&r.topic).await?;
         }
+        let _writing = self.write_lock().await;
         let mut tx = self.pool.begin().await?;
         let mut positions = Vec::with_capacity(records.len());
         // Offsets are assigned from the database inside the transaction (one writer at a time),
@@ -328,6 +339,7 @@ impl Log {
         partition: u32,
         next: i64,
     ) -> Result<(), sqlx::Error> {
+        let _writing = self.write_lock().await;
         sqlx::query(
             "INSERT INTO offsets (grp, topic, part, committed) VALUES (?, ?, ?, ?)
              ON CONFLICT (grp, topic, part) DO UPDATE SET committed = excluded.committed",
@@ -376,6 +388,7 @@ impl Log {
     /// Delete records older than `age` (offsets keep counting; a consumer behind the
     /// retention point skips to the oldest record left, like Kafka's `earliest` reset).
     pub(crate) async fn apply_retention(&self, age: Duration) -> Result<u64, sqlx::Error> {
+        let _writing = self.write_lock().await;
         let cutoff = now_ms() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
         let done = sqlx::query("DELETE FROM records WHERE ts <= ?")
             .bind(cutoff)

@@ -200,6 +200,11 @@ impl Replica {
         }
     }
 
+    /// The process id.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
     /// Whether new work may go here.
     pub(crate) fn serving(&self) -> bool {
         !self.retiring.load(Ordering::SeqCst)

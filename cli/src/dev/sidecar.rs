@@ -77,16 +77,17 @@ async fn healthz() -> StatusCode {
 }
 
 impl Sidecar {
-    fn authorised(&self, headers: &HeaderMap) -> Result<(), Response> {
+    /// The refusal for a caller without the `DAPR_API_TOKEN` (when one is set).
+    fn unauthorised(&self, headers: &HeaderMap) -> Option<Response> {
         match &self.token {
             Some(t) if headers.get("dapr-api-token").and_then(|v| v.to_str().ok()) != Some(t) => {
-                Err(dapr_error(
+                Some(dapr_error(
                     StatusCode::UNAUTHORIZED,
                     "ERR_API_TOKEN",
                     "missing or invalid dapr-api-token",
                 ))
             }
-            _ => Ok(()),
+            _ => None,
         }
     }
 }
@@ -100,7 +101,7 @@ async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = s.authorised(&headers) {
+    if let Some(r) = s.unauthorised(&headers) {
         return r;
     }
     if !s.function.pubsubs().contains(&pubsub) {
@@ -222,7 +223,7 @@ async fn state_get(
     Path((store, key)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = s.authorised(&headers) {
+    if let Some(r) = s.unauthorised(&headers) {
         return r;
     }
     let row: Result<Option<(Vec<u8>, i64)>, _> =
@@ -255,7 +256,7 @@ async fn state_save(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = s.authorised(&headers) {
+    if let Some(r) = s.unauthorised(&headers) {
         return r;
     }
     let items: Vec<SetRequest> = match serde_json::from_slice(&body) {
@@ -268,6 +269,7 @@ async fn state_save(
             );
         }
     };
+    let _writing = s.log.write_lock().await;
     let mut tx = match s.log.pool().begin().await {
         Ok(tx) => tx,
         Err(e) => {
@@ -349,7 +351,7 @@ async fn state_delete(
     Path((store, key)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = s.authorised(&headers) {
+    if let Some(r) = s.unauthorised(&headers) {
         return r;
     }
     let if_match = headers
@@ -372,6 +374,7 @@ async fn state_delete(
             .bind(store)
             .bind(state_key(&s, &key)),
     };
+    let _writing = s.log.write_lock().await;
     match query.execute(s.log.pool()).await {
         Ok(r) if r.rows_affected() == 0 && if_match.is_some() => dapr_error(
             StatusCode::CONFLICT,

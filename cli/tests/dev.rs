@@ -1,0 +1,729 @@
+//! The local engine end to end: the real `zerofn dev` binary runs the real probe (and notify,
+//! audit) binaries as replica processes; everything goes over 127.0.0.1.
+//!
+//! The function binaries sit next to the `zerofn` binary (`cargo test --workspace` builds
+//! them). Every wait is bounded; counts, never timings, are asserted.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use zerofn_tests::{FnProcess, OtlpReceiver, ReceivedSpan, client, fresh_id};
+
+const ZEROFN: &str = env!("CARGO_BIN_EXE_zerofn");
+
+fn sibling(name: &str) -> String {
+    let path = PathBuf::from(ZEROFN).with_file_name(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace (cargo test --workspace builds it)",
+        path.display()
+    );
+    path.display().to_string()
+}
+
+fn manifest(rel: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel)
+        .display()
+        .to_string()
+}
+
+fn probe_fn() -> String {
+    format!("{}={}", manifest("tests/function.toml"), sibling("probe"))
+}
+
+struct Engine {
+    process: FnProcess,
+    state: PathBuf,
+}
+
+impl Engine {
+    /// `zerofn dev` with `fns` (`--fn` values) on a fresh (or given) state directory.
+    async fn start(
+        fns: &[String],
+        state: Option<PathBuf>,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Engine {
+        let state = state.unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("zerofn-dev-test-{}", uuid::Uuid::new_v4()))
+        });
+        let state_arg = state.display().to_string();
+        let mut args: Vec<&str> = vec![
+            "dev",
+            "--listen",
+            "127.0.0.1:{port}",
+            "--state-dir",
+            &state_arg,
+        ];
+        for f in fns {
+            args.extend(["--fn", f.as_str()]);
+        }
+        args.extend(extra);
+        let process = FnProcess::start_with_args(ZEROFN, &args, env).await;
+        Engine { process, state }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.process.url())
+    }
+
+    async fn status(&self, function: &str) -> Value {
+        let all: Value = client()
+            .get(self.url("/_zerofn/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        all["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == function)
+            .cloned()
+            .unwrap_or_else(|| panic!("{function} not in {all}"))
+    }
+
+    /// Poll the status of `function` until `done` holds (at most `secs`), returning it.
+    async fn wait_for(
+        &self,
+        function: &str,
+        secs: u64,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let s = self.status(function).await;
+            if done(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {secs} s; status {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn post_events(&self, events: &[Value]) -> Value {
+        let r = client()
+            .post(self.url("/events"))
+            .header("content-type", "application/cloudevents-batch+json")
+            .json(&events)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{:?}", r.text().await);
+        r.json().await.unwrap()
+    }
+
+    fn store(&self, function: &str) -> String {
+        format!(
+            "sqlite:{}",
+            self.state
+                .join("functions")
+                .join(function)
+                .join("zerofn.db")
+                .display()
+        )
+    }
+
+    async fn stop(mut self) -> PathBuf {
+        self.process.sigterm();
+        assert_eq!(
+            self.process.wait_exit(Duration::from_secs(60)).await,
+            Some(0),
+            "engine exits cleanly"
+        );
+        self.state.clone()
+    }
+}
+
+fn task_event(id: &str, title: &str, key: &str) -> Value {
+    json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": "/tests/dev",
+        "type": "todo.task.created",
+        "partitionkey": key,
+        "data": zerofn_tests::task(title)
+    })
+}
+
+/// Rows of `probe_effects`, in insertion order.
+async fn effects(store: &str) -> Vec<String> {
+    sqlx::any::install_default_drivers();
+    let path = store.trim_start_matches("sqlite:");
+    if !std::path::Path::new(path).exists() {
+        return Vec::new(); // no replica has started yet
+    }
+    let url = format!("sqlite://{path}");
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let rows: Vec<String> = sqlx::query_scalar("SELECT event_id FROM probe_effects ORDER BY rowid")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    rows
+}
+
+#[tokio::test]
+async fn an_event_wakes_a_function_from_zero_and_it_returns_to_zero() {
+    let engine = Engine::start(&[probe_fn()], None, &[], &[]).await;
+    let before = engine.status("probe").await;
+    assert_eq!(
+        (before["replicas"].as_u64(), before["cold_starts"].as_u64()),
+        (Some(0), Some(0))
+    );
+
+    let id = fresh_id("wake");
+    let accepted = engine
+        .post_events(&[task_event(&id, "record", "user-1")])
+        .await;
+    assert_eq!(accepted["accepted"][0]["topic"], "todo.task.created");
+    let s = engine
+        .wait_for("probe", 30, "handled", |s| {
+            s["processed"].as_u64() >= Some(1)
+        })
+        .await;
+    assert_eq!(s["cold_starts"], 1, "{s}");
+    assert!(s["last_cold_start_ms"].is_u64(), "{s}");
+    assert_eq!(
+        effects(&engine.store("probe")).await,
+        vec![id.clone()],
+        "handled exactly once"
+    );
+    // Cooldown 2 s without lag: back to zero.
+    engine
+        .wait_for("probe", 30, "scale to zero", |s| {
+            s["replicas"] == 0 && s["starting"] == 0 && s["desired"] == 0
+        })
+        .await;
+    let stopped = engine
+        .process
+        .wait_for_log("replica stopped", Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        stopped["function"], "probe",
+        "stopped by the scaler, drained: {stopped}"
+    );
+    let logs = engine.process.log_lines();
+    assert!(
+        logs.iter()
+            .any(|l| l["message"] == "cold start: replica ready"),
+        "cold start logged"
+    );
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_burst_scales_to_the_partition_cap_exactly_once_in_order() {
+    let engine = Engine::start(&[probe_fn()], None, &[], &[]).await;
+    let prefix = fresh_id("burst");
+    let keys = 16;
+    let events: Vec<Value> = (0..2000)
+        .map(|i| {
+            task_event(
+                &format!("{prefix}-{:02}-{i:05}", i % keys),
+                "record",
+                &format!("key-{}", i % keys),
+            )
+        })
+        .collect();
+    for chunk in events.chunks(500) {
+        engine.post_events(chunk).await;
+    }
+    let mut most = 0;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let s = engine.status("probe").await;
+        most = most.max(s["replicas"].as_u64().unwrap());
+        if s["processed"].as_u64() == Some(2000) && s["total_lag"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "2000 events not handled in time: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Lag 2000 / threshold 100 = 20, capped by 4 partitions and max = 4.
+    assert_eq!(most, 4, "scaled to the partition cap");
+    let rows = effects(&engine.store("probe")).await;
+    assert_eq!(rows.len(), 2000, "every event applied exactly once");
+    let mut per_key: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for r in &rows {
+        let (key, seq) = r.rsplit_once('-').unwrap();
+        per_key.entry(key).or_default().push(seq);
+    }
+    assert_eq!(per_key.len(), keys);
+    for (key, seqs) in &per_key {
+        assert_eq!(seqs.len(), 2000 / keys);
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "{key}: order kept within its partition"
+        );
+    }
+    // The idempotency store agrees: one completed record per event.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&format!(
+        "sqlite://{}",
+        engine.store("probe").trim_start_matches("sqlite:")
+    ))
+    .await
+    .unwrap();
+    let done: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM zerofn_inbox WHERE state = 'done' AND key LIKE $1",
+    )
+    .bind(format!("%{prefix}%"))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    assert_eq!(done, 2000);
+    engine
+        .wait_for("probe", 60, "back to zero", |s| {
+            s["replicas"] == 0 && s["starting"] == 0
+        })
+        .await;
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_replica_killed_mid_event_means_one_redelivery_and_one_effect() {
+    // A short lease, so the killed delivery's claim expires quickly.
+    let env = [("ZEROFN_LEASE", "3s"), ("ZEROFN_HANDLER_TIMEOUT", "2s")];
+    let engine = Engine::start(&[probe_fn()], None, &env, &[]).await;
+    let id = fresh_id("killed");
+    engine
+        .post_events(&[task_event(&id, "record-slow:1000", "user-1")])
+        .await;
+    engine
+        .process
+        .wait_for_log("probe handler started", Duration::from_secs(30))
+        .await;
+    let s = engine.status("probe").await;
+    let pid = s["pids"][0].as_u64().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let s = engine
+        .wait_for("probe", 60, "redelivered and handled", |s| {
+            s["processed"].as_u64() >= Some(1)
+        })
+        .await;
+    assert!(
+        s["retries"].as_u64() >= Some(1),
+        "the killed delivery was retried: {s}"
+    );
+    assert_eq!(
+        effects(&engine.store("probe")).await,
+        vec![id],
+        "applied once"
+    );
+    assert!(
+        engine.process.log_lines().iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("replica exited unexpectedly"))),
+        "the engine noticed"
+    );
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn records_left_in_the_log_are_processed_after_an_engine_restart() {
+    let engine = Engine::start(&[probe_fn()], None, &[], &[]).await;
+    let prefix = fresh_id("restart");
+    let events: Vec<Value> = (0..40)
+        .map(|i| {
+            task_event(
+                &format!("{prefix}-{i:03}"),
+                "record-slow:150",
+                &format!("k{}", i % 4),
+            )
+        })
+        .collect();
+    engine.post_events(&events).await;
+    engine
+        .wait_for("probe", 60, "some handled", |s| {
+            s["processed"].as_u64() >= Some(1)
+        })
+        .await;
+    let store = engine.store("probe");
+    let state = engine.stop().await;
+    let first = effects(&store).await.len();
+    assert!(
+        first < 40,
+        "the engine stopped with records left ({first} handled)"
+    );
+
+    let engine = Engine::start(&[probe_fn()], Some(state), &[], &[]).await;
+    engine
+        .wait_for("probe", 120, "the rest handled", |s| {
+            s["total_lag"] == 0 && s["processed"].as_u64() == Some((40 - first) as u64)
+        })
+        .await;
+    let rows = effects(&store).await;
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for r in &rows {
+        *counts.entry(r.as_str()).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 40, "nothing lost");
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "nothing doubled: {counts:?}"
+    );
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_requests_at_zero_all_succeed() {
+    let engine = Engine::start(&[probe_fn()], None, &[], &[]).await;
+    let url = engine.url("/fn/probe/hello");
+    let requests = (0..200).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let r = client().get(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or_default();
+            (
+                status,
+                body["replica"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+    });
+    let mut replicas = std::collections::BTreeSet::new();
+    for r in requests {
+        let (status, replica) = r.await.unwrap();
+        assert_eq!(status, 200);
+        replicas.insert(replica);
+    }
+    assert!(!replicas.is_empty());
+    let s = engine.status("probe").await;
+    assert_eq!(s["requests"], 200);
+    assert_eq!(s["cold_starts"], 1, "{s}");
+
+    // The gateway's metrics: parsed, not searched.
+    let text = client()
+        .get(engine.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    assert_eq!(
+        value(
+            "zerofn_gateway_requests_total",
+            &[("function", "probe"), ("route", "fn"), ("status", "200")]
+        ),
+        200.0
+    );
+    assert_eq!(
+        value("zerofn_gateway_queued_requests", &[("function", "probe")]),
+        0.0,
+        "nothing left waiting"
+    );
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "zerofn_gateway_request_duration_seconds_count")
+    );
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn async_invocation_answers_202_and_the_request_runs_once() {
+    let engine = Engine::start(&[probe_fn()], None, &[], &[]).await;
+    let id = fresh_id("async");
+    let r = client()
+        .post(engine.url(&format!("/async/probe/effect/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["id"].is_string(), "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while effects(&engine.store("probe")).await.is_empty() {
+        assert!(Instant::now() < deadline, "the async request never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    engine
+        .wait_for("probe", 30, "offset committed", |s| s["total_lag"] == 0)
+        .await;
+    assert_eq!(effects(&engine.store("probe")).await, vec![id]);
+    // Not an HTTP function, or no such function: 404, clearly.
+    let r = client()
+        .post(engine.url("/async/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_function_that_cannot_start_gets_503_with_the_reason_and_the_engine_keeps_running() {
+    let dir = std::env::temp_dir().join(format!("zerofn-broken-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("function.toml"),
+        "[function]\nname = \"broken\"\n[http]\ntimeout = \"20s\"\n",
+    )
+    .unwrap();
+    let script = dir.join("broken.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho 'zerofn: invalid configuration: ZEROFN_STORE = nope: unsupported scheme' >&2\nexit 64\n",
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .args(["+x", &script.display().to_string()])
+        .status()
+        .unwrap();
+    let broken = format!(
+        "{}={}",
+        dir.join("function.toml").display(),
+        script.display()
+    );
+    let engine = Engine::start(&[probe_fn(), broken], None, &[], &[]).await;
+
+    let r = client()
+        .get(engine.url("/fn/broken/anything"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "function_unavailable");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("exited during start-up"), "{message}");
+    assert!(
+        message.contains("ZEROFN_STORE = nope"),
+        "the function's own reason: {message}"
+    );
+    let s = engine.status("broken").await;
+    assert!(
+        s["last_start_error"]
+            .as_str()
+            .unwrap()
+            .contains("exit status: 64"),
+        "{s}"
+    );
+    // The engine and the other functions keep serving.
+    let r = client()
+        .get(engine.url("/fn/probe/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client().get(engine.url("/fn/nope/x")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    engine.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn bad_events_at_the_gateway_get_precise_errors_and_a_dead_letter_record() {
+    let engine = Engine::start(&[probe_fn()], None, &[], &[]).await;
+    let cases: &[(&str, &str, u16, &str)] = &[
+        ("text/plain", "hello", 415, "unsupported_media_type"),
+        ("application/cloudevents+json", "{", 400, "malformed_event"),
+        (
+            "application/cloudevents+json",
+            r#"{"specversion":"1.0","id":"x","source":"/s","type":"todo.task.created","data":{"title":1}}"#,
+            422,
+            "schema_violation",
+        ),
+        (
+            "application/cloudevents+json",
+            r#"{"specversion":"1.0","id":"x","source":"/s","type":"no.such.type"}"#,
+            422,
+            "unknown_event_type",
+        ),
+    ];
+    for (ct, body, status, code) in cases {
+        let r = client()
+            .post(engine.url("/events"))
+            .header("content-type", *ct)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), *status, "{body}");
+        assert!(
+            r.headers().contains_key("zerofn-dead-letter"),
+            "{body}: dead-lettered"
+        );
+        let reply: Value = r.json().await.unwrap();
+        assert_eq!(reply["error"], *code, "{reply}");
+    }
+    let big = "x".repeat(2 << 20);
+    let r = client()
+        .post(engine.url("/events"))
+        .header("content-type", "application/cloudevents+json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let status: Value = client()
+        .get(engine.url("/_zerofn/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        status["topics"]["deadletter.gateway"], 4,
+        "the gateway's dead-letter topic exists"
+    );
+    // Still serving.
+    let id = fresh_id("after-bad");
+    engine.post_events(&[task_event(&id, "record", "u")]).await;
+    engine
+        .wait_for("probe", 30, "handled", |s| {
+            s["processed"].as_u64() >= Some(1)
+        })
+        .await;
+    engine.stop().await;
+}
+
+fn one<'a>(spans: &'a [ReceivedSpan], service: &str, name: &str) -> &'a ReceivedSpan {
+    let found: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.service == service && s.name == name)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "{service}/{name} in {:#?}",
+        spans
+            .iter()
+            .map(|s| (&s.service, &s.name, &s.parent_span_id))
+            .collect::<Vec<_>>()
+    );
+    found[0]
+}
+
+#[tokio::test]
+async fn one_trace_from_the_gateway_through_two_functions() {
+    const TRACE: &str = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let otlp = OtlpReceiver::start().await;
+    let endpoint = otlp.endpoint();
+    let notify = format!(
+        "{}={}",
+        manifest("functions/notify/function.toml"),
+        sibling("notify")
+    );
+    let audit = format!(
+        "{}={}",
+        manifest("functions/audit/function.toml"),
+        sibling("audit")
+    );
+    let engine = Engine::start(
+        &[notify, audit],
+        None,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+        &[],
+    )
+    .await;
+    let reminder: Value = serde_json::from_str(include_str!(
+        "../../contracts/events/todo.reminder.due/valid/rent.json"
+    ))
+    .unwrap();
+    let id = fresh_id("traced");
+    let r = client()
+        .post(engine.url("/events"))
+        .header("traceparent", format!("00-{TRACE}-00f067aa0ba902b7-01"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", &id)
+        .header("ce-source", "/tests/dev")
+        .header("ce-type", "todo.reminder.due")
+        .header("content-type", "application/json")
+        .json(&reminder)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // notify handles it and emits todo.notification.sent; audit records both.
+    engine
+        .wait_for("audit", 60, "both audited", |s| {
+            s["processed"].as_u64() >= Some(2)
+        })
+        .await;
+    engine
+        .wait_for("notify", 60, "notified", |s| {
+            s["processed"].as_u64() >= Some(1)
+        })
+        .await;
+    engine.stop().await; // the replicas drain and flush their exporters
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while otlp
+        .spans()
+        .iter()
+        .filter(|s| s.trace_id == TRACE && s.name.ends_with(" process"))
+        .count()
+        < 3
+        || !otlp.spans().iter().any(|s| s.service == "zerofn-gateway") && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let spans: Vec<ReceivedSpan> = otlp
+        .spans()
+        .into_iter()
+        .filter(|s| s.trace_id == TRACE)
+        .collect();
+    let gateway = one(&spans, "zerofn-gateway", "POST /events");
+    assert_eq!(
+        gateway.parent_span_id, "00f067aa0ba902b7",
+        "the caller's span"
+    );
+    assert_eq!(gateway.kind, 2, "server");
+    let notify_process = one(&spans, "notify", "todo.reminder.due process");
+    assert_eq!(
+        notify_process.parent_span_id, gateway.span_id,
+        "notify under the gateway"
+    );
+    assert_eq!(notify_process.kind, 5, "consumer");
+    let notify_handler = one(&spans, "notify", "handle todo.reminder.due");
+    let audit_reminder = one(&spans, "audit", "todo.reminder.due process");
+    assert_eq!(
+        audit_reminder.parent_span_id, gateway.span_id,
+        "audit's copy of the reminder, under the gateway"
+    );
+    let audit_notification = one(&spans, "audit", "todo.notification.sent process");
+    assert_eq!(
+        audit_notification.parent_span_id, notify_handler.span_id,
+        "the notification's hop, under notify's handler"
+    );
+}
