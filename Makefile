@@ -4,10 +4,17 @@ SHELL := /bin/bash
 CARGO ?= cargo
 CARGO_TARGET_DIR_OR_DEFAULT := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: help build test test-fast services-up services-down bench lint fmt doc clean
+.PHONY: help run status build test test-fast services-up services-down bench lint fmt doc clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+run: ## Build the functions and start the local engine: gateway on 127.0.0.1:8080, functions scaled 0..N
+	$(CARGO) build --locked --bins --workspace --exclude zerofn-tests
+	ZEROFN_LOG_FORMAT=$${ZEROFN_LOG_FORMAT:-compact} $(CARGO_TARGET_DIR_OR_DEFAULT)/debug/zerofn dev $(ARGS)
+
+status: ## What the running engine is doing: replicas, lag, processed, retries, dead letters
+	@$(CARGO_TARGET_DIR_OR_DEFAULT)/debug/zerofn status $(ARGS)
 
 build: ## Build every crate (runtime, functions, test harness)
 	$(CARGO) build --workspace --all-targets --locked

@@ -174,8 +174,10 @@ pub enum CrashPoint {
 pub enum LogFormat {
     /// One JSON object per line.
     Json,
-    /// Human-readable, coloured when on a terminal.
+    /// Human-readable over several lines, coloured when on a terminal.
     Pretty,
+    /// Human-readable, one line per event (what `make run` uses).
+    Compact,
 }
 
 /// The parsed configuration of one function process.
@@ -285,11 +287,12 @@ impl Config {
         let log_format = match src.get(ENV_LOG_FORMAT).as_deref() {
             None | Some("json") => LogFormat::Json,
             Some("pretty") => LogFormat::Pretty,
+            Some("compact") => LogFormat::Compact,
             Some(other) => {
                 return Err(ConfigError::new(
                     ENV_LOG_FORMAT,
                     other,
-                    "expected `json` or `pretty`",
+                    "expected `json`, `pretty` or `compact`",
                 ));
             }
         };
@@ -494,7 +497,7 @@ mod tests {
             (ENV_CRASH_AT, "sometime", "expected after_claim"),
             (ENV_K_SINK, "broker.local", "not a URL"),
             (ENV_K_SINK, "ftp://x/", "http:// or https://"),
-            (ENV_LOG_FORMAT, "xml", "expected `json` or `pretty`"),
+            (ENV_LOG_FORMAT, "xml", "expected `json`, `pretty` or `compact`"),
             (ENV_BIND_ADDR, "localhost", "not an IP address"),
             (ENV_LOG, "info,[", "invalid"),
         ];

@@ -122,6 +122,9 @@ impl Replica {
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::piped())
+            // Its own process group: a Ctrl-C at the terminal reaches the engine only, which
+            // stops delivering first and then drains each replica (as the kubelet would).
+            .process_group(0)
             .kill_on_drop(true);
         let mut child = cmd
             .spawn()

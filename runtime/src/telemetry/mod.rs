@@ -45,6 +45,13 @@ pub(crate) fn init(config: &Config, service: &str) -> Tracing {
             .with_filter(filter())
             .with_filter(events_only())
             .boxed(),
+        LogFormat::Compact => tracing_subscriber::fmt::layer()
+            .compact()
+            .with_target(false)
+            .with_writer(std::io::stdout)
+            .with_filter(filter())
+            .with_filter(events_only())
+            .boxed(),
     };
     if tracing_subscriber::registry()
         .with(otel)
