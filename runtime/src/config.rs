@@ -497,7 +497,11 @@ mod tests {
             (ENV_CRASH_AT, "sometime", "expected after_claim"),
             (ENV_K_SINK, "broker.local", "not a URL"),
             (ENV_K_SINK, "ftp://x/", "http:// or https://"),
-            (ENV_LOG_FORMAT, "xml", "expected `json`, `pretty` or `compact`"),
+            (
+                ENV_LOG_FORMAT,
+                "xml",
+                "expected `json`, `pretty` or `compact`",
+            ),
             (ENV_BIND_ADDR, "localhost", "not an IP address"),
             (ENV_LOG, "info,[", "invalid"),
         ];
