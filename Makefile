@@ -25,7 +25,8 @@ test-fast: ## Run every test without the lint step (starts PostgreSQL and Redis 
 	@set -e; env_file=$$(scripts/test-services.sh up); \
 	trap 'scripts/test-services.sh down' EXIT; \
 	. "$$env_file"; \
-	$(CARGO) test --workspace --locked
+	$(CARGO) test --workspace --locked; \
+	$(CARGO) test -p categorize --features lambda --locked --test lambda
 
 services-up: ## Start the test PostgreSQL and Redis (prints the env file to source)
 	@scripts/test-services.sh up
@@ -41,6 +42,7 @@ lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) clippy -p zerofn --lib --no-default-features --locked -- -D warnings
+	$(CARGO) clippy -p categorize --all-targets --features lambda --locked -- -D warnings
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

@@ -54,6 +54,8 @@ mod handler;
 mod idempotency;
 pub mod instruments;
 mod intake;
+#[cfg(feature = "lambda")]
+mod lambda;
 pub mod manifest;
 mod shutdown;
 mod telemetry;
@@ -120,7 +122,15 @@ pub async fn run<H: Handler>(handler: H, manifest: ManifestSource) -> Result<(),
 ///     zerofn::serve(zerofn::manifest!().routes(routes)).await
 /// }
 /// ```
+///
+/// Built with feature `lambda`, the same binary runs on AWS Lambda: when
+/// `AWS_LAMBDA_RUNTIME_API` is set, the routes serve Lambda invocations (API Gateway, function
+/// URLs) through `lambda_http` instead of a server on `$PORT`.
 pub async fn serve(manifest: ManifestSource) -> Result<(), Error> {
+    #[cfg(feature = "lambda")]
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+        return lambda::run(manifest).await;
+    }
     let no_events = handler_fn(|event: Event<serde_json::Value>| async move {
         Err::<(), _>(HandlerError::permanent(format!(
             "event {} ({}): this HTTP function has no subscriptions",
