@@ -25,6 +25,7 @@ test-fast: ## Run every test without the lint step (starts PostgreSQL and Redis 
 	@set -e; env_file=$$(scripts/test-services.sh up); \
 	trap 'scripts/test-services.sh down' EXIT; \
 	. "$$env_file"; \
+	$(CARGO) build --workspace --bins --locked; \
 	$(CARGO) test --workspace --locked; \
 	$(CARGO) test -p categorize --features lambda --locked --test lambda
 

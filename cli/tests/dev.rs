@@ -1,8 +1,8 @@
 //! The local engine end to end: the real `zerofn dev` binary runs the real probe (and notify,
 //! audit) binaries as replica processes; everything goes over 127.0.0.1.
 //!
-//! The function binaries sit next to the `zerofn` binary (`cargo test --workspace` builds
-//! them). Every wait is bounded; counts, never timings, are asserted.
+//! The function binaries sit next to the `zerofn` binary (`make test` builds them first with
+//! `cargo build --workspace --bins`). Every wait is bounded; counts, never timings, are asserted.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -21,7 +21,7 @@ fn sibling(name: &str) -> String {
     let path = PathBuf::from(ZEROFN).with_file_name(name);
     assert!(
         path.is_file(),
-        "{} is missing: build the workspace (cargo test --workspace builds it)",
+        "{} is missing: build the function binaries first (cargo build --workspace --bins; make test does)",
         path.display()
     );
     path.display().to_string()
