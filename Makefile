@@ -3,8 +3,10 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 CARGO_TARGET_DIR_OR_DEFAULT := $(or $(CARGO_TARGET_DIR),target)
+export ZEROFN_BIN := $(abspath $(CARGO_TARGET_DIR_OR_DEFAULT))/debug/zerofn
+need-fn = $(if $(fn),,$(error fn=NAME is required, e.g. make $@ fn=notify))
 
-.PHONY: help run status build test test-fast services-up services-down bench lint fmt doc clean
+.PHONY: help run status build test test-fast test-deploy test-image services-up services-down bench lint fmt doc clean values render image deploy rollback deploy-platform
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -19,7 +21,7 @@ status: ## What the running engine is doing: replicas, lag, processed, retries, 
 build: ## Build every crate (runtime, functions, test harness)
 	$(CARGO) build --workspace --all-targets --locked
 
-test: lint test-fast ## Lint, then run every test: unit, doc, contract golden, transport and process suites
+test: lint test-fast test-deploy test-image ## Lint, then every test: unit, doc, contracts, transports, processes, the engine, charts, image
 
 test-fast: ## Run every test without the lint step (starts PostgreSQL and Redis on 127.0.0.1)
 	@set -e; env_file=$$(scripts/test-services.sh up); \
@@ -28,6 +30,40 @@ test-fast: ## Run every test without the lint step (starts PostgreSQL and Redis 
 	$(CARGO) build --workspace --bins --locked; \
 	$(CARGO) test --workspace --locked; \
 	$(CARGO) test -p categorize --features lambda --locked --test lambda
+
+test-deploy: ## Render every chart with real Helm (no cluster) and validate: schemas, policies, golden values, deploy without a cluster
+	$(CARGO) build --locked -p zerofn-cli
+	@venv=$$(scripts/deploy/venv.sh) && $$venv/bin/python scripts/deploy/test_charts.py
+
+test-image: ## Build notify's image (podman/buildah, installed if missing), run it, expect /healthz 200
+	scripts/deploy/test_image.sh notify
+
+values: ## Helm values generated from functions/$(fn)/function.toml (fn=NAME)
+	$(need-fn)
+	@$(CARGO) build --locked -q -p zerofn-cli >&2
+	@$(ZEROFN_BIN) values functions/$(fn)
+
+render: ## The fully rendered manifests of fn=NAME (or fn=platform) on stdout, no cluster needed
+	$(need-fn)
+	@$(CARGO) build --locked -q -p zerofn-cli >&2
+	@scripts/deploy/render.sh $(fn)
+
+image: ## Build fn=NAME's image: static binary on scratch (REGISTRY, TAG = git short sha); prints its size
+	$(need-fn)
+	@scripts/deploy/image.sh $(fn)
+
+deploy: ## Image build + push + helm upgrade --install --atomic --wait of fn=NAME (NAMESPACE, REGISTRY, TAG, VALUES)
+	$(need-fn)
+	@$(CARGO) build --locked -q -p zerofn-cli >&2
+	@scripts/deploy/deploy.sh deploy $(fn)
+
+rollback: ## helm rollback of fn=NAME to its previous release
+	$(need-fn)
+	@scripts/deploy/deploy.sh rollback $(fn)
+
+deploy-platform: ## helm upgrade --install --atomic --wait of the platform chart (gateway, Dapr components, topics, dashboard)
+	@$(CARGO) build --locked -q -p zerofn-cli >&2
+	@scripts/deploy/deploy.sh deploy-platform
 
 services-up: ## Start the test PostgreSQL and Redis (prints the env file to source)
 	@scripts/test-services.sh up

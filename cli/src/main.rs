@@ -4,6 +4,7 @@
 //! zerofn dev [--fn DIR | --fn TOML=BINARY]... [--listen 127.0.0.1:8080] [--chaos kill-replica|slow|drop-publish]
 //! zerofn status [--gateway URL] [--json]
 //! zerofn gateway --function NAME=URL... [--dapr-http-port 3500]
+//! zerofn values (functions/NAME [--image REPOSITORY:TAG] | --platform)
 //! zerofn dlq ls [--fn NAME] [--since 1h] [--limit N] [--json]
 //! zerofn dlq show ID [--json]
 //! zerofn dlq replay (ID | --all [--fn NAME] [--since 1h]) [--rate N/s] [--dry-run] (--dapr URL | --sink URL)
@@ -15,6 +16,7 @@ mod dev;
 mod dlq;
 mod gateway;
 mod status;
+mod values;
 
 use clap::{Parser, Subcommand};
 
@@ -40,6 +42,8 @@ enum Command {
     Status(status::Status),
     /// The API gateway in a cluster (publishes through Dapr, proxies to Knative Services).
     Gateway(cluster::Gateway),
+    /// Helm values generated from function.toml (for helm/zerofn-function, or --platform).
+    Values(values::Values),
 }
 
 #[tokio::main]
@@ -50,6 +54,7 @@ async fn main() -> std::process::ExitCode {
         Command::Dev(dev) => dev.run().await,
         Command::Status(status) => status.run(&mut std::io::stdout()).await,
         Command::Gateway(gateway) => gateway.run().await,
+        Command::Values(values) => values.run(&mut std::io::stdout()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -21,7 +21,6 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::Args;
 use serde_json::{Value, json};
-use zerofn::Manifest;
 
 use crate::gateway::{self, Backend, BoxFuture, Outgoing, Refusal, Upstream};
 use engine::{Chaos, Engine, Function, FunctionSpec, Options, Unavailable};
@@ -73,28 +72,14 @@ fn duration(v: &str) -> Result<Duration, String> {
     zerofn::config::parse_duration(v)
 }
 
-/// `[package] name` of the `Cargo.toml` next to a `function.toml`.
-fn package_name(dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join("Cargo.toml")).ok()?;
-    let value: toml::Table = toml::from_str(&text).ok()?;
-    value
-        .get("package")?
-        .get("name")?
-        .as_str()
-        .map(str::to_string)
-}
-
 fn load(toml_path: &Path, binary: Option<PathBuf>, bin_dir: &Path) -> anyhow::Result<FunctionSpec> {
-    let text = std::fs::read_to_string(toml_path)
-        .with_context(|| format!("--fn {}: cannot read it", toml_path.display()))?;
-    let dir = toml_path.parent().unwrap_or(Path::new("."));
-    let crate_name = package_name(dir).unwrap_or_else(|| {
-        dir.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    });
-    let manifest = Manifest::parse(&text, &crate_name, "0.0.0")
+    let manifest = crate::values::load_manifest(toml_path)
         .with_context(|| format!("--fn {}", toml_path.display()))?;
+    // The binary is named after the crate; the manifest's name defaults to it.
+    let crate_name = toml_path
+        .parent()
+        .and_then(crate::values::package_name)
+        .unwrap_or_else(|| manifest.name.clone());
     let binary = binary.unwrap_or_else(|| bin_dir.join(&crate_name));
     if !binary.is_file() {
         bail!(

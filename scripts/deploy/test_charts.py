@@ -1,0 +1,355 @@
+#!/usr/bin/env python3
+"""The charts, checked without a cluster (run by `make test-deploy`, part of `make test`).
+
+For every function under functions/ and for the platform chart:
+  1. values come from function.toml through `zerofn values` (the same path `make render/deploy` take);
+  2. real Helm renders the chart (helm_render.py);
+  3. every object validates: core kinds with kubernetes-validate (Kubernetes 1.32, strict), CRDs with JSON
+     Schema from the vendored upstream CRDs in helm/schemas/;
+  4. policies hold over everything rendered: no container as root, probes and limits on every pod, no
+     secret value in any manifest, a dead-letter topic for every event topic;
+  5. golden checks: function.toml (read here independently, with tomllib) -> rendered ScaledObject /
+     Knative Service fields, and a snapshot of each function's full manifest (UPDATE_GOLDEN=1 rewrites it).
+"""
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+ZEROFN = os.environ.get("ZEROFN_BIN", str(ROOT / "target" / "debug" / "zerofn"))
+RENDER = [sys.executable, str(ROOT / "scripts" / "deploy" / "helm_render.py")]
+SCHEMAS = ROOT / "helm" / "schemas"
+GOLDEN = ROOT / "helm" / "testdata"
+K8S_VERSION = "1.32"
+CRDS = {
+    ("keda.sh/v1alpha1", "ScaledObject"): "keda-scaledobject.crd.yaml",
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): "keda-triggerauthentication.crd.yaml",
+    ("keda.sh/v1alpha1", "ClusterTriggerAuthentication"): "keda-clustertriggerauthentication.crd.yaml",
+    ("dapr.io/v1alpha1", "Component"): "dapr-component.crd.yaml",
+    ("dapr.io/v1alpha1", "Resiliency"): "dapr-resiliency.crd.yaml",
+    ("dapr.io/v2alpha1", "Subscription"): "dapr-subscription.crd.yaml",
+    ("serving.knative.dev/v1", "Service"): "knative-serving-service.crd.yaml",
+    ("sources.knative.dev/v1", "KafkaSource"): "knative-kafkasource.crd.yaml",
+}
+CORE_GROUPS = ("v1", "apps/v1", "policy/v1", "networking.k8s.io/v1", "autoscaling/v2")
+SECRET_NAME = re.compile(r"(TOKEN|PASSWORD|SECRET|PASSWD|CREDENTIALS?)$", re.I)
+failures = []
+quiet = False
+
+
+def fail(msg):
+    failures.append(msg)
+    if not quiet:
+        print(f"FAIL {msg}", file=sys.stderr)
+
+
+def run(cmd, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))}: exit {r.returncode}\n{r.stderr}")
+    return r.stdout
+
+
+def render(chart, *values):
+    with tempfile.TemporaryDirectory() as d:
+        files = []
+        for i, v in enumerate(values):
+            p = Path(d) / f"values{i}.json"
+            p.write_text(json.dumps(v))
+            files.append(str(p))
+        text = run(RENDER + [str(ROOT / "helm" / chart)] + files)
+    return text, [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def crd_schema(file, version):
+    crd = yaml.safe_load((SCHEMAS / file).read_text())
+    for v in crd["spec"]["versions"]:
+        if v["name"] == version:
+            return v["schema"]["openAPIV3Schema"]
+    raise KeyError(f"{file} has no version {version}")
+
+
+def validate(where, docs):
+    for doc in docs:
+        api, kind, name = doc.get("apiVersion"), doc.get("kind"), doc.get("metadata", {}).get("name")
+        label = f"{where}: {kind}/{name}"
+        if (api, kind) in CRDS:
+            schema = crd_schema(CRDS[(api, kind)], api.split("/")[1])
+            errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
+            for e in errors:
+                fail(f"{label}: {'/'.join(map(str, e.path))}: {e.message}")
+        elif api == "kafka.strimzi.io/v1beta2" and kind == "KafkaTopic":
+            schema = json.loads((SCHEMAS / "strimzi-kafkatopic.schema.json").read_text())
+            for e in jsonschema.Draft7Validator(schema).iter_errors(doc):
+                fail(f"{label}: {'/'.join(map(str, e.path))}: {e.message}")
+        elif api in CORE_GROUPS:
+            try:
+                kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                fail(f"{label}: {e.message}")
+        else:
+            fail(f"{label}: no schema to validate {api} {kind} against")
+
+
+def pod_specs(docs):
+    for doc in docs:
+        if doc["kind"] == "Deployment" or (doc["kind"] == "Service" and doc["apiVersion"].startswith("serving.knative.dev")):
+            yield f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["template"]["spec"]
+
+
+def policies(where, docs, text):
+    for label, spec in pod_specs(docs):
+        pod = spec.get("securityContext", {})
+        for c in spec["containers"]:
+            sc = c.get("securityContext", {})
+            who = f"{where}: {label} container {c['name']}"
+            if not (sc.get("runAsNonRoot") or pod.get("runAsNonRoot")) or 0 in (sc.get("runAsUser"), pod.get("runAsUser")):
+                fail(f"{who} may run as root")
+            if sc.get("allowPrivilegeEscalation") is not False:
+                fail(f"{who} allows privilege escalation")
+            if sc.get("readOnlyRootFilesystem") is not True:
+                fail(f"{who} has a writable root filesystem")
+            if "ALL" not in sc.get("capabilities", {}).get("drop", []):
+                fail(f"{who} keeps capabilities")
+            if (sc.get("seccompProfile") or pod.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+                fail(f"{who} has no RuntimeDefault seccomp profile")
+            for probe in ("livenessProbe", "readinessProbe"):
+                if probe not in c:
+                    fail(f"{who} has no {probe}")
+            limits = c.get("resources", {}).get("limits", {})
+            if not {"cpu", "memory"} <= limits.keys():
+                fail(f"{who} has no cpu and memory limits")
+            for env in c.get("env", []):
+                if "value" in env and SECRET_NAME.search(env["name"]):
+                    fail(f"{who}: secret {env['name']} is a literal value, not a secretKeyRef")
+                if "value" in env and re.search(r"://[^/\s:@]+:[^/\s@]+@", str(env["value"])):
+                    fail(f"{who}: {env['name']} carries credentials in a URL")
+    for doc in docs:
+        if doc["kind"] == "Secret":
+            fail(f"{where}: a Secret is rendered ({doc['metadata']['name']}): secrets are referenced, never shipped")
+        if doc["kind"] == "Component":
+            for m in doc["spec"].get("metadata", []):
+                if "value" in m and SECRET_NAME.search(m["name"]):
+                    fail(f"{where}: component {doc['metadata']['name']} has {m['name']} as a literal value")
+    if "PLACEHOLDER-SECRET" in text:
+        fail(f"{where}: the planted secret value leaked into the manifest")
+
+
+def one(docs, kind, api_prefix=""):
+    found = [d for d in docs if d["kind"] == kind and d["apiVersion"].startswith(api_prefix)]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def golden_fields(fn, manifest, docs):
+    """function.toml, read here, against what was rendered."""
+    f = manifest.get("function", {})
+    name = f.get("name", fn)
+    s = manifest.get("scaling", {})
+    cooldown = s.get("cooldown", "120s")
+    cooldown_s = int(cooldown[:-1]) * {"s": 1, "m": 60, "h": 3600}[cooldown[-1]]
+    subs = [x["topic"] for x in manifest.get("subscriptions", [])]
+    if subs:
+        so = one(docs, "ScaledObject")
+        dep = one(docs, "Deployment")
+        ann = dep["spec"]["template"]["metadata"]["annotations"]
+        expect = {
+            "minReplicaCount": s.get("min", 0), "maxReplicaCount": s.get("max", 4), "cooldownPeriod": cooldown_s,
+        }
+        for k, v in expect.items():
+            if so["spec"].get(k) != v:
+                fail(f"{fn}: ScaledObject {k} = {so['spec'].get(k)}, function.toml says {v}")
+        if so["spec"]["scaleTargetRef"]["name"] != dep["metadata"]["name"]:
+            fail(f"{fn}: ScaledObject does not target the Deployment")
+        topics = sorted(t["metadata"]["topic"] for t in so["spec"]["triggers"])
+        if topics != sorted(subs):
+            fail(f"{fn}: trigger topics {topics} != subscriptions {sorted(subs)}")
+        for t in so["spec"]["triggers"]:
+            md = t["metadata"]
+            if md["consumerGroup"] != ann["dapr.io/app-id"] or md["consumerGroup"] != name:
+                fail(f"{fn}: consumer group {md['consumerGroup']} != Dapr app id {ann['dapr.io/app-id']}")
+            if md["lagThreshold"] != str(s.get("lag_threshold", 100)):
+                fail(f"{fn}: lagThreshold {md['lagThreshold']} != {s.get('lag_threshold', 100)}")
+            if md["activationLagThreshold"] != str(s.get("activation_lag_threshold", 0)):
+                fail(f"{fn}: activationLagThreshold {md['activationLagThreshold']}")
+            if md["offsetResetPolicy"] != "earliest":
+                fail(f"{fn}: offsetResetPolicy {md['offsetResetPolicy']}: must pair with Dapr's initialOffset oldest")
+    elif "http" in manifest:
+        ks = one(docs, "Service", "serving.knative.dev")
+        ann = ks["spec"]["template"]["metadata"]["annotations"]
+        h = manifest["http"]
+        timeout = h.get("timeout", "60s")
+        expect = {
+            "autoscaling.knative.dev/target": str(h.get("concurrency", 10)),
+            "autoscaling.knative.dev/min-scale": str(s.get("min", 0)),
+            "autoscaling.knative.dev/max-scale": str(s.get("max", 4)),
+            "autoscaling.knative.dev/metric": "concurrency",
+        }
+        for k, v in expect.items():
+            if ann.get(k) != v:
+                fail(f"{fn}: {k} = {ann.get(k)}, function.toml says {v}")
+        if ks["spec"]["template"]["spec"]["timeoutSeconds"] != int(timeout[:-1]):
+            fail(f"{fn}: timeoutSeconds != [http] timeout {timeout}")
+
+
+def snapshot(fn, text):
+    path = GOLDEN / f"{fn}.yaml"
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    elif not path.exists() or path.read_text() != text:
+        fail(f"{fn}: rendered manifest differs from {path.relative_to(ROOT)} (UPDATE_GOLDEN=1 make test-deploy to accept)")
+
+
+def checks_can_fail(docs, text):
+    """The validators and policies reject what they should (a check that cannot fail checks nothing)."""
+    global failures, quiet
+    bad = copy.deepcopy(docs)
+    for d in bad:
+        if d["kind"] == "ScaledObject":
+            d["spec"]["minReplicaCount"] = "zero"
+        if d["kind"] == "Deployment":
+            d["spec"]["replicas"] = "two"
+            c = d["spec"]["template"]["spec"]["containers"][0]
+            c["securityContext"]["runAsUser"] = 0
+            del c["readinessProbe"]
+            c["env"].append({"name": "DAPR_API_TOKEN", "value": "PLACEHOLDER-SECRET"})
+    kept, failures, quiet = failures, [], True
+    validate("self-check", bad)
+    policies("self-check", bad, text + "PLACEHOLDER-SECRET")
+    caught, failures, quiet = failures, kept, False
+    expected = ["minReplicaCount", "'two'", "may run as root", "no readinessProbe", "literal value", "leaked"]
+    for e in expected:
+        if not any(e in c for c in caught):
+            fail(f"self-check: a broken manifest was not caught ({e!r} not in {caught})")
+
+
+def deploy_without_a_cluster():
+    """`make deploy` with no cluster reachable fails fast, says so, and builds, pushes and changes nothing."""
+    import shutil
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed once the block ends: nothing listens there
+    with tempfile.TemporaryDirectory() as d:
+        kubeconfig = Path(d) / "kubeconfig"
+        kubeconfig.write_text(f"""apiVersion: v1
+kind: Config
+clusters: [{{name: gone, cluster: {{server: "https://127.0.0.1:{port}"}}}}]
+users: [{{name: gone, user: {{token: x}}}}]
+contexts: [{{name: gone, context: {{cluster: gone, user: gone}}}}]
+current-context: gone
+""")
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "ZEROFN_BIN": ZEROFN}
+        if shutil.which("kubectl"):
+            started = time.monotonic()
+            r = subprocess.run([str(ROOT / "scripts/deploy/deploy.sh"), "deploy", "notify"], env=env, capture_output=True, text=True, timeout=60)
+            took = time.monotonic() - started
+            if r.returncode != 3 or "no Kubernetes cluster reachable (context: gone)" not in r.stderr or "nothing was built, pushed or changed" not in r.stderr:
+                fail(f"deploy without a cluster: exit {r.returncode}, stderr {r.stderr!r}")
+            if "building" in r.stderr or "helm upgrade" in r.stderr:
+                fail(f"deploy without a cluster went on: {r.stderr!r}")
+            print(f"ok   deploy without a cluster: exit 3 after {took:.1f} s, nothing built", file=sys.stderr)
+        else:
+            print("skip deploy without a cluster: kubectl is not installed here (the missing-tool check below runs)", file=sys.stderr)
+        # Without kubectl: the tool is named, with where to get it.
+        bare = Path(d) / "bin"
+        bare.mkdir()
+        for tool in ("bash", "git", "dirname", "mktemp", "rm", "cat", "env"):
+            found = shutil.which(tool)
+            if found:
+                (bare / tool).symlink_to(found)
+        r = subprocess.run([str(ROOT / "scripts/deploy/deploy.sh"), "deploy", "notify"], env={**env, "PATH": str(bare)}, capture_output=True, text=True, timeout=60)
+        if r.returncode != 2 or "kubectl is not installed" not in r.stderr:
+            fail(f"deploy without kubectl: exit {r.returncode}, stderr {r.stderr!r}")
+
+
+def main():
+    functions = sorted(p.parent.name for p in (ROOT / "functions").glob("*/function.toml"))
+    all_manifests = {}
+    for fn in functions:
+        manifest = tomllib.loads((ROOT / "functions" / fn / "function.toml").read_text())
+        all_manifests[fn] = manifest
+        values = json.loads(run([ZEROFN, "values", str(ROOT / "functions" / fn), "--image", f"registry.test/zerofn/{fn}:test"]))
+        text, docs = render("zerofn-function", values)
+        validate(fn, docs)
+        policies(fn, docs, text)
+        if fn == "notify":
+            checks_can_fail(docs, text)
+        golden_fields(fn, manifest, docs)
+        snapshot(fn, text)
+        # Every option that renders more: Kafka auth, a ServiceMonitor, a secret store URL by reference.
+        extra = {"kafka": {"auth": {"enabled": True}}, "secretEnv": {"ZEROFN_STORE": {"name": f"{fn}-store", "key": "url"}}}
+        text, docs = render("zerofn-function", values, extra)
+        validate(f"{fn} (auth)", [d for d in docs if d["kind"] != "ServiceMonitor"])
+        policies(f"{fn} (auth)", docs, text)
+        if manifest.get("subscriptions") and not any(d["kind"] == "TriggerAuthentication" for d in docs):
+            fail(f"{fn}: kafka.auth.enabled renders no TriggerAuthentication")
+        print(f"ok   {fn}: {len(docs)} objects rendered and validated", file=sys.stderr)
+
+    # A missing required value is a render error naming it.
+    try:
+        render("zerofn-function", {"image": {"repository": "r", "tag": "t"}})
+        fail("rendering without function.name succeeded")
+    except RuntimeError as e:
+        if "function/name" not in str(e) and "function.name" not in str(e):
+            fail(f"unclear error without function.name: {e}")
+
+    platform = json.loads(run([ZEROFN, "values", "--platform", "--functions-dir", str(ROOT / "functions")]))
+    image = {"gateway": {"image": {"repository": "registry.test/zerofn/zerofn", "tag": "test"}}}
+    text, docs = render("zerofn-platform", platform, image)
+    validate("platform", docs)
+    policies("platform", docs, text)
+    snapshot("platform", text)
+    topics = {d["spec"]["topicName"]: d for d in docs if d["kind"] == "KafkaTopic"}
+    for fn, m in all_manifests.items():
+        dlq = m.get("delivery", {}).get("dead_letter_topic", f"deadletter.{m.get('function', {}).get('name', fn)}")
+        if dlq not in topics or topics[dlq]["metadata"]["labels"]["zerofn.dev/dead-letter"] != "true":
+            fail(f"platform: {fn}'s dead-letter topic {dlq} is not created")
+        for s in m.get("subscriptions", []):
+            if s["topic"] not in topics:
+                fail(f"platform: topic {s['topic']} ({fn}) is not created")
+            if m.get("scaling", {}).get("max", 4) > topics[s["topic"]]["spec"]["partitions"]:
+                fail(f"platform: {fn} scales beyond the partitions of {s['topic']}")
+    for t, d in topics.items():
+        spec = d["spec"]
+        if spec["replicas"] != 3 or spec["config"]["min.insync.replicas"] != 2 or spec["config"]["retention.ms"] != 604800000:
+            fail(f"platform: topic {t} is not replication 3 / min ISR 2 / 7 days")
+    # The chart's Dapr components are contracts/dapr's.
+    for f in ("pubsub-kafka.yaml", "statestore-redis.yaml", "secretstore-kubernetes.yaml", "resiliency.yaml"):
+        want = yaml.safe_load((ROOT / "contracts" / "dapr" / f).read_text())
+        got = [d for d in docs if d["kind"] == want["kind"] and d["metadata"]["name"] == want["metadata"]["name"]]
+        if not got or got[0]["spec"] != want["spec"]:
+            fail(f"platform: {want['kind']}/{want['metadata']['name']} differs from contracts/dapr/{f}")
+    pubsub = next(d for d in docs if d["kind"] == "Component" and d["spec"]["type"] == "pubsub.kafka")
+    if {m["name"]: m.get("value") for m in pubsub["spec"]["metadata"]}.get("initialOffset") != "oldest":
+        fail("platform: the Kafka component must start new groups at the oldest offset (KEDA: earliest)")
+    # The dashboard only queries metrics the runtime and the gateway export.
+    names = set(re.findall(r'"(zerofn_[a-z_]+)"', (ROOT / "runtime" / "src" / "instruments.rs").read_text()))
+    board = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "zerofn-dashboard")
+    for expr in re.findall(r"zerofn_[a-z_]+", board["data"]["zerofn.json"]):
+        base = re.sub(r"_(bucket|sum|count)$", "", expr)
+        if base not in names:
+            fail(f"platform: the dashboard queries {expr}, which nothing exports")
+    print(f"ok   platform: {len(docs)} objects rendered and validated", file=sys.stderr)
+
+    deploy_without_a_cluster()
+
+    if failures:
+        sys.exit(f"{len(failures)} chart check(s) failed")
+
+
+if __name__ == "__main__":
+    main()
