@@ -37,11 +37,15 @@ values="$(mktemp -d)"; trap 'rm -rf "$values"' EXIT
 case "$action" in
   deploy)
     image="$registry/$fn:$tag"
-    step "building $image"
-    "$root/scripts/deploy/image.sh" "$fn"
-    step "pushing $image"
-    builder="$("$root/scripts/deploy/image.sh" --builder)"
-    "$builder" push "$image"
+    if [[ -n "${SKIP_BUILD:-}" ]]; then
+      step "using $image as built and pushed earlier (SKIP_BUILD)"
+    else
+      step "building $image"
+      "$root/scripts/deploy/image.sh" "$fn"
+      step "pushing $image"
+      builder="$("$root/scripts/deploy/image.sh" --builder)"
+      "$builder" push "$image"
+    fi
     step "values from functions/$fn/function.toml"
     "$zerofn" values "$root/functions/$fn" --image "$image" > "$values/values.json"
     extra=()

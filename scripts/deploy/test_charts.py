@@ -290,6 +290,10 @@ def main():
             checks_can_fail(docs, text)
         golden_fields(fn, manifest, docs)
         snapshot(fn, text)
+        # `make render fn=NAME` (render.sh) gives exactly this.
+        via_make = run([str(ROOT / "scripts/deploy/render.sh"), fn], env={**os.environ, "REGISTRY": "registry.test/zerofn", "TAG": "test", "ZEROFN_BIN": ZEROFN})
+        if via_make != text:
+            fail(f"{fn}: make render differs from the checked rendering")
         # Every option that renders more: Kafka auth, a ServiceMonitor, a secret store URL by reference.
         extra = {"kafka": {"auth": {"enabled": True}}, "secretEnv": {"ZEROFN_STORE": {"name": f"{fn}-store", "key": "url"}}}
         text, docs = render("zerofn-function", values, extra)
@@ -344,6 +348,14 @@ def main():
         if base not in names:
             fail(f"platform: the dashboard queries {expr}, which nothing exports")
     print(f"ok   platform: {len(docs)} objects rendered and validated", file=sys.stderr)
+
+    # Cluster-level manifests in keda/ and knative/.
+    for path in sorted([*(ROOT / "keda").glob("*.yaml"), *(ROOT / "knative").glob("*.yaml")]):
+        if path.name == "values.yaml":
+            continue  # Helm values for KEDA's own chart, not a manifest
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        validate(str(path.relative_to(ROOT)), docs)
+        print(f"ok   {path.relative_to(ROOT)}: {len(docs)} object(s) validated", file=sys.stderr)
 
     deploy_without_a_cluster()
 
