@@ -125,6 +125,14 @@ pub(crate) fn router(backend: Arc<dyn Backend>, max_body: usize) -> Result<Route
         .with_state(state))
 }
 
+fn unknown_function(name: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "unknown_function",
+        &format!("no HTTP function named {name:?} (its function.toml needs an [http] section)"),
+    )
+}
+
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(json!({"error": code, "message": message}))).into_response()
 }
@@ -332,13 +340,7 @@ async fn async_invoke(State(g): State<Gateway>, request: Request) -> Response {
     let span = request_span(&format!("POST /async/{name}"), request.headers());
     let response = async {
         if !g.backend.is_http_function(&name) {
-            return error(
-                StatusCode::NOT_FOUND,
-                "unknown_function",
-                &format!(
-                    "no HTTP function named {name:?} (its function.toml needs an [http] section)"
-                ),
-            );
+            return unknown_function(&name);
         }
         let (parts, body) = request.into_parts();
         let bytes = match read_limited(&g, body).await {
@@ -464,13 +466,7 @@ async fn forward(
     );
     let response = async {
         if !g.backend.is_http_function(&name) {
-            return error(
-                StatusCode::NOT_FOUND,
-                "unknown_function",
-                &format!(
-                    "no HTTP function named {name:?} (its function.toml needs an [http] section)"
-                ),
-            );
+            return unknown_function(&name);
         }
         let queued = g.metrics.queued(&name);
         let upstream = match g.backend.upstream(&name, &queued).await {

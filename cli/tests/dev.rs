@@ -13,7 +13,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use zerofn_tests::{FnProcess, OtlpReceiver, ReceivedSpan, client, fresh_id};
+use zerofn_tests::{FnProcess, OtlpReceiver, ReceivedSpan, client, fresh_id, one_span as one};
 
 const ZEROFN: &str = env!("CARGO_BIN_EXE_zerofn");
 
@@ -616,23 +616,6 @@ async fn bad_events_at_the_gateway_get_precise_errors_and_a_dead_letter_record()
         })
         .await;
     engine.stop().await;
-}
-
-fn one<'a>(spans: &'a [ReceivedSpan], service: &str, name: &str) -> &'a ReceivedSpan {
-    let found: Vec<&ReceivedSpan> = spans
-        .iter()
-        .filter(|s| s.service == service && s.name == name)
-        .collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "{service}/{name} in {:#?}",
-        spans
-            .iter()
-            .map(|s| (&s.service, &s.name, &s.parent_span_id))
-            .collect::<Vec<_>>()
-    );
-    found[0]
 }
 
 #[tokio::test]

@@ -531,6 +531,25 @@ pub struct ReceivedSpan {
     pub attributes: std::collections::HashMap<String, String>,
 }
 
+/// The one span of `service` named `name` (fails the test, listing every span, if there is not exactly one).
+#[track_caller]
+pub fn one_span<'a>(spans: &'a [ReceivedSpan], service: &str, name: &str) -> &'a ReceivedSpan {
+    let found: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.service == service && s.name == name)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "{service}/{name} in {:#?}",
+        spans
+            .iter()
+            .map(|s| (&s.service, &s.name))
+            .collect::<Vec<_>>()
+    );
+    found[0]
+}
+
 /// A real OTLP/gRPC trace receiver (the collector protocol) on 127.0.0.1.
 #[derive(Debug)]
 pub struct OtlpReceiver {

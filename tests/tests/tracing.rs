@@ -7,28 +7,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use zerofn::testing::Recorder;
-use zerofn_tests::{FnProcess, OtlpReceiver, ReceivedSpan, client, fresh_id, structured, task};
+use zerofn_tests::{
+    FnProcess, OtlpReceiver, ReceivedSpan, client, fresh_id, one_span as one, structured, task,
+};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_probe");
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
-
-fn one<'a>(spans: &'a [ReceivedSpan], service: &str, name: &str) -> &'a ReceivedSpan {
-    let found: Vec<&ReceivedSpan> = spans
-        .iter()
-        .filter(|s| s.service == service && s.name == name)
-        .collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "{service}/{name} in {:#?}",
-        spans
-            .iter()
-            .map(|s| (&s.service, &s.name))
-            .collect::<Vec<_>>()
-    );
-    found[0]
-}
 
 #[tokio::test]
 async fn spans_of_both_functions_share_one_trace_with_correct_parents() {
