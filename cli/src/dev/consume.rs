@@ -131,7 +131,7 @@ pub(crate) async fn partition_loop(
             }
             continue;
         }
-        let Some(lease) = f.pick_partition(&engine.log, &topic, partition) else {
+        let Some(lease) = f.pick_partition(&topic, partition) else {
             // No replica yet: the scaler has been woken by the append; wait for one.
             f.nudge();
             tokio::select! {
@@ -190,8 +190,7 @@ async fn deliver(
         if engine.opts.chaos.contains(&Chaos::Slow) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let statuses = match f.pick_partition(&engine.log, &records[0].topic, records[0].partition)
-        {
+        let statuses = match f.pick_partition(&records[0].topic, records[0].partition) {
             Some(lease) => attempt(engine, &lease, route.as_ref(), &records).await,
             None => vec![Status::Retry; records.len()],
         };

@@ -83,6 +83,8 @@ pub(crate) struct Function {
     pub(crate) sidecar_port: u16,
     /// Subscribed topics, plus `async.{name}` for an HTTP function.
     pub(crate) topics: Vec<String>,
+    /// Index of each topic's partition 0 among all the function's partitions (for assignment).
+    first_partition: BTreeMap<String, usize>,
     st: Mutex<FnState>,
     wake: Notify,
     /// Bumped whenever the replica set changes or a start fails.
@@ -132,7 +134,8 @@ pub(crate) enum Unavailable {
 }
 
 impl Function {
-    pub(crate) fn new(spec: FunctionSpec, sidecar_port: u16) -> Function {
+    /// `log` already has every topic of the function (their partition counts are fixed).
+    pub(crate) fn new(spec: FunctionSpec, sidecar_port: u16, log: &Log) -> Function {
         let name = spec.manifest.name.clone();
         let mut topics: Vec<String> = spec
             .manifest
@@ -144,7 +147,15 @@ impl Function {
             topics.push(async_topic(&name));
         }
         topics.dedup();
+        let counts = log.topics();
+        let mut first_partition = BTreeMap::new();
+        let mut next = 0usize;
+        for t in &topics {
+            first_partition.insert(t.clone(), next);
+            next += counts.get(t).copied().unwrap_or(1) as usize;
+        }
         Function {
+            first_partition,
             name,
             manifest: spec.manifest,
             binary: spec.binary,
@@ -205,20 +216,8 @@ impl Function {
     /// The replica that owns partition `partition` of `topic`: partitions of all the
     /// function's topics, in order, dealt round-robin over the serving replicas (rebalanced
     /// whenever the set changes; one delivery per partition at a time, so order holds).
-    pub(crate) fn pick_partition(&self, log: &Log, topic: &str, partition: u32) -> Option<Lease> {
-        let index = {
-            let mut i = 0usize;
-            let mut found = None;
-            for t in &self.topics {
-                let n = log.topics().get(t).copied().unwrap_or(1);
-                if t == topic {
-                    found = Some(i + partition as usize);
-                    break;
-                }
-                i += n as usize;
-            }
-            found?
-        };
+    pub(crate) fn pick_partition(&self, topic: &str, partition: u32) -> Option<Lease> {
+        let index = self.first_partition.get(topic)? + partition as usize;
         let st = self.st();
         let serving: Vec<&Arc<Replica>> = st.replicas.iter().filter(|r| r.serving()).collect();
         if serving.is_empty() {

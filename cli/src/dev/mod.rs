@@ -176,7 +176,7 @@ impl Dev {
             }
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let port = listener.local_addr()?.port();
-            let function = Arc::new(Function::new(spec, port));
+            let function = Arc::new(Function::new(spec, port, &log));
             let router = sidecar::router(function.clone(), log.clone(), drop_publish);
             tokio::spawn(async move {
                 let _ = axum::serve(listener, router).await;
