@@ -1,0 +1,144 @@
+//! `make bench`, the local engine's part: event throughput through the whole path (gateway append →
+//! log → scaler → replicas → probe handler → commit) and HTTP requests through the gateway, on the real
+//! `zerofn dev` binary with release builds. Bounded in count; prints numbers, asserts nothing about speed.
+
+#![allow(clippy::print_stdout, clippy::unwrap_used)] // a report printer
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use zerofn_tests::{FnProcess, client, task};
+
+const EVENTS: usize = 5000;
+const REQUESTS: usize = 2000;
+const CONCURRENCY: usize = 50;
+
+async fn status(url: &str) -> Value {
+    let all: Value = client()
+        .get(format!("{url}/_zerofn/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    all["functions"][0].clone()
+}
+
+#[tokio::main]
+async fn main() {
+    let zerofn = env!("CARGO_BIN_EXE_zerofn");
+    let probe = std::path::Path::new(zerofn).with_file_name("probe");
+    assert!(
+        probe.is_file(),
+        "build the probe first: cargo build --release -p zerofn-tests --bins"
+    );
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/function.toml");
+    let state = std::env::temp_dir().join(format!("zerofn-bench-{}", std::process::id()));
+    let function = format!("{}={}", manifest.display(), probe.display());
+    let state_arg = state.display().to_string();
+    let engine = FnProcess::start_with_args(
+        zerofn,
+        &[
+            "dev",
+            "--listen",
+            "127.0.0.1:{port}",
+            "--state-dir",
+            &state_arg,
+            "--fn",
+            &function,
+        ],
+        &[("ZEROFN_LOG", "warn")],
+    )
+    .await;
+    let url = engine.url();
+
+    // Events: posted in batches of 500 to a function at zero; time until all are committed.
+    let started = Instant::now();
+    for batch in 0..EVENTS / 500 {
+        let events: Vec<Value> = (0..500)
+            .map(|i| {
+                let n = batch * 500 + i;
+                json!({"specversion": "1.0", "id": format!("bench-{n}"), "source": "/bench", "type": "todo.task.created",
+                       "partitionkey": format!("k{}", n % 64), "data": task("fine")})
+            })
+            .collect();
+        let r = client()
+            .post(format!("{url}/events"))
+            .header("content-type", "application/cloudevents-batch+json")
+            .json(&events)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    let appended = started.elapsed();
+    let mut most = 0;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let s = status(&url).await;
+        most = most.max(s["replicas"].as_u64().unwrap_or(0));
+        if s["processed"].as_u64() == Some(EVENTS as u64) && s["total_lag"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not done in 10 min: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let total = started.elapsed();
+    let s = status(&url).await;
+    println!(
+        "zerofn dev, probe function, 4 partitions, lag threshold 100, max 4 replicas (release build)\n"
+    );
+    println!("{EVENTS} events from zero replicas");
+    println!(
+        "  appended through POST /events in {:.0} ms ({:.0} events/s)",
+        appended.as_secs_f64() * 1e3,
+        EVENTS as f64 / appended.as_secs_f64()
+    );
+    println!(
+        "  all handled and committed after {:.2} s: {:.0} events/s end to end",
+        total.as_secs_f64(),
+        EVENTS as f64 / total.as_secs_f64()
+    );
+    println!(
+        "  replicas at most {most}; cold start to ready {} ms",
+        s["last_cold_start_ms"]
+    );
+
+    // HTTP: REQUESTS requests, CONCURRENCY at a time, through /fn/probe/hello (replicas are warm by now).
+    let latencies = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::with_capacity(REQUESTS)));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let url = format!("{url}/fn/probe/hello");
+            let latencies = latencies.clone();
+            tokio::spawn(async move {
+                let http = client();
+                for _ in 0..REQUESTS / CONCURRENCY {
+                    let t = Instant::now();
+                    let r = http.get(&url).send().await.unwrap();
+                    assert_eq!(r.status(), 200);
+                    let _ = r.bytes().await;
+                    latencies.lock().await.push(t.elapsed());
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let took = started.elapsed();
+    let mut l = latencies.lock().await.clone();
+    l.sort();
+    let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)].as_secs_f64() * 1e3;
+    println!("\n{REQUESTS} HTTP requests through the gateway, {CONCURRENCY} at a time");
+    println!(
+        "  {:.0} requests/s; latency median {:.2} ms, p95 {:.2} ms, max {:.2} ms",
+        REQUESTS as f64 / took.as_secs_f64(),
+        pct(0.5),
+        pct(0.95),
+        pct(1.0)
+    );
+    drop(engine);
+    let _ = std::fs::remove_dir_all(state);
+}
