@@ -421,8 +421,7 @@ impl Engine {
                 st.starting += 1;
                 st.next_id += 1;
                 let id = st.next_id;
-                let from_zero = st.replicas.is_empty() && st.starting == 1;
-                tokio::spawn(self.clone().start_replica(f.clone(), id, from_zero));
+                tokio::spawn(self.clone().start_replica(f.clone(), id));
             }
         } else if desired < current {
             let mut serving: Vec<Arc<Replica>> = st
@@ -441,7 +440,7 @@ impl Engine {
         }
     }
 
-    async fn start_replica(self: Arc<Self>, f: Arc<Function>, id: u64, from_zero: bool) {
+    async fn start_replica(self: Arc<Self>, f: Arc<Function>, id: u64) {
         let began = Instant::now();
         let data_dir = self.opts.state_dir.join("functions").join(&f.name);
         let spec = Spec {
@@ -459,7 +458,8 @@ impl Engine {
             Ok(replica) => {
                 let replica = Arc::new(replica);
                 let ms = began.elapsed().as_millis() as u64;
-                if from_zero {
+                // A cold start: the first replica ready while none was serving.
+                if !st.replicas.iter().any(|r| r.serving()) {
                     f.stats.cold_starts.fetch_add(1, Ordering::Relaxed);
                     f.stats.last_cold_start_ms.store(ms, Ordering::Relaxed);
                     tracing::info!(function = %f.name, replica = id, cold_start_ms = ms, "cold start: replica ready");
