@@ -149,7 +149,107 @@ impl Backend for Cluster {
         self.routes.keys().cloned().collect()
     }
 
+    fn replays_async(&self) -> bool {
+        false
+    }
+
     fn status(&self) -> Option<Value> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use axum::{body::Body, http::Request};
+    use tower::ServiceExt as _;
+    use zerofn::testing::Recorder;
+
+    fn gateway(dapr: &Recorder) -> axum::Router {
+        let backend: Arc<dyn Backend> = Arc::new(Cluster {
+            client: reqwest::Client::new(),
+            dapr: dapr.url(),
+            pubsub: "kafka-pubsub".into(),
+            token: Some("sidecar-token".into()),
+            routes: BTreeMap::from([("categorize".to_string(), "http://127.0.0.1:9".to_string())]),
+            timeout: Duration::from_secs(5),
+        });
+        gateway::router(backend, 1 << 20).unwrap()
+    }
+
+    #[tokio::test]
+    async fn events_are_published_through_dapr_keyed_and_traced() {
+        let dapr = Recorder::start().await.unwrap();
+        let event = json!({
+            "specversion": "1.0", "id": "e-1", "source": "/s", "type": "todo.reminder.due", "subject": "u-7",
+            "data": serde_json::from_str::<Value>(include_str!("../../contracts/events/todo.reminder.due/valid/rent.json")).unwrap(),
+        });
+        let response = gateway(&dapr)
+            .oneshot(
+                Request::post("/events")
+                    .header("content-type", "application/cloudevents+json")
+                    .header(
+                        "traceparent",
+                        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                    )
+                    .body(Body::from(event.to_string()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        let published = dapr.requests();
+        assert_eq!(published.len(), 1);
+        let p = &published[0];
+        assert_eq!(
+            p.path_and_query,
+            "/v1.0/publish/kafka-pubsub/todo.reminder.due?metadata.partitionKey=u-7"
+        );
+        assert_eq!(p.header("content-type"), "application/cloudevents+json");
+        assert_eq!(p.header("dapr-api-token"), "sidecar-token");
+        assert!(
+            p.header("traceparent")
+                .starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+            "the caller's trace continues"
+        );
+        assert_eq!(p.json()["id"], "e-1");
+        assert_eq!(p.json()["traceparent"], p.header("traceparent"));
+    }
+
+    #[tokio::test]
+    async fn a_refused_publish_is_a_503_and_async_is_refused_where_nothing_replays_it() {
+        let dapr = Recorder::start().await.unwrap();
+        dapr.respond_with(500);
+        let event = json!({"specversion": "1.0", "id": "e-2", "source": "/s", "type": "todo.reminder.due",
+            "data": serde_json::from_str::<Value>(include_str!("../../contracts/events/todo.reminder.due/valid/rent.json")).unwrap()});
+        let response = gateway(&dapr)
+            .oneshot(
+                Request::post("/events")
+                    .header("content-type", "application/cloudevents+json")
+                    .body(Body::from(event.to_string()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            503,
+            "the caller retries; nothing is claimed as stored"
+        );
+        let response = gateway(&dapr)
+            .oneshot(
+                Request::post("/async/categorize/categorize")
+                    .body(Body::from("{}"))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 501);
+        let response = gateway(&dapr)
+            .oneshot(Request::get("/fn/unknown/x").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404);
     }
 }

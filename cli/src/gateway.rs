@@ -67,6 +67,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn functions(&self) -> Vec<String>;
     /// The engine's status (`GET /_zerofn/status`), if this backend has one.
     fn status(&self) -> Option<Value>;
+    /// Whether something replays `async.{name}` here (the local engine does). Where nothing
+    /// would, `POST /async` is refused rather than accepted and never run.
+    fn replays_async(&self) -> bool;
 }
 
 /// A ready upstream for one request.
@@ -341,6 +344,14 @@ async fn async_invoke(State(g): State<Gateway>, request: Request) -> Response {
     let response = async {
         if !g.backend.is_http_function(&name) {
             return unknown_function(&name);
+        }
+        if !g.backend.replays_async() {
+            return error(
+                StatusCode::NOT_IMPLEMENTED,
+                "async_not_available",
+                "asynchronous invocation needs a consumer of async.{name}, which only the local engine \
+                 (zerofn dev) runs; call /fn/{name} synchronously, or publish an event the function subscribes to",
+            );
         }
         let (parts, body) = request.into_parts();
         let bytes = match read_limited(&g, body).await {

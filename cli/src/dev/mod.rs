@@ -359,6 +359,10 @@ impl Backend for Local {
         self.engine.functions.keys().cloned().collect()
     }
 
+    fn replays_async(&self) -> bool {
+        true
+    }
+
     fn status(&self) -> Option<Value> {
         Some(self.engine.status())
     }
