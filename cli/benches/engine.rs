@@ -7,21 +7,14 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use zerofn_tests::{FnProcess, client, task};
+use zerofn_tests::{FnProcess, client, get_json, task};
 
 const EVENTS: usize = 5000;
 const REQUESTS: usize = 2000;
 const CONCURRENCY: usize = 50;
 
 async fn status(url: &str) -> Value {
-    let all: Value = client()
-        .get(format!("{url}/_zerofn/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all = get_json(&format!("{url}/_zerofn/status")).await;
     all["functions"][0].clone()
 }
 

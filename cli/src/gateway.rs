@@ -226,42 +226,30 @@ async fn append_events(
 ) -> Response {
     let incoming = header_str(headers, "traceparent");
     let mut records = Vec::with_capacity(events.len());
+    let mut accepted = Vec::with_capacity(events.len());
     for mut e in events {
         // The event continues its own trace if it carries one, else the request's.
         let parent = e.traceparent().map(str::to_string);
         let tp = zerofn::edge::traceparent_for(span, parent.as_deref().or(incoming));
         e.set_traceparent(&tp);
-        records.push((
-            e.ty.clone(),
-            e.id.clone(),
-            Outgoing {
-                topic: e.ty.clone(),
-                key: e.partition_key.clone(),
-                value: e.envelope.to_string().into_bytes(),
-                traceparent: Some(tp),
-            },
-        ));
+        records.push(Outgoing {
+            topic: e.ty.clone(),
+            key: e.partition_key.clone(),
+            value: e.envelope.to_string().into_bytes(),
+            traceparent: Some(tp),
+        });
+        accepted.push((e.ty, e.id));
     }
-    let types: Vec<(String, String)> = records
-        .iter()
-        .map(|(t, i, _)| (t.clone(), i.clone()))
-        .collect();
-    match g
-        .backend
-        .append(records.into_iter().map(|(_, _, r)| r).collect())
-        .await
-    {
+    match g.backend.append(records).await {
         Ok(positions) => {
-            for (ty, _) in &types {
-                g.metrics.events(ty, 1);
-            }
-            let accepted: Vec<Value> = types
-                .iter()
+            let accepted: Vec<Value> = accepted
+                .into_iter()
                 .zip(positions)
                 .map(|((ty, id), mut pos)| {
+                    g.metrics.events(&ty, 1);
                     if let Value::Object(m) = &mut pos {
-                        m.insert("id".into(), id.clone().into());
-                        m.insert("type".into(), ty.clone().into());
+                        m.insert("id".into(), id.into());
+                        m.insert("type".into(), ty.into());
                     }
                     pos
                 })
@@ -279,39 +267,14 @@ async fn append_events(
 /// Refuse a request: the status and message, plus a dead-letter record of the original bytes.
 async fn refuse(g: &Gateway, headers: &HeaderMap, bytes: &[u8], r: Rejection) -> Response {
     g.metrics.rejected(r.code);
-    let id = uuid::Uuid::now_v7().to_string();
-    let kept: serde_json::Map<String, Value> = headers
-        .iter()
-        .filter(|(n, _)| {
-            !matches!(
-                n.as_str(),
-                "authorization" | "cookie" | "dapr-api-token" | "proxy-authorization"
-            )
-        })
-        .map(|(n, v)| {
-            (
-                n.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
-            )
-        })
-        .collect();
-    let record = json!({
-        "dead_letter_id": id,
-        "function": "gateway",
-        "error_kind": r.code,
-        "reason": r.message,
-        "failed_at": chrono::Utc::now().to_rfc3339(),
-        "original": {
-            "headers": kept,
-            "body_base64": base64::engine::general_purpose::STANDARD.encode(bytes),
-        },
-    });
+    let record = g.edge.dead_letter(headers, bytes, &r);
+    let id = record.id.clone();
     let stored = g
         .backend
         .append(vec![Outgoing {
             topic: DEAD_LETTER_TOPIC.into(),
             key: None,
-            value: record.to_string().into_bytes(),
+            value: serde_json::to_vec(&record).unwrap_or_default(),
             traceparent: header_str(headers, "traceparent").map(str::to_string),
         }])
         .await;

@@ -13,7 +13,9 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use zerofn_tests::{FnProcess, OtlpReceiver, ReceivedSpan, client, fresh_id, one_span as one};
+use zerofn_tests::{
+    FnProcess, OtlpReceiver, ReceivedSpan, client, fresh_id, get_json, one_span as one, store_pool,
+};
 
 const ZEROFN: &str = env!("CARGO_BIN_EXE_zerofn");
 
@@ -76,14 +78,7 @@ impl Engine {
     }
 
     async fn status(&self, function: &str) -> Value {
-        let all: Value = client()
-            .get(self.url("/_zerofn/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let all = get_json(&self.url("/_zerofn/status")).await;
         all["functions"]
             .as_array()
             .unwrap()
@@ -162,13 +157,10 @@ fn task_event(id: &str, title: &str, key: &str) -> Value {
 
 /// Rows of `probe_effects`, in insertion order.
 async fn effects(store: &str) -> Vec<String> {
-    sqlx::any::install_default_drivers();
-    let path = store.trim_start_matches("sqlite:");
-    if !std::path::Path::new(path).exists() {
+    if !std::path::Path::new(store.trim_start_matches("sqlite:")).exists() {
         return Vec::new(); // no replica has started yet
     }
-    let url = format!("sqlite://{path}");
-    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let pool = store_pool(store).await;
     let rows: Vec<String> = sqlx::query_scalar("SELECT event_id FROM probe_effects ORDER BY rowid")
         .fetch_all(&pool)
         .await
@@ -275,13 +267,7 @@ async fn a_burst_scales_to_the_partition_cap_exactly_once_in_order() {
         );
     }
     // The idempotency store agrees: one completed record per event.
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&format!(
-        "sqlite://{}",
-        engine.store("probe").trim_start_matches("sqlite:")
-    ))
-    .await
-    .unwrap();
+    let pool = store_pool(&engine.store("probe")).await;
     let done: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM zerofn_inbox WHERE state = 'done' AND key LIKE $1",
     )
@@ -595,14 +581,7 @@ async fn bad_events_at_the_gateway_get_precise_errors_and_a_dead_letter_record()
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
-    let status: Value = client()
-        .get(engine.url("/_zerofn/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = get_json(&engine.url("/_zerofn/status")).await;
     assert_eq!(
         status["topics"]["deadletter.gateway"], 4,
         "the gateway's dead-letter topic exists"

@@ -78,6 +78,23 @@ impl Original {
         }
     }
 
+    /// An HTTP request as it arrived: its `Content-Type`, its body, and its headers without
+    /// credentials (`authorization`, `cookie`, `proxy-authorization`, `dapr-api-token`).
+    pub fn from_http(headers: &http::HeaderMap, body: &[u8]) -> Self {
+        let kept = headers
+            .iter()
+            .filter(|(name, _)| !SECRET_HEADERS.contains(&name.as_str()))
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_string(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let content_type = crate::intake::decode::content_type(headers).map(str::to_string);
+        Original::new(content_type, body, kept)
+    }
+
     /// The original bytes.
     pub fn bytes(&self) -> Vec<u8> {
         match (&self.body, &self.body_base64) {
@@ -89,6 +106,14 @@ impl Original {
         }
     }
 }
+
+/// Headers that must not end up in a dead-letter record.
+const SECRET_HEADERS: &[&str] = &[
+    "dapr-api-token",
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+];
 
 /// The failure: its stable code, whether it was retryable, and the message chain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,6 +13,7 @@ use crate::{
     Error,
     config::{Config, ConfigError},
     contract::Contracts,
+    dead_letter::{DeadLetter, DeadLetterError, Original},
     intake::{
         Failure, FailureKind,
         decode::{self, Decoded, Mode},
@@ -137,6 +138,38 @@ impl Edge {
                 Ok(accepted(d))
             })
             .collect()
+    }
+
+    /// The dead-letter record of a refused request, in the runtime's format (`zerofn dlq`
+    /// reads the same shape): function `gateway`, the original request (credentials removed),
+    /// and the rejection's code and message.
+    pub fn dead_letter(&self, headers: &HeaderMap, body: &[u8], r: &Rejection) -> DeadLetter {
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        DeadLetter {
+            id: uuid::Uuid::now_v7().to_string(),
+            function: "gateway".into(),
+            function_version: env!("CARGO_PKG_VERSION").into(),
+            key: String::new(),
+            event_id: None,
+            event_type: None,
+            event_source: None,
+            topic: None,
+            pubsub: None,
+            original: Original::from_http(headers, body),
+            error: DeadLetterError {
+                kind: r.code.into(),
+                class: "permanent".into(),
+                messages: vec![r.message.clone()],
+            },
+            attempts: 1,
+            first_failure: now.clone(),
+            last_failure: now,
+            trace_id: headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(TraceContext::parse)
+                .and_then(|t| t.to_string().get(3..35).map(str::to_string)),
+        }
     }
 
     fn check(&self, d: &Decoded) -> Result<(), Rejection> {

@@ -202,14 +202,19 @@ fn probe_routes(db: Option<sqlx::AnyPool>) -> axum::Router {
         )
 }
 
-/// How many `probe_effects` rows event `id` has in the SQL store at `url`.
-pub async fn effect_rows(url: &str, id: &str) -> i64 {
+/// A pool on the SQL store at `url` as the runtime spells it (`sqlite:PATH` or `postgres://…`).
+pub async fn store_pool(url: &str) -> sqlx::AnyPool {
     sqlx::any::install_default_drivers();
     let url = match url.strip_prefix("sqlite:") {
         Some(path) => format!("sqlite://{}", path.trim_start_matches("//")),
         None => url.to_string(),
     };
-    let pool = sqlx::AnyPool::connect(&url).await.expect("store reachable");
+    sqlx::AnyPool::connect(&url).await.expect("store reachable")
+}
+
+/// How many `probe_effects` rows event `id` has in the SQL store at `url`.
+pub async fn effect_rows(url: &str, id: &str) -> i64 {
+    let pool = store_pool(url).await;
     let row = sqlx::query("SELECT COUNT(*) AS n FROM probe_effects WHERE event_id = $1")
         .bind(id)
         .fetch_one(&pool)
@@ -217,6 +222,18 @@ pub async fn effect_rows(url: &str, id: &str) -> i64 {
         .expect("probe_effects exists");
     pool.close().await;
     sqlx::Row::get(&row, "n")
+}
+
+/// `GET url` answered with JSON.
+pub async fn get_json(url: &str) -> Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .expect("GET answered")
+        .json()
+        .await
+        .expect("a JSON body")
 }
 
 /// A valid `todo.notification.sent` payload for `user_id`.

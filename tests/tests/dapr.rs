@@ -352,14 +352,7 @@ async fn ready_only_after_the_sidecar_read_the_subscriptions() {
         before.json::<Value>().await.unwrap()["reason"],
         "waiting for the Dapr sidecar to read /dapr/subscribe"
     );
-    let subs: Value = client()
-        .get(format!("{}/dapr/subscribe", server.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let subs = zerofn_tests::get_json(&format!("{}/dapr/subscribe", server.url())).await;
     assert_eq!(
         subs[1]["bulkSubscribe"],
         json!({"enabled": true, "maxMessagesCount": 10, "maxAwaitDurationMs": 100})

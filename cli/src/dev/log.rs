@@ -353,7 +353,8 @@ impl Log {
         self.meta()
             .committed
             .insert((group.to_string(), topic.to_string(), partition), next);
-        self.appended.send_modify(|g| *g = g.wrapping_add(1));
+        // No wake-up: consumers and scalers wait for appends; a commit only lowers lag, which
+        // the scaler's periodic evaluation picks up (scale-down waits for the cooldown anyway).
         Ok(())
     }
 
@@ -380,7 +381,7 @@ impl Log {
         out
     }
 
-    /// Wakes on every append and commit.
+    /// Wakes on every append.
     pub(crate) fn watch(&self) -> watch::Receiver<u64> {
         self.appended.subscribe()
     }

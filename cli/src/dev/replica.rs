@@ -214,32 +214,39 @@ impl Replica {
     }
 }
 
+/// Poll `GET url` until it answers 2xx, failing if the process exits first.
+async fn poll_until_ok(
+    child: &mut Child,
+    client: &reqwest::Client,
+    url: &str,
+    tail: &Tail,
+) -> Result<(), StartError> {
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            // Let the stderr reader catch up with the last lines.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return Err(StartError(format!(
+                "exited during start-up ({status}); stderr: {}",
+                tail_text(tail)
+            )));
+        }
+        if let Ok(r) = client.get(url).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 async fn wait_ready(
     child: &mut Child,
     addr: SocketAddr,
     client: &reqwest::Client,
     tail: &Tail,
 ) -> Result<HashMap<String, Route>, StartError> {
-    let exited = |status: std::process::ExitStatus| {
-        StartError(format!(
-            "exited during start-up ({status}); stderr: {}",
-            tail_text(tail)
-        ))
-    };
     // 1. Listening.
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            // Let the stderr reader catch up with the last lines.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            return Err(exited(status));
-        }
-        if let Ok(r) = client.get(format!("http://{addr}/healthz")).send().await
-            && r.status().is_success()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    poll_until_ok(child, client, &format!("http://{addr}/healthz"), tail).await?;
     // 2. Subscriptions, as daprd reads them.
     let subs: Vec<DaprSubscription> = match client
         .get(format!("http://{addr}/dapr/subscribe"))
@@ -284,16 +291,6 @@ async fn wait_ready(
         })
         .collect();
     // 3. Ready.
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            return Err(exited(status));
-        }
-        if let Ok(r) = client.get(format!("http://{addr}/readyz")).send().await
-            && r.status().is_success()
-        {
-            return Ok(routes);
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    poll_until_ok(child, client, &format!("http://{addr}/readyz"), tail).await?;
+    Ok(routes)
 }

@@ -47,8 +47,6 @@ pub(crate) fn router(function: Arc<Function>, log: Arc<Log>, drop_publish: bool)
             .filter(|t| !t.is_empty()),
     };
     Router::new()
-        .route("/v1.0/healthz", get(healthz))
-        .route("/v1.0/healthz/outbound", get(healthz))
         .route(
             "/v1.0/publish/{pubsub}/{*topic}",
             post(publish).put(publish),
@@ -58,6 +56,13 @@ pub(crate) fn router(function: Arc<Function>, log: Arc<Log>, drop_publish: bool)
             "/v1.0/state/{store}/{key}",
             get(state_get).delete(state_delete),
         )
+        // Every API but healthz needs the token, as in daprd.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ))
+        .route("/v1.0/healthz", get(healthz))
+        .route("/v1.0/healthz/outbound", get(healthz))
         .fallback(|| async {
             dapr_error(
                 StatusCode::NOT_FOUND,
@@ -72,24 +77,35 @@ fn dapr_error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(json!({"errorCode": code, "message": message}))).into_response()
 }
 
+/// The state table could not be read or written.
+fn store_failed(code: &str, e: sqlx::Error) -> Response {
+    dapr_error(StatusCode::INTERNAL_SERVER_ERROR, code, &e.to_string())
+}
+
 async fn healthz() -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-impl Sidecar {
-    /// The refusal for a caller without the `DAPR_API_TOKEN` (when one is set).
-    fn unauthorised(&self, headers: &HeaderMap) -> Option<Response> {
-        match &self.token {
-            Some(t) if headers.get("dapr-api-token").and_then(|v| v.to_str().ok()) != Some(t) => {
-                Some(dapr_error(
-                    StatusCode::UNAUTHORIZED,
-                    "ERR_API_TOKEN",
-                    "missing or invalid dapr-api-token",
-                ))
-            }
-            _ => None,
-        }
+/// Refuse a caller without the `DAPR_API_TOKEN` (when one is set).
+async fn require_token(
+    State(s): State<Sidecar>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(t) = &s.token
+        && request
+            .headers()
+            .get("dapr-api-token")
+            .and_then(|v| v.to_str().ok())
+            != Some(t.as_str())
+    {
+        return dapr_error(
+            StatusCode::UNAUTHORIZED,
+            "ERR_API_TOKEN",
+            "missing or invalid dapr-api-token",
+        );
     }
+    next.run(request).await
 }
 
 /// `POST /v1.0/publish/{pubsub}/{topic}`: a CloudEvent passes through (topic and pubsubname
@@ -101,9 +117,6 @@ async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = s.unauthorised(&headers) {
-        return r;
-    }
     if !s.function.pubsubs().contains(&pubsub) {
         return dapr_error(
             StatusCode::NOT_FOUND,
@@ -221,11 +234,7 @@ fn state_key(s: &Sidecar, key: &str) -> String {
 async fn state_get(
     State(s): State<Sidecar>,
     Path((store, key)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = s.unauthorised(&headers) {
-        return r;
-    }
     let row: Result<Option<(Vec<u8>, i64)>, _> =
         sqlx::query_as("SELECT value, etag FROM state WHERE store = ? AND key = ?")
             .bind(&store)
@@ -235,11 +244,7 @@ async fn state_get(
     match row {
         Ok(Some((value, etag))) => ([(header::ETAG, etag.to_string())], value).into_response(),
         Ok(None) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => dapr_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ERR_STATE_GET",
-            &e.to_string(),
-        ),
+        Err(e) => store_failed("ERR_STATE_GET", e),
     }
 }
 
@@ -250,15 +255,7 @@ struct SetRequest {
     etag: Option<String>,
 }
 
-async fn state_save(
-    State(s): State<Sidecar>,
-    Path(store): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Some(r) = s.unauthorised(&headers) {
-        return r;
-    }
+async fn state_save(State(s): State<Sidecar>, Path(store): Path<String>, body: Bytes) -> Response {
     let items: Vec<SetRequest> = match serde_json::from_slice(&body) {
         Ok(i) => i,
         Err(e) => {
@@ -273,11 +270,7 @@ async fn state_save(
     let mut tx = match s.log.pool().begin().await {
         Ok(tx) => tx,
         Err(e) => {
-            return dapr_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "ERR_STATE_SAVE",
-                &e.to_string(),
-            );
+            return store_failed("ERR_STATE_SAVE", e);
         }
     };
     for item in items {
@@ -291,11 +284,7 @@ async fn state_save(
             {
                 Ok(c) => c,
                 Err(e) => {
-                    return dapr_error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "ERR_STATE_SAVE",
-                        &e.to_string(),
-                    );
+                    return store_failed("ERR_STATE_SAVE", e);
                 }
             };
         if let Some(etag) = &item.etag {
@@ -329,20 +318,12 @@ async fn state_save(
         .execute(&mut *tx)
         .await
         {
-            return dapr_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "ERR_STATE_SAVE",
-                &e.to_string(),
-            );
+            return store_failed("ERR_STATE_SAVE", e);
         }
     }
     match tx.commit().await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => dapr_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ERR_STATE_SAVE",
-            &e.to_string(),
-        ),
+        Err(e) => store_failed("ERR_STATE_SAVE", e),
     }
 }
 
@@ -351,9 +332,6 @@ async fn state_delete(
     Path((store, key)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = s.unauthorised(&headers) {
-        return r;
-    }
     let if_match = headers
         .get(header::IF_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -382,10 +360,6 @@ async fn state_delete(
             &format!("etag mismatch for key {key}"),
         ),
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => dapr_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ERR_STATE_DELETE",
-            &e.to_string(),
-        ),
+        Err(e) => store_failed("ERR_STATE_DELETE", e),
     }
 }

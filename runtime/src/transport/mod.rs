@@ -286,28 +286,9 @@ pub(crate) fn delivery_meta(headers: &HeaderMap, body: &[u8]) -> DeliveryMeta {
     }
 }
 
-/// Headers that must not end up in a dead-letter record.
-const SECRET_HEADERS: &[&str] = &[
-    "dapr-api-token",
-    "authorization",
-    "cookie",
-    "proxy-authorization",
-];
-
 /// The original message for a dead-letter record: body and headers, secrets removed.
 pub(crate) fn original(headers: &HeaderMap, body: &[u8]) -> Original {
-    let kept = headers
-        .iter()
-        .filter(|(name, _)| !SECRET_HEADERS.contains(&name.as_str()))
-        .map(|(name, value)| {
-            (
-                name.as_str().to_string(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    let content_type = crate::intake::decode::content_type(headers).map(str::to_string);
-    Original::new(content_type, body, kept)
+    Original::from_http(headers, body)
 }
 
 /// Build the outbound HTTP client shared by the publishers.
