@@ -195,6 +195,20 @@ async fn an_event_wakes_a_function_from_zero_and_it_returns_to_zero() {
         vec![id.clone()],
         "handled exactly once"
     );
+    // The same event again: delivered, acknowledged as a duplicate, not applied twice.
+    engine
+        .post_events(&[task_event(&id, "record", "user-1")])
+        .await;
+    engine
+        .wait_for("probe", 30, "the duplicate delivered", |s| {
+            s["processed"].as_u64() >= Some(2)
+        })
+        .await;
+    assert_eq!(
+        effects(&engine.store("probe")).await,
+        vec![id.clone()],
+        "a duplicate is not applied"
+    );
     // Cooldown 2 s without lag: back to zero.
     engine
         .wait_for("probe", 30, "scale to zero", |s| {
@@ -688,4 +702,101 @@ async fn one_trace_from_the_gateway_through_two_functions() {
         audit_notification.parent_span_id, notify_handler.span_id,
         "the notification's hop, under notify's handler"
     );
+}
+
+#[tokio::test]
+async fn chaos_kill_replica_loses_nothing_and_doubles_nothing() {
+    // Kills every second while 400 events are handled. A delivery cut off by a kill is
+    // redelivered; its claim answers "in flight" (RETRY) until the lease runs out, and those
+    // retries count against the delivery budget as they do in Dapr, so an unlucky event can end
+    // on the dead-letter topic instead. The contract: every event is applied exactly once or
+    // dead-lettered, never both, never neither.
+    let env = [("ZEROFN_LEASE", "1500ms"), ("ZEROFN_HANDLER_TIMEOUT", "1s")];
+    let chaos = ["--chaos", "kill-replica", "--chaos-interval", "1s"];
+    let engine = Engine::start(&[probe_fn()], None, &env, &chaos).await;
+    let prefix = fresh_id("chaos");
+    let events: Vec<Value> = (0..400)
+        .map(|i| {
+            task_event(
+                &format!("{prefix}-{i:03}"),
+                "record-slow:40",
+                &format!("k{}", i % 8),
+            )
+        })
+        .collect();
+    engine.post_events(&events).await;
+    let s = engine
+        .wait_for("probe", 180, "every event has a final outcome", |s| {
+            s["total_lag"] == 0
+                && s["processed"].as_u64().unwrap_or(0) + s["dead_letters"].as_u64().unwrap_or(0)
+                    >= 400
+        })
+        .await;
+    let mut applied: HashMap<String, usize> = HashMap::new();
+    for r in effects(&engine.store("probe")).await {
+        *applied.entry(r).or_default() += 1;
+    }
+    assert!(applied.values().all(|n| *n == 1), "nothing doubled");
+    let log = store_pool(&format!("sqlite:{}", engine.state.join("log.db").display())).await;
+    let dead: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT value FROM records WHERE topic = 'deadletter.probe'")
+            .fetch_all(&log)
+            .await
+            .unwrap();
+    log.close().await;
+    let dead: Vec<String> = dead
+        .iter()
+        .map(|v| {
+            serde_json::from_slice::<Value>(v).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for id in &dead {
+        assert!(!applied.contains_key(id), "{id} applied and dead-lettered");
+    }
+    assert_eq!(applied.len() + dead.len(), 400, "nothing lost: {s}");
+    let kills = engine
+        .process
+        .log_lines()
+        .iter()
+        .filter(|l| l["message"] == "chaos: SIGKILL")
+        .count();
+    assert!(kills >= 1, "the chaos actually struck");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn chaos_drop_publish_is_recovered_by_the_outbox_relay() {
+    // Every second publish through the sidecar fails; the function's outbox keeps the emitted
+    // event and its relay (every second here) publishes it.
+    let env = [("ZEROFN_RELAY_INTERVAL", "1s")];
+    let engine = Engine::start(&[probe_fn()], None, &env, &["--chaos", "drop-publish"]).await;
+    let id = fresh_id("dropped");
+    engine
+        .post_events(&[task_event(&id, "effect", "u-7")])
+        .await;
+    let s = engine
+        .wait_for(
+            "probe",
+            60,
+            "the emitted notification published and handled",
+            |s| {
+                s["published"].as_u64() >= Some(1)
+                    && s["lag"]["todo.notification.sent"] == 0
+                    && s["processed"].as_u64() >= Some(2)
+            },
+        )
+        .await;
+    assert_eq!(
+        s["published"], 1,
+        "published once, after the dropped attempt: {s}"
+    );
+    assert_eq!(
+        effects(&engine.store("probe")).await,
+        vec![id],
+        "applied once"
+    );
+    engine.stop().await;
 }

@@ -162,6 +162,11 @@ impl Dev {
             tracing::info!(removed, "records past retention deleted");
         }
         let drop_publish = self.chaos.contains(&Chaos::DropPublish);
+        // The functions send DAPR_API_TOKEN (they inherit the engine's environment); the
+        // sidecars then require it, as daprd does.
+        let token = std::env::var("DAPR_API_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
         let mut functions = BTreeMap::new();
         for spec in specs {
             let f = &spec.manifest;
@@ -177,7 +182,8 @@ impl Dev {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let port = listener.local_addr()?.port();
             let function = Arc::new(Function::new(spec, port, &log));
-            let router = sidecar::router(function.clone(), log.clone(), drop_publish);
+            let router =
+                sidecar::router(function.clone(), log.clone(), drop_publish, token.clone());
             tokio::spawn(async move {
                 let _ = axum::serve(listener, router).await;
             });

@@ -36,15 +36,18 @@ struct Sidecar {
 }
 
 /// The sidecar's routes for `function`.
-pub(crate) fn router(function: Arc<Function>, log: Arc<Log>, drop_publish: bool) -> Router {
+pub(crate) fn router(
+    function: Arc<Function>,
+    log: Arc<Log>,
+    drop_publish: bool,
+    token: Option<String>,
+) -> Router {
     let state = Sidecar {
         function,
         log,
         drop_publish,
         publishes: Arc::default(),
-        token: std::env::var("DAPR_API_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty()),
+        token,
     };
     Router::new()
         .route(
@@ -361,5 +364,245 @@ async fn state_delete(
         ),
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => store_failed("ERR_STATE_DELETE", e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::dev::engine::FunctionSpec;
+    use axum::{body::Body, http::Request};
+    use tower::ServiceExt as _;
+
+    async fn sidecar(
+        drop_publish: bool,
+        token: Option<&str>,
+    ) -> (Router, Arc<Log>, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("zerofn-sidecar-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = Arc::new(Log::open(&dir.join("log.db"), 4).await.unwrap());
+        for t in ["todo.reminder.due", "todo.notification.sent"] {
+            log.ensure_topic(t).await.unwrap();
+        }
+        let manifest = zerofn::Manifest::parse(
+            "[function]\nname = \"notify\"\n[[subscriptions]]\ntopic = \"todo.reminder.due\"\n[[publishes]]\ntype = \"todo.notification.sent\"\n",
+            "notify",
+            "0.0.0",
+        )
+        .unwrap();
+        let spec = FunctionSpec {
+            manifest,
+            binary: "/bin/false".into(),
+        };
+        let function = Arc::new(Function::new(spec, 0, &log));
+        (
+            router(
+                function,
+                log.clone(),
+                drop_publish,
+                token.map(str::to_string),
+            ),
+            log,
+            dir,
+        )
+    }
+
+    async fn call(app: &Router, request: Request<Body>) -> (u16, Value, Option<String>) {
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let etag = response
+            .headers()
+            .get(header::ETAG)
+            .map(|v| v.to_str().unwrap().to_string());
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            etag,
+        )
+    }
+
+    fn publish_request(path: &str, ct: &str, body: &str) -> Request<Body> {
+        Request::post(path)
+            .header("content-type", ct)
+            .header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn publish_passes_cloudevents_through_keyed_with_headers_and_wraps_the_rest() {
+        let (app, log, dir) = sidecar(false, None).await;
+        let event = r#"{"specversion":"1.0","id":"n-1","source":"/zerofn/notify","type":"todo.notification.sent","topic":"spoofed","data":{}}"#;
+        let (status, _, _) = call(
+            &app,
+            publish_request(
+                "/v1.0/publish/kafka-pubsub/todo.notification.sent?metadata.partitionKey=u-7",
+                "application/cloudevents+json",
+                event,
+            ),
+        )
+        .await;
+        assert_eq!(status, 204);
+        let (status, _, _) = call(
+            &app,
+            publish_request(
+                "/v1.0/publish/kafka-pubsub/todo.notification.sent",
+                "application/json",
+                r#"{"x":1}"#,
+            ),
+        )
+        .await;
+        assert_eq!(status, 204);
+        let mut records = Vec::new();
+        for p in 0..4 {
+            records.extend(log.read("todo.notification.sent", p, 0, 10).await.unwrap());
+        }
+        assert_eq!(records.len(), 2);
+        let keyed = records
+            .iter()
+            .find(|r| r.key.as_deref() == Some("u-7"))
+            .unwrap();
+        let v: Value = serde_json::from_slice(&keyed.value).unwrap();
+        assert_eq!(
+            (
+                v["id"].as_str(),
+                v["topic"].as_str(),
+                v["pubsubname"].as_str()
+            ),
+            (
+                Some("n-1"),
+                Some("todo.notification.sent"),
+                Some("kafka-pubsub")
+            )
+        );
+        assert_eq!(
+            keyed.headers.get("partitionKey").map(String::as_str),
+            Some("u-7"),
+            "metadata becomes record headers"
+        );
+        assert_eq!(
+            keyed.headers.get("traceparent").map(String::as_str),
+            v["traceparent"].as_str()
+        );
+        let wrapped = records.iter().find(|r| r.key.is_none()).unwrap();
+        let w: Value = serde_json::from_slice(&wrapped.value).unwrap();
+        assert_eq!(
+            (w["type"].as_str(), w["source"].as_str(), &w["data"]),
+            (
+                Some("com.dapr.event.sent"),
+                Some("notify"),
+                &serde_json::json!({"x": 1})
+            )
+        );
+        let (status, body, _) = call(
+            &app,
+            publish_request("/v1.0/publish/other-pubsub/t", "application/json", "{}"),
+        )
+        .await;
+        assert_eq!(
+            (status, body["errorCode"].as_str()),
+            (404, Some("ERR_PUBSUB_NOT_FOUND"))
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn chaos_drop_publish_fails_every_second_publish() {
+        let (app, _log, dir) = sidecar(true, None).await;
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            let (status, _, _) = call(
+                &app,
+                publish_request(
+                    "/v1.0/publish/kafka-pubsub/todo.notification.sent",
+                    "application/json",
+                    "{}",
+                ),
+            )
+            .await;
+            statuses.push(status);
+        }
+        assert_eq!(statuses, vec![500, 204, 500, 204]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn state_has_etags_and_the_token_guards_everything_but_healthz() {
+        let (app, _log, dir) = sidecar(false, Some("secret")).await;
+        let with_token = |r: axum::http::request::Builder| r.header("dapr-api-token", "secret");
+        let save = |body: &str| {
+            with_token(Request::post("/v1.0/state/statestore"))
+                .body(Body::from(body.to_string()))
+                .unwrap()
+        };
+        let get = || {
+            with_token(Request::get("/v1.0/state/statestore/k"))
+                .body(Body::empty())
+                .unwrap()
+        };
+
+        assert_eq!(
+            call(
+                &app,
+                Request::get("/v1.0/healthz").body(Body::empty()).unwrap()
+            )
+            .await
+            .0,
+            204
+        );
+        let (status, body, _) = call(
+            &app,
+            Request::get("/v1.0/state/statestore/k")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, body["errorCode"].as_str()),
+            (401, Some("ERR_API_TOKEN"))
+        );
+
+        assert_eq!(call(&app, get()).await.0, 204, "absent key");
+        assert_eq!(
+            call(&app, save(r#"[{"key":"k","value":{"n":1}}]"#)).await.0,
+            204
+        );
+        let (status, value, etag) = call(&app, get()).await;
+        assert_eq!((status, value), (200, serde_json::json!({"n": 1})));
+        let etag = etag.unwrap();
+        assert_eq!(
+            call(&app, save(r#"[{"key":"k","value":2,"etag":"999"}]"#))
+                .await
+                .0,
+            409,
+            "stale etag"
+        );
+        assert_eq!(
+            call(
+                &app,
+                save(&format!(r#"[{{"key":"k","value":2,"etag":"{etag}"}}]"#))
+            )
+            .await
+            .0,
+            204
+        );
+        let delete = |etag: &str| {
+            with_token(Request::delete("/v1.0/state/statestore/k"))
+                .header("if-match", etag)
+                .body(Body::empty())
+                .unwrap()
+        };
+        assert_eq!(call(&app, delete(&etag)).await.0, 409, "the etag moved on");
+        let (_, _, current) = call(&app, get()).await;
+        assert_eq!(call(&app, delete(&current.unwrap())).await.0, 204);
+        assert_eq!(call(&app, get()).await.0, 204, "deleted");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
