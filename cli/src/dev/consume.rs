@@ -22,6 +22,8 @@ use super::{
 
 /// Retries after the first attempt before Dapr gives up (`contracts/dapr/resiliency.yaml`).
 const RETRY_BUDGET: u32 = 10;
+/// Records read from the log at once for single deliveries.
+const READ_AHEAD: u32 = 64;
 /// Dapr's delivery timeout in the shipped Resiliency policy.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(150);
 
@@ -158,7 +160,9 @@ pub(crate) async fn partition_loop(
             }
         };
         let max = route.as_ref().and_then(|r| r.bulk).unwrap_or(1);
-        let records = match engine.log.read(&topic, partition, committed, max).await {
+        // One read for several deliveries; each chunk is still delivered and committed alone.
+        let ahead = max.max(READ_AHEAD);
+        let records = match engine.log.read(&topic, partition, committed, ahead).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(%topic, partition, error = %e, "cannot read the log");
@@ -173,18 +177,22 @@ pub(crate) async fn partition_loop(
             let _ = engine.log.commit(&group, &topic, partition, end).await;
             continue;
         }
-        deliver(&engine, &f, route, records).await;
+        for chunk in records.chunks(max as usize) {
+            if engine.is_stopping() || !deliver(&engine, &f, route.clone(), chunk.to_vec()).await {
+                return; // the engine is stopping: the rest stays uncommitted
+            }
+        }
     }
 }
 
 /// Deliver `records` (one, or a bulk batch) until each has a final outcome, committing as
-/// they finish. Returns early, uncommitted, when the engine stops.
+/// they finish. Returns `false` early, uncommitted, when the engine stops.
 async fn deliver(
     engine: &Arc<Engine>,
     f: &Arc<Function>,
     route: Option<Route>,
     mut records: Vec<Record>,
-) {
+) -> bool {
     let mut retry = 0u32;
     loop {
         if engine.opts.chaos.contains(&Chaos::Slow) {
@@ -220,7 +228,7 @@ async fn deliver(
             records.drain(..done);
         }
         if records.is_empty() {
-            return;
+            return true;
         }
         retry += 1;
         if retry > RETRY_BUDGET {
@@ -232,7 +240,7 @@ async fn deliver(
                 .log
                 .commit(&f.name, &records[0].topic, records[0].partition, next)
                 .await;
-            return;
+            return true;
         }
         f.stats.retries.fetch_add(1, Ordering::Relaxed);
         let wait = backoff(f, retry);
@@ -240,7 +248,7 @@ async fn deliver(
         let mut stop = engine.stopping();
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => return false,
         }
     }
 }
