@@ -30,7 +30,7 @@ async fn main() {
     let state = std::env::temp_dir().join(format!("zerofn-bench-{}", std::process::id()));
     let function = format!("{}={}", manifest.display(), probe.display());
     let state_arg = state.display().to_string();
-    let engine = FnProcess::start_with_args(
+    let mut engine = FnProcess::start_with_args(
         zerofn,
         &[
             "dev",
@@ -132,6 +132,8 @@ async fn main() {
         pct(0.95),
         pct(1.0)
     );
-    drop(engine);
+    // SIGTERM: the engine drains and stops its replicas (dropping it would SIGKILL the engine alone).
+    engine.sigterm();
+    let _ = engine.wait_exit(Duration::from_secs(60)).await;
     let _ = std::fs::remove_dir_all(state);
 }
