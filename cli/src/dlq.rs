@@ -5,7 +5,7 @@ use std::{io::Write, time::Duration};
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
-use zerofn::dead_letter::{DeadLetter, DeadLetters};
+use zerofn::{dead_letter::DeadLetter, dlq::DeadLetters};
 
 /// Dead-letter tools.
 #[derive(Debug, Args)]

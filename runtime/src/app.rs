@@ -22,9 +22,8 @@ use crate::{
     intake::Intake,
     manifest::{Manifest, ManifestSource},
     shutdown::Drain,
-    transport::{
-        self, AppState, NoPublisher, Publisher, dapr::DaprPublisher, knative::SinkPublisher,
-    },
+    publish::{NoPublisher, Publisher},
+    transport::{self, AppState, dapr::DaprPublisher, knative::SinkPublisher},
 };
 
 /// A function ready to serve.
@@ -129,11 +128,21 @@ impl App {
         ));
         let drain = state.drain.clone();
         let grace = state.config.shutdown_grace;
+        let intake = state.intake.clone();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let graceful = async move {
             shutdown.await;
             tracing::info!(in_flight = drain.in_flight(), grace = ?grace, "draining");
-            let result = drain.drain(grace).await;
+            let mut result = drain.drain(grace).await;
+            if let Err(in_flight) = result {
+                // Give up on what is still running: each attempt stops, records itself as
+                // failed and releases its claim, so another replica takes the event over at
+                // once instead of waiting for a lease.
+                tracing::warn!(in_flight, "drain timed out; releasing the claims still held");
+                intake.abandon();
+                let _ = drain.drain(RELEASE_CLAIMS).await;
+                result = Err(in_flight);
+            }
             let _ = done_tx.send(result);
         };
         // hyper-util rather than `axum::serve`, for HTTP/1 half-close: a client that shuts its
@@ -186,6 +195,9 @@ impl App {
         }
     }
 }
+
+/// How long a timed-out drain waits for abandoned attempts to release their claims.
+const RELEASE_CLAIMS: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long a drained server waits for idle keep-alive connections to close.
 const CLOSE_CONNECTIONS: std::time::Duration = std::time::Duration::from_secs(5);

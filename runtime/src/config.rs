@@ -41,10 +41,17 @@ pub const ENV_PUBLISH_TIMEOUT: &str = "ZEROFN_PUBLISH_TIMEOUT";
 /// The idempotency store: `memory`, `sqlite:<path>`, `postgres://…` or `redis://…`.
 /// Default: `sqlite:<ZEROFN_DATA_DIR>/zerofn.db`.
 pub const ENV_STORE: &str = "ZEROFN_STORE";
-/// How long a claimed event is reserved for its worker. Default: handler timeout + 30s.
+/// How long a claimed event is reserved for its worker without a renewal. The worker renews it
+/// every third of it while it works, so a dead worker's claim lapses within this time, whatever
+/// the handler timeout. Default `6s`; at least `1s`.
 pub const ENV_LEASE: &str = "ZEROFN_LEASE";
 /// How long idempotency records are kept. Default `7d`.
 pub const ENV_IDEMPOTENCY_TTL: &str = "ZEROFN_IDEMPOTENCY_TTL";
+
+/// The lease when `ZEROFN_LEASE` is unset.
+pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(6);
+/// The shortest lease that can be renewed in time against a store over the network.
+pub(crate) const MIN_LEASE: Duration = Duration::from_secs(1);
 /// How often the outbox relay publishes outputs left unsent (a failed publish that no
 /// redelivery retried). Default `30s`.
 pub const ENV_RELAY_INTERVAL: &str = "ZEROFN_RELAY_INTERVAL";
@@ -336,9 +343,16 @@ impl Config {
             }
         };
         let handler_timeout = duration(src, ENV_HANDLER_TIMEOUT, Duration::from_secs(120))?;
-        let lease = duration(src, ENV_LEASE, handler_timeout + Duration::from_secs(30))?;
-        if lease.is_zero() {
-            return Err(ConfigError::new(ENV_LEASE, "0", "must be longer than zero"));
+        let lease = duration(src, ENV_LEASE, DEFAULT_LEASE)?;
+        if lease < MIN_LEASE {
+            return Err(ConfigError::new(
+                ENV_LEASE,
+                src.get(ENV_LEASE).unwrap_or_default(),
+                format!(
+                    "must be at least {MIN_LEASE:?}: the lease is renewed every third of it, and a \
+                     renewal must reach the store before the lease lapses"
+                ),
+            ));
         }
         let crash_at = match src.get(ENV_CRASH_AT).as_deref() {
             None => None,
@@ -466,7 +480,7 @@ mod tests {
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.store, "sqlite:.zerofn/zerofn.db");
-        assert_eq!(c.lease, Duration::from_secs(150));
+        assert_eq!(c.lease, Duration::from_secs(6));
         assert_eq!(c.idempotency_ttl, Duration::from_secs(7 * 86_400));
         assert!(c.dapr_url.is_none());
     }
@@ -495,6 +509,8 @@ mod tests {
             (ENV_HANDLER_TIMEOUT, "5w", "unknown unit \"w\""),
             (ENV_STORE, "mysql://x", "expected memory, sqlite"),
             (ENV_CRASH_AT, "sometime", "expected after_claim"),
+            (ENV_LEASE, "500ms", "renewed every third of it"),
+            (ENV_LEASE, "0s", "must be at least 1s"),
             (ENV_K_SINK, "broker.local", "not a URL"),
             (ENV_K_SINK, "ftp://x/", "http:// or https://"),
             (

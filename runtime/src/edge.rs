@@ -14,10 +14,8 @@ use crate::{
     config::{Config, ConfigError},
     contract::Contracts,
     dead_letter::{DeadLetter, DeadLetterError, Original},
-    intake::{
-        Failure, FailureKind,
-        decode::{self, Decoded, Mode},
-    },
+    codec::{self as decode, Decoded, Mode},
+    outcome::{Failure, FailureKind},
     telemetry::{self, TraceContext},
 };
 

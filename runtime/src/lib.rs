@@ -43,9 +43,11 @@
 #![deny(missing_docs)]
 
 mod app;
+mod codec;
 pub mod config;
 pub mod contract;
 pub mod dead_letter;
+pub mod dlq;
 pub mod edge;
 mod emit;
 mod error;
@@ -54,6 +56,8 @@ mod handler;
 mod idempotency;
 pub mod instruments;
 mod intake;
+mod outcome;
+mod publish;
 #[cfg(feature = "lambda")]
 mod lambda;
 pub mod manifest;

@@ -117,6 +117,8 @@ pub fn probe(calls: Calls) -> impl zerofn::Handler {
                 "retry" => Err(HandlerError::retryable("database unavailable")),
                 "permanent" => Err(HandlerError::permanent("task belongs to a deleted user")),
                 "panic" => panic!("probe was told to panic"),
+                // A handler that kills its process (an OOM, an abort in native code).
+                "abort" => std::process::abort(),
                 "emit" => Ok(vec![
                     Emit::new("todo.notification.sent", &notification(&task.user_id))?
                         .partition_key(&task.user_id),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use zerofn::{
-    dead_letter::DeadLetters,
+    dlq::DeadLetters,
     testing::{Recorder, TestServer},
 };
 use zerofn_tests::{

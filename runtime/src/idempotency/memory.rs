@@ -107,10 +107,8 @@ impl Store for MemoryStore {
                             .filter(|(_, sent)| !sent)
                             .map(|(o, _)| o.clone())
                             .collect();
-                        if unsent.is_empty() {
-                            Claim::Done { unsent }
-                        } else if record.lease_until > now {
-                            Claim::InFlight
+                        if unsent.is_empty() || record.lease_until > now {
+                            Claim::Done { unsent: Vec::new() }
                         } else {
                             record.owner = owner.to_string();
                             record.lease_until = now + ms(lease);
@@ -120,7 +118,11 @@ impl Store for MemoryStore {
                     State::Dead => Claim::Dead {
                         dead_letter_id: record.dead_letter_id.clone().unwrap_or_default(),
                     },
-                    State::InFlight if record.lease_until > now => Claim::InFlight,
+                    State::InFlight if record.lease_until > now => Claim::InFlight {
+                        lease_left: Some(Duration::from_millis(
+                            u64::try_from(record.lease_until - now).unwrap_or(0),
+                        )),
+                    },
                     State::InFlight | State::Failed => {
                         if record.state == State::InFlight {
                             failed(record, now);
@@ -143,15 +145,67 @@ impl Store for MemoryStore {
         owner: &'a str,
         outputs: &'a [StoredOutput],
         _tx: Option<Transaction>,
+        ttl: Duration,
     ) -> BoxFut<'a, Result<bool, StoreError>> {
         Box::pin(async move {
+            let now = now_ms();
             self.with(|inner| match inner.records.get_mut(key) {
                 Some(r) if r.state == State::InFlight && r.owner == owner => {
                     r.state = State::Done;
+                    r.expires_at = now + ms(ttl);
                     r.outputs = outputs.iter().map(|o| (o.clone(), false)).collect();
                     true
                 }
                 _ => false,
+            })
+        })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFut<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let now = now_ms();
+            self.with(|inner| match inner.records.get_mut(key) {
+                Some(r)
+                    if r.owner == owner && matches!(r.state, State::InFlight | State::Done) =>
+                {
+                    r.lease_until = now + ms(lease);
+                    true
+                }
+                _ => false,
+            })
+        })
+    }
+
+    fn take_unsent<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFut<'a, Result<Vec<StoredOutput>, StoreError>> {
+        Box::pin(async move {
+            let now = now_ms();
+            self.with(|inner| match inner.records.get_mut(key) {
+                Some(r)
+                    if r.state == State::Done && r.lease_until <= now && r.expires_at > now =>
+                {
+                    let unsent: Vec<StoredOutput> = r
+                        .outputs
+                        .iter()
+                        .filter(|(_, sent)| !sent)
+                        .map(|(o, _)| o.clone())
+                        .collect();
+                    if !unsent.is_empty() {
+                        r.owner = owner.to_string();
+                        r.lease_until = now + ms(lease);
+                    }
+                    unsent
+                }
+                _ => Vec::new(),
             })
         })
     }
@@ -176,12 +230,15 @@ impl Store for MemoryStore {
         limit: usize,
     ) -> BoxFut<'a, Result<Vec<String>, StoreError>> {
         Box::pin(async move {
+            let now = now_ms();
             self.with(|inner| {
                 inner
                     .records
                     .iter()
                     .filter(|(_, r)| {
-                        r.state == State::Done && r.outputs.iter().any(|(_, sent)| !sent)
+                        r.state == State::Done
+                            && r.expires_at > now
+                            && r.outputs.iter().any(|(_, sent)| !sent)
                     })
                     .map(|(k, _)| k.clone())
                     .take(limit)
@@ -242,16 +299,27 @@ impl Store for MemoryStore {
     fn dead_letter<'a>(
         &'a self,
         key: &'a str,
+        owner: &'a str,
         record: &'a DeadLetter,
-    ) -> BoxFut<'a, Result<(), StoreError>> {
+    ) -> BoxFut<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             let now = now_ms();
             self.with(|inner| {
-                if let Some(r) = inner.records.get_mut(key) {
-                    r.state = State::Dead;
-                    r.dead_letter_id = Some(record.id.clone());
+                if !key.is_empty() {
+                    match inner.records.get_mut(key) {
+                        Some(r)
+                            if r.owner == owner
+                                && matches!(r.state, State::InFlight | State::Failed) =>
+                        {
+                            r.state = State::Dead;
+                            r.lease_until = 0;
+                            r.dead_letter_id = Some(record.id.clone());
+                        }
+                        _ => return false,
+                    }
                 }
                 inner.dead.push((record.clone(), now));
+                true
             })
         })
     }

@@ -6,11 +6,16 @@
 //! | state | meaning | a new delivery gets |
 //! |---|---|---|
 //! | (absent or expired) | never seen | claimed: handler runs |
-//! | `in_flight`, lease valid | a worker is handling it | RETRY (no second run) |
+//! | `in_flight`, lease valid | a worker is handling it (and renewing its lease) | waits for the lease once, then RETRY |
 //! | `in_flight`, lease expired | its worker died | claimed again (counts as a failed attempt) |
 //! | `failed` | last attempt failed (retryable) | claimed again |
-//! | `done` | handled | acknowledged; unsent outputs re-published |
+//! | `done` | handled | acknowledged (a duplicate); unsent outputs are published by whoever holds the publish right: the completing worker while its lease lives, else this delivery or the relay |
 //! | `dead` | dead-lettered | acknowledged |
+//!
+//! Leases are short (seconds) and renewed by a heartbeat while their holder works, so a dead
+//! holder's claim lapses within one lease, whatever the handler timeout. Every write is fenced
+//! by the owner: a holder that lost its lease can neither complete nor dead-letter the record.
+//! Records expire `ttl` after their last state change (claim, completion).
 
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
@@ -28,10 +33,11 @@ pub(crate) type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub(crate) enum Claim {
     /// This delivery holds the lease; `attempt` counts from 1.
     Acquired { attempt: u32 },
-    /// Already handled; the outputs not yet published.
+    /// Already handled. `unsent` are outputs not yet published whose publish right this
+    /// delivery now holds; empty when nothing is left or another worker holds the right.
     Done { unsent: Vec<StoredOutput> },
-    /// Another delivery holds a valid lease.
-    InFlight,
+    /// Another delivery holds a valid lease, for `lease_left` more (when the store knows).
+    InFlight { lease_left: Option<Duration> },
     /// Already dead-lettered under this record id.
     Dead { dead_letter_id: String },
 }
@@ -167,15 +173,36 @@ pub(crate) trait Store: Send + Sync + 'static {
         Box::pin(async { Ok(None) })
     }
 
-    /// Mark `key` done and keep `outputs` unsent, inside `tx` when given (then commit it).
-    /// `Ok(false)` when `owner` no longer holds the lease: nothing was written.
+    /// Extend `owner`'s lease on `key` (in flight, or done with the publish right) to `lease`
+    /// from now. `Ok(false)` when `owner` no longer holds it: another delivery took it over.
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFut<'a, Result<bool, StoreError>>;
+
+    /// Mark `key` done and keep `outputs` unsent, inside `tx` when given (then commit it); the
+    /// record then lives `ttl` from now. `Ok(false)` when `owner` no longer holds the lease:
+    /// nothing was written.
     fn complete<'a>(
         &'a self,
         key: &'a str,
         owner: &'a str,
         outputs: &'a [StoredOutput],
         tx: Option<Transaction>,
+        ttl: Duration,
     ) -> BoxFut<'a, Result<bool, StoreError>>;
+
+    /// The outbox relay's claim: when `key` is done, not expired, with unsent outputs and no
+    /// live publish right, take the right for `owner` and return those outputs. Never creates
+    /// or revives a record.
+    fn take_unsent<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFut<'a, Result<Vec<StoredOutput>, StoreError>>;
 
     /// Give up the right to publish `key`'s outputs (after a failed publish), so the next
     /// delivery publishes them at once instead of waiting for the lease to end.
@@ -203,12 +230,15 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// The failure facts so far (for a failure that is dead-lettered at once).
     fn attempts<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<Option<Attempts>, StoreError>>;
 
-    /// Keep `record`; when `key` is not empty, mark it dead so redeliveries are acknowledged.
+    /// Keep `record`; when `key` is not empty, mark it dead so redeliveries are acknowledged,
+    /// fenced like `complete`: only while `owner` holds it (in flight, or failed by `owner`).
+    /// `Ok(false)` when it does not: nothing was written.
     fn dead_letter<'a>(
         &'a self,
         key: &'a str,
+        owner: &'a str,
         record: &'a DeadLetter,
-    ) -> BoxFut<'a, Result<(), StoreError>>;
+    ) -> BoxFut<'a, Result<bool, StoreError>>;
 
     /// Dead letters, newest first.
     fn dead_letters<'a>(

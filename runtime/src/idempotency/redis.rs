@@ -19,12 +19,12 @@ use crate::dead_letter::DeadLetter;
 const CLAIM: &str = r"
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'done' then
-  -- Unsent outputs: publish only with the lease (the completing worker's, until it expires).
-  if redis.call('HLEN', KEYS[3]) == 0 or redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'done'} end
-  return {'in_flight'}
+  -- A duplicate. Unsent outputs are published by whoever holds the lease (the publish right).
+  if redis.call('HLEN', KEYS[3]) > 0 and redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'done', '1'} end
+  return {'done', '0'}
 end
 if state == 'dead' then return {'dead', redis.call('HGET', KEYS[1], 'dead_letter_id') or ''} end
-if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'in_flight'} end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'in_flight', tostring(redis.call('PTTL', KEYS[2]))} end
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
 if state == 'in_flight' then
   attempts = attempts + 1
@@ -39,6 +39,7 @@ return {'acquired', tostring(attempts + 1)}
 const COMPLETE: &str = r"
 if redis.call('HGET', KEYS[1], 'state') ~= 'in_flight' or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'done')
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
 if #ARGV >= 4 then
   redis.call('PEXPIRE', KEYS[3], ARGV[2])
@@ -62,6 +63,40 @@ redis.call('DEL', KEYS[2])
 return {tostring(attempts), redis.call('HGET', KEYS[1], 'first_failure'), ARGV[2]}
 ";
 
+const RENEW: &str = r"
+local state = redis.call('HGET', KEYS[1], 'state')
+local holder = redis.call('GET', KEYS[2])
+if holder == ARGV[1] and (state == 'in_flight' or state == 'done') then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return 1
+end
+-- A lapsed lease that nobody took: the record still names this owner.
+if not holder and state == 'in_flight' and redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
+const TAKE_UNSENT: &str = r"
+if redis.call('HGET', KEYS[1], 'state') ~= 'done' or redis.call('HLEN', KEYS[3]) == 0 then return 0 end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+";
+
+const DEAD_LETTER: &str = r"
+if ARGV[5] == '1' then
+  local state = redis.call('HGET', KEYS[1], 'state')
+  if (state ~= 'in_flight' and state ~= 'failed') or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+  redis.call('HSET', KEYS[1], 'state', 'dead', 'dead_letter_id', ARGV[2])
+  redis.call('DEL', KEYS[2])
+end
+redis.call('SET', KEYS[3], ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[2])
+redis.call('ZADD', KEYS[5], ARGV[4], ARGV[2])
+return 1
+";
+
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
@@ -75,6 +110,9 @@ pub(crate) struct RedisStore {
     fail: redis::Script,
     release: redis::Script,
     mark_sent: redis::Script,
+    renew: redis::Script,
+    take_unsent: redis::Script,
+    dead_letter: redis::Script,
 }
 
 impl RedisStore {
@@ -98,6 +136,9 @@ impl RedisStore {
             fail: redis::Script::new(FAIL),
             release: redis::Script::new(RELEASE),
             mark_sent: redis::Script::new(MARK_SENT),
+            renew: redis::Script::new(RENEW),
+            take_unsent: redis::Script::new(TAKE_UNSENT),
+            dead_letter: redis::Script::new(DEAD_LETTER),
         })
     }
 
@@ -108,6 +149,28 @@ impl RedisStore {
     /// The set of keys whose outputs are not all published (the relay's work list).
     fn unsent_set(&self) -> String {
         format!("zerofn:{}:unsent", self.function)
+    }
+}
+
+impl RedisStore {
+    /// The unsent outputs of `key`, in order.
+    async fn unsent(
+        &self,
+        con: &mut MultiplexedConnection,
+        key: &str,
+    ) -> Result<Vec<StoredOutput>, StoreError> {
+        let outputs: Vec<String> = redis::cmd("HVALS")
+            .arg(self.k("out", key))
+            .query_async(con)
+            .await
+            .map_err(StoreError::from)?;
+        let mut unsent: Vec<StoredOutput> = outputs
+            .iter()
+            .map(|o| serde_json::from_str(o))
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::from)?;
+        unsent.sort_by_key(|o| o.seq);
+        Ok(unsent)
     }
 }
 
@@ -142,24 +205,19 @@ impl Store for RedisStore {
                 Some("acquired") => Claim::Acquired {
                     attempt: reply.get(1).and_then(|a| a.parse().ok()).unwrap_or(1),
                 },
-                Some("done") => {
-                    let outputs: Vec<String> = redis::cmd("HVALS")
-                        .arg(self.k("out", key))
-                        .query_async(&mut con)
-                        .await
-                        .map_err(StoreError::from)?;
-                    let mut unsent: Vec<StoredOutput> = outputs
-                        .iter()
-                        .map(|o| serde_json::from_str(o))
-                        .collect::<Result<_, _>>()
-                        .map_err(StoreError::from)?;
-                    unsent.sort_by_key(|o| o.seq);
-                    Claim::Done { unsent }
-                }
+                Some("done") if reply.get(1).map(String::as_str) == Some("1") => Claim::Done {
+                    unsent: self.unsent(&mut con, key).await?,
+                },
+                Some("done") => Claim::Done { unsent: Vec::new() },
                 Some("dead") => Claim::Dead {
                     dead_letter_id: reply.get(1).cloned().unwrap_or_default(),
                 },
-                _ => Claim::InFlight,
+                _ => Claim::InFlight {
+                    lease_left: reply
+                        .get(1)
+                        .and_then(|ms| ms.parse::<u64>().ok())
+                        .map(Duration::from_millis),
+                },
             })
         })
     }
@@ -170,6 +228,7 @@ impl Store for RedisStore {
         owner: &'a str,
         outputs: &'a [StoredOutput],
         _tx: Option<Transaction>,
+        ttl: Duration,
     ) -> BoxFut<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             let mut con = self.con.clone();
@@ -179,7 +238,7 @@ impl Store for RedisStore {
                 .key(self.k("out", key))
                 .key(self.unsent_set())
                 .arg(owner)
-                .arg(ms(Duration::from_secs(7 * 86_400)))
+                .arg(ms(ttl).max(1))
                 .arg(key);
             for o in outputs {
                 invocation
@@ -191,6 +250,53 @@ impl Store for RedisStore {
                 .await
                 .map_err(StoreError::from)?;
             Ok(done == 1)
+        })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFut<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let renewed: i64 = self
+                .renew
+                .key(self.k("rec", key))
+                .key(self.k("lease", key))
+                .arg(owner)
+                .arg(ms(lease).max(1))
+                .invoke_async(&mut con)
+                .await
+                .map_err(StoreError::from)?;
+            Ok(renewed == 1)
+        })
+    }
+
+    fn take_unsent<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFut<'a, Result<Vec<StoredOutput>, StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let took: i64 = self
+                .take_unsent
+                .key(self.k("rec", key))
+                .key(self.k("lease", key))
+                .key(self.k("out", key))
+                .arg(owner)
+                .arg(ms(lease).max(1))
+                .invoke_async(&mut con)
+                .await
+                .map_err(StoreError::from)?;
+            if took == 1 {
+                self.unsent(&mut con, key).await
+            } else {
+                Ok(Vec::new())
+            }
         })
     }
 
@@ -314,41 +420,28 @@ impl Store for RedisStore {
     fn dead_letter<'a>(
         &'a self,
         key: &'a str,
+        owner: &'a str,
         record: &'a DeadLetter,
-    ) -> BoxFut<'a, Result<(), StoreError>> {
+    ) -> BoxFut<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             let mut con = self.con.clone();
             let json = serde_json::to_string(record).map_err(StoreError::from)?;
-            let now = now_ms();
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            if !key.is_empty() {
-                pipe.cmd("HSET")
-                    .arg(self.k("rec", key))
-                    .arg("state")
-                    .arg("dead")
-                    .arg("dead_letter_id")
-                    .arg(&record.id)
-                    .ignore();
-                pipe.cmd("DEL").arg(self.k("lease", key)).ignore();
-            }
-            pipe.cmd("SET")
-                .arg(format!("zerofn:dlq:{}", record.id))
+            let written: i64 = self
+                .dead_letter
+                .key(self.k("rec", key))
+                .key(self.k("lease", key))
+                .key(format!("zerofn:dlq:{}", record.id))
+                .key("zerofn:dlq:index")
+                .key(format!("zerofn:dlq:fn:{}", self.function))
+                .arg(owner)
+                .arg(&record.id)
                 .arg(json)
-                .ignore();
-            pipe.cmd("ZADD")
-                .arg("zerofn:dlq:index")
-                .arg(now)
-                .arg(&record.id)
-                .ignore();
-            pipe.cmd("ZADD")
-                .arg(format!("zerofn:dlq:fn:{}", self.function))
-                .arg(now)
-                .arg(&record.id)
-                .ignore();
-            pipe.query_async::<()>(&mut con)
+                .arg(now_ms())
+                .arg(if key.is_empty() { "0" } else { "1" })
+                .invoke_async(&mut con)
                 .await
-                .map_err(StoreError::from)
+                .map_err(StoreError::from)?;
+            Ok(written == 1)
         })
     }
 

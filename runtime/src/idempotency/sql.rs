@@ -18,6 +18,9 @@ pub(crate) struct SqlStore {
     sqlite: bool,
 }
 
+/// How long a SQLite statement waits for the write lock before it fails.
+const SQLITE_BUSY_TIMEOUT: &str = "PRAGMA busy_timeout=10000";
+
 /// Claims retry this often when they lose a race to a concurrent claim.
 const CLAIM_ROUNDS: usize = 5;
 
@@ -42,7 +45,7 @@ impl SqlStore {
                     if conn.backend_name().eq_ignore_ascii_case("sqlite") {
                         for pragma in [
                             "PRAGMA journal_mode=WAL",
-                            "PRAGMA busy_timeout=10000",
+                            SQLITE_BUSY_TIMEOUT,
                             "PRAGMA synchronous=NORMAL",
                         ] {
                             sqlx::query(pragma).execute(&mut *conn).await?;
@@ -119,34 +122,22 @@ impl SqlStore {
         }
         let taken = match state.as_str() {
             "done" => {
-                let unsent = self.unsent(key).await?;
-                if unsent.is_empty() {
-                    return Ok(Some(Claim::Done { unsent }));
+                // A duplicate. Outputs not yet published belong to whoever holds the publish
+                // right: the completing worker while its lease lives, else this delivery.
+                if lease_until > now || self.unsent(key).await?.is_empty() {
+                    return Ok(Some(Claim::Done { unsent: Vec::new() }));
                 }
-                // Outputs not yet published: the completing worker holds the publish right
-                // until its lease ends; after that, one duplicate takes it over.
-                if lease_until > now {
-                    return Ok(Some(Claim::InFlight));
-                }
-                let took = sqlx::query(
-                    "UPDATE zerofn_inbox SET owner = $3, lease_until = $4 \
-                     WHERE function = $1 AND key = $2 AND state = 'done' AND lease_until <= $5",
-                )
-                .bind(&self.function)
-                .bind(key)
-                .bind(owner)
-                .bind(now + ms(lease))
-                .bind(now)
-                .execute(&self.pool)
-                .await
-                .map_err(StoreError::from)?;
-                return Ok(Some(if took.rows_affected() == 1 { Claim::Done { unsent } } else { Claim::InFlight }));
+                return Ok(Some(Claim::Done { unsent: self.take_publish_right(key, owner, lease, now).await? }));
             }
             "dead" => {
                 let id: Option<String> = row.try_get("dead_letter_id").map_err(StoreError::from)?;
                 return Ok(Some(Claim::Dead { dead_letter_id: id.unwrap_or_default() }));
             }
-            "in_flight" if lease_until > now => return Ok(Some(Claim::InFlight)),
+            "in_flight" if lease_until > now => {
+                return Ok(Some(Claim::InFlight {
+                    lease_left: Some(Duration::from_millis(u64::try_from(lease_until - now).unwrap_or(0))),
+                }));
+            }
             "in_flight" => sqlx::query(
                 // The previous holder died: its attempt counts as failed.
                 "UPDATE zerofn_inbox SET owner = $3, lease_until = $4, attempts = attempts + 1, \
@@ -179,6 +170,34 @@ impl SqlStore {
                 }))
             }
             None => Ok(None),
+        }
+    }
+
+    /// Take the publish right of a done, unexpired record whose lease lapsed; its unsent
+    /// outputs, or none when someone else holds the right (or the record is gone).
+    async fn take_publish_right(
+        &self,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+        now: i64,
+    ) -> Result<Vec<StoredOutput>, StoreError> {
+        let took = sqlx::query(
+            "UPDATE zerofn_inbox SET owner = $3, lease_until = $4 \
+             WHERE function = $1 AND key = $2 AND state = 'done' AND lease_until <= $5 AND expires_at > $5",
+        )
+        .bind(&self.function)
+        .bind(key)
+        .bind(owner)
+        .bind(now + ms(lease))
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from)?;
+        if took.rows_affected() == 1 {
+            self.unsent(key).await
+        } else {
+            Ok(Vec::new())
         }
     }
 
@@ -287,7 +306,7 @@ impl Store for SqlStore {
                 }
             }
             // Lost every race: someone else is working on it right now.
-            Ok(Claim::InFlight)
+            Ok(Claim::InFlight { lease_left: None })
         })
     }
 
@@ -301,6 +320,7 @@ impl Store for SqlStore {
         owner: &'a str,
         outputs: &'a [StoredOutput],
         tx: Option<Transaction>,
+        ttl: Duration,
     ) -> BoxFut<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             let handed = match tx {
@@ -312,13 +332,15 @@ impl Store for SqlStore {
                 None => self.begin_tx().await?,
             };
             let done = sqlx::query(
-                // The lease stays: it is now the right to publish the outputs.
-                "UPDATE zerofn_inbox SET state = 'done' \
+                // The lease stays: it is now the right to publish the outputs. The TTL counts
+                // from completion.
+                "UPDATE zerofn_inbox SET state = 'done', expires_at = $4 \
                  WHERE function = $1 AND key = $2 AND owner = $3 AND state = 'in_flight'",
             )
             .bind(&self.function)
             .bind(key)
             .bind(owner)
+            .bind(now_ms() + ms(ttl))
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;
@@ -352,6 +374,52 @@ impl Store for SqlStore {
         })
     }
 
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFut<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+            // SQLite: a handler's transaction in this process may hold the write lock (and
+            // fences the record by itself while it does): give up quickly instead of waiting,
+            // and let the next heartbeat try again.
+            if self.sqlite {
+                sqlx::query("PRAGMA busy_timeout=200")
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(StoreError::from)?;
+            }
+            let renewed = sqlx::query(
+                "UPDATE zerofn_inbox SET lease_until = $4 \
+                 WHERE function = $1 AND key = $2 AND owner = $3 AND state IN ('in_flight', 'done')",
+            )
+            .bind(&self.function)
+            .bind(key)
+            .bind(owner)
+            .bind(now_ms() + ms(lease))
+            .execute(&mut *conn)
+            .await;
+            if self.sqlite {
+                sqlx::query(SQLITE_BUSY_TIMEOUT)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(StoreError::from)?;
+            }
+            Ok(renewed.map_err(StoreError::from)?.rows_affected() == 1)
+        })
+    }
+
+    fn take_unsent<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFut<'a, Result<Vec<StoredOutput>, StoreError>> {
+        Box::pin(async move { self.take_publish_right(key, owner, lease, now_ms()).await })
+    }
+
     fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, Result<(), StoreError>> {
         Box::pin(async move {
             sqlx::query("UPDATE zerofn_inbox SET lease_until = 0 WHERE function = $1 AND key = $2 AND owner = $3 AND state = 'done'")
@@ -373,11 +441,13 @@ impl Store for SqlStore {
         Box::pin(async move {
             let rows = sqlx::query(
                 "SELECT DISTINCT o.key AS key FROM zerofn_outbox o JOIN zerofn_inbox i ON i.function = o.function AND i.key = o.key \
-                 WHERE o.function = $1 AND o.sent_at IS NULL AND o.created_at <= $2 AND i.state = 'done' LIMIT $3",
+                 WHERE o.function = $1 AND o.sent_at IS NULL AND o.created_at <= $2 AND i.state = 'done' \
+                 AND i.lease_until <= $4 AND i.expires_at > $4 LIMIT $3",
             )
             .bind(&self.function)
             .bind(before_ms)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(now_ms())
             .fetch_all(&self.pool)
             .await
             .map_err(StoreError::from)?;
@@ -447,19 +517,28 @@ impl Store for SqlStore {
     fn dead_letter<'a>(
         &'a self,
         key: &'a str,
+        owner: &'a str,
         record: &'a DeadLetter,
-    ) -> BoxFut<'a, Result<(), StoreError>> {
+    ) -> BoxFut<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             let json = serde_json::to_string(record).map_err(StoreError::from)?;
             let mut tx = self.begin_tx().await?;
             if !key.is_empty() {
-                sqlx::query("UPDATE zerofn_inbox SET state = 'dead', lease_until = 0, dead_letter_id = $3 WHERE function = $1 AND key = $2")
-                    .bind(&self.function)
-                    .bind(key)
-                    .bind(&record.id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::from)?;
+                let marked = sqlx::query(
+                    "UPDATE zerofn_inbox SET state = 'dead', lease_until = 0, dead_letter_id = $4 \
+                     WHERE function = $1 AND key = $2 AND owner = $3 AND state IN ('in_flight', 'failed')",
+                )
+                .bind(&self.function)
+                .bind(key)
+                .bind(owner)
+                .bind(&record.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+                if marked.rows_affected() != 1 {
+                    tx.rollback().await.map_err(StoreError::from)?;
+                    return Ok(false);
+                }
             }
             sqlx::query("INSERT INTO zerofn_dead_letters (id, function, created_at, record) VALUES ($1, $2, $3, $4)")
                 .bind(&record.id)
@@ -469,7 +548,8 @@ impl Store for SqlStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::from)?;
-            tx.commit().await.map_err(StoreError::from)
+            tx.commit().await.map_err(StoreError::from)?;
+            Ok(true)
         })
     }
 

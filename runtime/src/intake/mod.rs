@@ -1,140 +1,46 @@
 //! Event intake: from a decoded CloudEvent to an [`Outcome`]. The fixed pipeline is
-//! claim (idempotency) → type check → contract → typed decode → handler (panics caught,
-//! time-bounded, in a transaction with SQL stores) → contract check of emitted events →
-//! complete (record + outbox, one commit) → publish → mark sent. Failures are retried until
-//! `delivery.max_attempts`, then — and at once for permanent failures — dead-lettered.
-//! Transports turn the outcome into their reply.
+//! claim (idempotency, a short lease renewed by a heartbeat) → type check → contract → typed
+//! decode → handler (panics caught, time-bounded, in a transaction with SQL stores) → contract
+//! check of emitted events → complete (record + outbox, one commit) → publish → mark sent.
+//! Failures are retried until `delivery.max_attempts`, then — and at once for permanent
+//! failures — dead-lettered ([`policy`] decides). Transports turn the outcome into their reply.
+//!
+//! One concept a module: [`key`] (idempotency keys), [`policy`] (the decisions), [`lease`]
+//! (the heartbeat), [`handler`] (calling the handler), [`outbox`] (emitted events and the
+//! relay), [`dead_letters`] (records), [`observe`] (the log line).
 
-pub(crate) mod decode;
+mod dead_letters;
+mod handler;
+mod key;
+mod lease;
+mod observe;
+mod outbox;
+mod policy;
+#[cfg(test)]
+mod tests;
 
 use serde_json::Value;
-use std::{collections::BTreeSet, future::Future, pin::Pin, sync::Arc, time::Instant};
+use std::{sync::Arc, time::Instant};
+use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::{
-    Transaction,
+    codec::Decoded,
     config::{Config, CrashPoint},
     contract::Contracts,
-    dead_letter::{DEAD_LETTER_TYPE, DeadLetter, DeadLetterError, Original},
-    emit::Emit,
-    event::{Context, Event, EventData, KafkaCoordinates},
+    dead_letter::Original,
+    event::{Context, KafkaCoordinates},
     handler::Handler,
-    idempotency::{Attempts, Claim, Store, StoredOutput, now_ms},
+    idempotency::{Claim, Store, StoreError, StoredOutput},
     instruments::Instruments,
     manifest::{KeyStrategy, Manifest},
+    outcome::{Failure, FailureKind, Outcome},
+    publish::Publisher,
     telemetry::TraceContext,
-    transport::Publisher,
 };
-pub(crate) use decode::Decoded;
-
-/// Why a delivery did not succeed. The code is stable: it is logged, returned to senders and
-/// (with the reliability layer) stored in dead-letter records.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FailureKind {
-    Unauthorized,
-    Malformed,
-    UnsupportedMediaType,
-    TooLarge,
-    UnknownType,
-    SchemaViolation,
-    UndecodableData,
-    HandlerPermanent,
-    HandlerRetryable,
-    HandlerPanic,
-    HandlerTimeout,
-    PublishFailed,
-    Draining,
-    InFlight,
-    StoreUnavailable,
-}
-
-impl FailureKind {
-    pub(crate) fn code(self) -> &'static str {
-        match self {
-            FailureKind::Unauthorized => "unauthorized",
-            FailureKind::Malformed => "malformed_event",
-            FailureKind::UnsupportedMediaType => "unsupported_media_type",
-            FailureKind::TooLarge => "body_too_large",
-            FailureKind::UnknownType => "unknown_event_type",
-            FailureKind::SchemaViolation => "schema_violation",
-            FailureKind::UndecodableData => "undecodable_data",
-            FailureKind::HandlerPermanent => "handler_permanent",
-            FailureKind::HandlerRetryable => "handler_retryable",
-            FailureKind::HandlerPanic => "handler_panic",
-            FailureKind::HandlerTimeout => "handler_timeout",
-            FailureKind::PublishFailed => "publish_failed",
-            FailureKind::Draining => "draining",
-            FailureKind::InFlight => "in_flight",
-            FailureKind::StoreUnavailable => "store_unavailable",
-        }
-    }
-
-    /// Whether a new delivery of the same bytes could succeed.
-    pub(crate) fn is_retryable(self) -> bool {
-        matches!(
-            self,
-            FailureKind::HandlerRetryable
-                | FailureKind::HandlerPanic
-                | FailureKind::HandlerTimeout
-                | FailureKind::PublishFailed
-                | FailureKind::Draining
-                | FailureKind::InFlight
-                | FailureKind::StoreUnavailable
-        )
-    }
-}
-
-/// A failure with its human-readable reason and, for handler errors, the cause chain.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Failure {
-    pub(crate) kind: FailureKind,
-    pub(crate) message: String,
-    pub(crate) chain: Vec<String>,
-}
-
-impl Failure {
-    pub(crate) fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        let message = message.into();
-        Self {
-            kind,
-            chain: vec![message.clone()],
-            message,
-        }
-    }
-}
-
-/// What became of one event.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    /// Handled now.
-    Success,
-    /// Handled (or dead-lettered) before: acknowledged without running the handler.
-    Duplicate,
-    /// Deliver again.
-    Retry(Failure),
-    /// Given up: the dead-letter record `id` holds the event; acknowledge it.
-    DeadLettered {
-        failure: Failure,
-        id: String,
-        /// True when retryable failures used up `max_attempts`.
-        exhausted: bool,
-    },
-    /// Given up, but the dead letter could not be recorded: the transport's own dead-letter
-    /// path (Dapr's `DROP` → deadLetterTopic, Knative's DLS) must keep it.
-    Drop(Failure),
-}
-
-impl Outcome {
-    pub(crate) fn label(&self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::Duplicate => "duplicate",
-            Outcome::Retry(_) => "retry",
-            Outcome::DeadLettered { .. } => "dead_letter",
-            Outcome::Drop(_) => "drop",
-        }
-    }
-}
+use handler::ErasedHandler;
+use lease::Heartbeat;
+use policy::Next;
 
 /// Facts the transport knows about a delivery besides the event itself.
 #[derive(Clone, Debug, Default)]
@@ -146,53 +52,6 @@ pub(crate) struct DeliveryMeta {
     pub(crate) source_topic: Option<(String, String)>,
     /// The message as it arrived, for the dead-letter record.
     pub(crate) original: Option<Original>,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-/// A [`Handler`] with its data type erased, so the pipeline is not generic.
-trait ErasedHandler: Send + Sync {
-    fn call(
-        &self,
-        ctx: Context,
-        data: Value,
-        tx: Option<Transaction>,
-    ) -> BoxFuture<Result<Vec<Emit>, Failure>>;
-}
-
-impl<H: Handler> ErasedHandler for H {
-    fn call(
-        &self,
-        ctx: Context,
-        data: Value,
-        tx: Option<Transaction>,
-    ) -> BoxFuture<Result<Vec<Emit>, Failure>> {
-        let data = match H::Data::from_event(&ctx.ty, data) {
-            Ok(d) => d,
-            Err(e) => {
-                let f = Failure::new(
-                    FailureKind::UndecodableData,
-                    format!("data does not decode into the handler's input type: {e}"),
-                );
-                return Box::pin(async move { Err(f) });
-            }
-        };
-        let fut = Handler::call(self, Event { data, ctx, tx });
-        Box::pin(async move {
-            fut.await.map_err(|e| {
-                let kind = if e.is_permanent() {
-                    FailureKind::HandlerPermanent
-                } else {
-                    FailureKind::HandlerRetryable
-                };
-                Failure {
-                    kind,
-                    message: e.to_string(),
-                    chain: e.messages(),
-                }
-            })
-        })
-    }
 }
 
 /// The pipeline shared by every transport.
@@ -207,6 +66,8 @@ pub(crate) struct Intake {
     config: Arc<Config>,
     source: String,
     instruments: Instruments,
+    /// Set once the process gives up on its in-flight deliveries (drain timeout).
+    abandon: watch::Sender<bool>,
 }
 
 impl Intake {
@@ -229,6 +90,7 @@ impl Intake {
             publisher,
             store,
             config,
+            abandon: watch::channel(false).0,
         }
     }
 
@@ -246,6 +108,13 @@ impl Intake {
 
     pub(crate) fn instruments(&self) -> &Instruments {
         &self.instruments
+    }
+
+    /// Stop every attempt still running (the drain timed out): each aborts its handler, rolls
+    /// its transaction back, records the attempt as failed and releases its claim, so the next
+    /// delivery of the event takes over at once instead of waiting for a lease.
+    pub(crate) fn abandon(&self) {
+        self.abandon.send_replace(true);
     }
 
     /// Run one event through the pipeline, in one consumer span, and log one line about it.
@@ -315,7 +184,7 @@ impl Intake {
                 );
             }
             let (outcome, ctx) = match input {
-                Err(f) => (self.dead_letter(None, "", f, &meta, false).await, None),
+                Err(f) => (self.dead_letter(None, "", "", f, &meta, false).await, None),
                 Ok(decoded) => {
                     let mut ctx = decoded.ctx;
                     let current = tracing::Span::current();
@@ -337,7 +206,7 @@ impl Intake {
                 }
             };
             tracing::Span::current().record("zerofn.outcome", outcome.label());
-            log_outcome(&self.manifest.name, &outcome, ctx.as_ref(), started);
+            observe::log_outcome(&self.manifest.name, &outcome, ctx.as_ref(), started);
             self.instruments
                 .handled(ctx.as_ref().map(|c| c.ty.as_str()), outcome.label());
             if let (
@@ -355,26 +224,74 @@ impl Intake {
         body.instrument(span).await
     }
 
-    /// The idempotency key of an event.
-    fn key(&self, ctx: &Context, data: &Value) -> String {
-        let base = match (&self.manifest.idempotency_key, &ctx.kafka) {
-            (KeyStrategy::Kafka, Some(k)) => {
-                format!("kafka:{}/{}/{}", k.topic, k.partition, k.offset)
-            }
-            (KeyStrategy::Data(pointer), _) => match data.pointer(pointer) {
-                Some(Value::String(s)) => format!("data:{s}"),
-                Some(v) if !v.is_null() => format!("data:{v}"),
-                _ => format!("ce:{}\u{1f}{}", ctx.source, ctx.id),
-            },
-            _ => format!("ce:{}\u{1f}{}", ctx.source, ctx.id),
+    /// The idempotency key of an event. A `replayof` extension counts only when it names a
+    /// dead letter of this function recorded for this very event (same key); a forged one is
+    /// ignored, so a replay can never re-apply an applied event.
+    async fn key(&self, ctx: &Context, data: &Value) -> String {
+        let identity = key::identity(&self.manifest.idempotency_key, ctx, data);
+        let plain = key::hashed(&identity, None);
+        let Some(replay_of) = ctx.extension("replayof") else {
+            return plain;
         };
-        // A replay of a dead letter is a new event for idempotency, once per dead letter.
-        match ctx.extension("replayof") {
-            Some(id) => format!("{base}\u{1f}replayof:{id}"),
-            None => base,
+        let genuine = match self.store.dead_letter_by_id(replay_of).await {
+            Ok(Some(d)) => {
+                d.function == self.manifest.name
+                    && (d.key == plain
+                        // Kafka coordinates change with every publish; an event that could
+                        // not be decoded had no key.
+                        || matches!(self.manifest.idempotency_key, KeyStrategy::Kafka)
+                        || (d.key.is_empty()
+                            && d.event_id.as_ref().is_none_or(|id| *id == ctx.id)))
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look up the dead letter named by replayof; treating the event as no replay");
+                false
+            }
+        };
+        if genuine {
+            key::hashed(&identity, Some(replay_of))
+        } else {
+            tracing::warn!(
+                replayof = replay_of,
+                "replayof names no dead letter of this event in this function: ignored"
+            );
+            plain
         }
     }
 
+    /// Claim `key`; when another delivery holds it, wait once for its lease (a dead holder's
+    /// lapses within one lease) and claim again.
+    async fn claim(&self, key: &str, owner: &str) -> Result<Claim, Failure> {
+        let claiming = Instant::now();
+        let mut waited = false;
+        let claimed = loop {
+            let claimed = self
+                .store
+                .claim(key, owner, self.config.lease, self.config.idempotency_ttl)
+                .instrument(tracing::info_span!(
+                    "zerofn.claim",
+                    otel.name = "idempotency claim"
+                ))
+                .await;
+            match claimed {
+                Ok(Claim::InFlight { lease_left }) if !waited => {
+                    match policy::wait_for_lease(lease_left, self.config.lease) {
+                        Some(wait) => {
+                            waited = true;
+                            tokio::time::sleep(wait).await;
+                        }
+                        None => break Ok(Claim::InFlight { lease_left }),
+                    }
+                }
+                other => break other,
+            }
+        };
+        self.instruments.store_op("claim", claiming.elapsed());
+        claimed.map_err(|e| Failure::new(FailureKind::StoreUnavailable, e.to_string()))
+    }
+
+    /// The state machine of one delivery, from its claim to its outcome.
     async fn claimed(
         &self,
         ctx: &mut Context,
@@ -382,32 +299,20 @@ impl Intake {
         accepted: &[String],
         meta: &DeliveryMeta,
     ) -> Outcome {
-        let key = self.key(ctx, &data);
+        let key = self.key(ctx, &data).await;
         let owner = uuid::Uuid::new_v4().to_string();
-        let claiming = Instant::now();
-        let claimed = self
-            .store
-            .claim(&key, &owner, self.config.lease, self.config.idempotency_ttl)
-            .instrument(tracing::info_span!(
-                "zerofn.claim",
-                otel.name = "idempotency claim"
-            ))
-            .await;
-        self.instruments.store_op("claim", claiming.elapsed());
-        let claim = match claimed {
+        let claim = match self.claim(&key, &owner).await {
             Ok(c) => c,
-            Err(e) => {
-                return Outcome::Retry(Failure::new(FailureKind::StoreUnavailable, e.to_string()));
-            }
+            Err(f) => return Outcome::Retry(f),
         };
         let idempotency = match &claim {
             Claim::Acquired { .. } => "first",
-            Claim::InFlight => "in_flight",
+            Claim::InFlight { .. } => "in_flight",
             Claim::Done { .. } | Claim::Dead { .. } => "duplicate",
         };
         tracing::Span::current().record("zerofn.idempotency", idempotency);
         let attempt = match claim {
-            Claim::InFlight => {
+            Claim::InFlight { .. } => {
                 return Outcome::Retry(Failure::new(
                     FailureKind::InFlight,
                     "another delivery of this event is being handled right now",
@@ -415,40 +320,90 @@ impl Intake {
             }
             Claim::Dead { .. } => return Outcome::Duplicate,
             Claim::Done { unsent } => {
-                return match self.publish_outputs(&key, &unsent).await {
-                    Ok(()) => Outcome::Duplicate,
-                    Err(f) => Outcome::Retry(f),
-                };
+                // Handled before. Outputs its worker could not publish are published here when
+                // the publish right came with the claim; if that fails, the relay's job.
+                if !unsent.is_empty()
+                    && let Err(f) = self.publish_outputs(&key, &unsent).await
+                {
+                    let _ = self.store.release(&key, &owner).await;
+                    tracing::warn!(reason = %f.message, "a duplicate could not publish outputs left unsent; the outbox relay will");
+                }
+                return Outcome::Duplicate;
             }
             Claim::Acquired { attempt } => attempt,
         };
         ctx.attempt = attempt;
         tracing::Span::current().record("zerofn.attempt", attempt);
+        let max_attempts = self.manifest.delivery.max_attempts;
+        if !policy::may_run(attempt, max_attempts) {
+            ctx.attempt = attempt - 1; // attempts made; this one never runs
+            let failure = Failure::new(
+                FailureKind::WorkerLost,
+                format!(
+                    "{} attempts failed or ended without an outcome (the worker died: crash, OOM, \
+                     kill), delivery.max_attempts = {max_attempts}: not run again",
+                    attempt - 1
+                ),
+            );
+            return self
+                .dead_letter(Some(ctx), &key, &owner, failure, meta, true)
+                .await;
+        }
         self.crash_point(CrashPoint::AfterClaim);
-        match self.attempt(ctx, data, accepted, &key, &owner).await {
+        let mut heartbeat = Heartbeat::start(
+            self.store.clone(),
+            key.clone(),
+            owner.clone(),
+            self.config.lease,
+        );
+        let mut abandoned = self.abandon.subscribe();
+        let attempted = tokio::select! {
+            biased;
+            r = self.attempt(ctx, data, accepted, &key, &owner) => r,
+            () = heartbeat.lost() => Err(Failure::new(
+                FailureKind::InFlight,
+                "the lease was lost: another delivery took this event over; this attempt stopped without committing",
+            )),
+            _ = abandoned.wait_for(|a| *a) => Err(Failure::new(
+                FailureKind::Draining,
+                "the replica stopped (drain timeout) before the attempt finished; its claim was released",
+            )),
+        };
+        let failure = match attempted {
             Ok(outputs) => {
                 self.crash_point(CrashPoint::AfterCommit);
-                match self.publish_outputs(&key, &outputs).await {
+                // The heartbeat keeps the publish right while publishing.
+                let published = self.publish_outputs(&key, &outputs).await;
+                drop(heartbeat);
+                return match published {
                     Ok(()) => Outcome::Success,
-                    // The record is done: the next delivery publishes what is still unsent.
+                    // The record is done: a redelivery or the relay publishes what is unsent.
                     Err(f) => {
                         if let Err(e) = self.store.release(&key, &owner).await {
-                            tracing::warn!(error = %e, "could not release the publish right; a redelivery waits for the lease");
+                            tracing::warn!(error = %e, "could not release the publish right; the relay waits for the lease");
                         }
                         Outcome::Retry(f)
                     }
-                }
+                };
             }
-            Err(f) if f.kind == FailureKind::InFlight => Outcome::Retry(f),
-            Err(f) if f.kind.is_retryable() => {
-                match self.store.fail(&key, &owner, &f.message).await {
-                    Ok(a) if a.failed >= self.manifest.delivery.max_attempts => {
-                        self.dead_letter(Some(ctx), &key, f, meta, true).await
-                    }
-                    _ => Outcome::Retry(f),
-                }
+            Err(f) => f,
+        };
+        drop(heartbeat);
+        let failed = if policy::counts_as_attempt(failure.kind) {
+            self.store
+                .fail(&key, &owner, &failure.message)
+                .await
+                .ok()
+                .map(|a| a.failed)
+        } else {
+            None
+        };
+        match policy::after_failure(failure.kind, failed, max_attempts) {
+            Next::Retry => Outcome::Retry(failure),
+            Next::DeadLetter { exhausted } => {
+                self.dead_letter(Some(ctx), &key, &owner, failure, meta, exhausted)
+                    .await
             }
-            Err(f) => self.dead_letter(Some(ctx), &key, f, meta, false).await,
         }
     }
 
@@ -487,7 +442,7 @@ impl Intake {
                 ));
             }
         }
-        let store_down = |e: crate::idempotency::StoreError| {
+        let store_down = |e: StoreError| {
             Failure::new(FailureKind::StoreUnavailable, e.to_string())
         };
         let tx = self.store.begin().await.map_err(store_down)?;
@@ -510,7 +465,7 @@ impl Intake {
         let completing = Instant::now();
         let completed = self
             .store
-            .complete(key, owner, &outputs, tx)
+            .complete(key, owner, &outputs, tx, self.config.idempotency_ttl)
             .instrument(tracing::info_span!(
                 "zerofn.complete",
                 otel.name = "idempotency complete"
@@ -520,336 +475,10 @@ impl Intake {
         if !completed.map_err(store_down)? {
             return Err(Failure::new(
                 FailureKind::InFlight,
-                "the lease on this event expired and another delivery took it over; this attempt's effects were rolled back",
+                "another delivery took this event over (the lease lapsed); this attempt's effects were rolled back",
             ));
         }
         Ok(outputs)
-    }
-    async fn call_handler(
-        &self,
-        ctx: Context,
-        data: Value,
-        tx: Option<Transaction>,
-        span: tracing::Span,
-    ) -> Result<Vec<Emit>, Failure> {
-        let timeout = self.config.handler_timeout;
-        let (ty, running) = (ctx.ty.clone(), Instant::now());
-        let mut task = tokio::spawn(self.handler.call(ctx, data, tx).instrument(span));
-        let finished = tokio::time::timeout(timeout, &mut task).await;
-        self.instruments.handler_duration(&ty, running.elapsed());
-        match finished {
-            Ok(Ok(result)) => result,
-            Ok(Err(join)) => {
-                let message = if join.is_panic() {
-                    let panic = join.into_panic();
-                    panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "(non-string panic payload)".into())
-                } else {
-                    "handler task was cancelled".into()
-                };
-                Err(Failure::new(
-                    FailureKind::HandlerPanic,
-                    format!("handler panicked: {message}"),
-                ))
-            }
-            Err(_) => {
-                task.abort();
-                Err(Failure::new(
-                    FailureKind::HandlerTimeout,
-                    format!("handler did not finish within {timeout:?} (ZEROFN_HANDLER_TIMEOUT)"),
-                ))
-            }
-        }
-    }
-
-    /// Turn an [`Emit`] into the CloudEvent to publish, checking it against the manifest and
-    /// its contract first: an emitted event that breaks its contract is a handler bug.
-    fn outgoing(&self, cause: &Context, seq: u32, e: Emit) -> Result<StoredOutput, Failure> {
-        let bug = |msg: String| Failure::new(FailureKind::HandlerPermanent, msg);
-        let target = self.manifest.publish_for(&e.ty).ok_or_else(|| {
-            bug(format!(
-                "the handler emitted {:?}, which function.toml does not declare under [[publishes]]",
-                e.ty
-            ))
-        })?;
-        if let Some(Err(v)) = self.contracts.validate(&e.ty, &e.data) {
-            return Err(bug(format!(
-                "the handler emitted {} with data that violates its contract: {v}",
-                e.ty
-            )));
-        }
-        // Derived from the cause, so a re-run after a crash emits the same ids.
-        let id = uuid::Uuid::new_v5(
-            &uuid::Uuid::NAMESPACE_OID,
-            format!("{}#{}#{seq}", cause.source, cause.id).as_bytes(),
-        )
-        .to_string();
-        let mut builder = <cloudevents::EventBuilderV10 as cloudevents::EventBuilder>::new()
-            .id(id.clone())
-            .source(self.source.clone())
-            .ty(e.ty.clone())
-            .time(chrono::Utc::now())
-            .data("application/json", e.data)
-            .extension("traceparent", cause.traceparent.clone())
-            .extension("causationid", cause.id.clone())
-            .extension(
-                "correlationid",
-                cause
-                    .extension("correlationid")
-                    .unwrap_or(&cause.id)
-                    .to_string(),
-            );
-        if let Some(subject) = &e.subject {
-            builder = builder.subject(subject.clone());
-        }
-        if let Some(key) = &e.partition_key {
-            builder = builder.extension("partitionkey", key.clone());
-        }
-        // A handler's own extensions may not override the ones the runtime sets.
-        let mut reserved = BTreeSet::from([
-            "traceparent",
-            "causationid",
-            "correlationid",
-            "partitionkey",
-        ]);
-        for (name, value) in &e.extensions {
-            if reserved.insert(name.as_str()) {
-                builder = builder.extension(name, value.clone());
-            }
-        }
-        let event = cloudevents::EventBuilder::build(builder).map_err(|err| {
-            bug(format!(
-                "the emitted {} is not a valid CloudEvent: {err}",
-                e.ty
-            ))
-        })?;
-        let body = serde_json::to_string(&event)
-            .map_err(|err| bug(format!("the emitted {} cannot be serialised: {err}", e.ty)))?;
-        Ok(StoredOutput {
-            seq,
-            event_id: id,
-            event_type: e.ty,
-            pubsub: target.pubsub.clone(),
-            topic: target.topic.clone(),
-            body,
-            traceparent: cause.traceparent.clone(),
-            partition_key: e.partition_key,
-        })
-    }
-
-    /// Publish outbox entries in order, marking each sent.
-    async fn publish_outputs(&self, key: &str, outputs: &[StoredOutput]) -> Result<(), Failure> {
-        for o in outputs {
-            let publish_span = tracing::info_span!(
-                "zerofn.publish",
-                otel.name = format!("{} publish", o.topic),
-                otel.kind = "producer",
-                messaging.destination.name = %o.topic,
-                messaging.message.id = %o.event_id,
-            );
-            self.publisher
-                .publish(o)
-                .instrument(publish_span)
-                .await
-                .map_err(|reason| {
-                    self.instruments.publish_failed(&o.topic);
-                    Failure::new(
-                        FailureKind::PublishFailed,
-                        format!(
-                            "publishing {} ({}) failed: {reason}",
-                            o.event_type, o.event_id
-                        ),
-                    )
-                })?;
-            if let Err(e) = self.store.mark_sent(key, o.seq).await {
-                // Published but not marked: a redelivery publishes it again with the same id.
-                tracing::warn!(error = %e, event_id = %o.event_id, "could not mark an output as sent");
-            }
-        }
-        Ok(())
-    }
-
-    /// The outbox relay, one round: publish the outputs of completed events that are still
-    /// unsent (their publish failed and no redelivery came), taking the publish right first so
-    /// a live worker is never raced. Returns how many outputs were published.
-    pub(crate) async fn relay_once(&self) -> usize {
-        let keys = match self.store.keys_with_unsent(now_ms() - 1000, 100).await {
-            Ok(keys) => keys,
-            Err(e) => {
-                tracing::warn!(error = %e, "outbox relay could not list unsent outputs");
-                return 0;
-            }
-        };
-        let mut published = 0;
-        for key in keys {
-            let owner = uuid::Uuid::new_v4().to_string();
-            match self
-                .store
-                .claim(&key, &owner, self.config.lease, self.config.idempotency_ttl)
-                .await
-            {
-                Ok(Claim::Done { unsent }) if !unsent.is_empty() => {
-                    match self.publish_outputs(&key, &unsent).await {
-                        Ok(()) => {
-                            published += unsent.len();
-                            tracing::info!(
-                                outputs = unsent.len(),
-                                "outbox relay published outputs left unsent"
-                            );
-                        }
-                        Err(f) => {
-                            let _ = self.store.release(&key, &owner).await;
-                            tracing::warn!(reason = %f.message, "outbox relay could not publish; will try again");
-                        }
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "outbox relay could not claim a record"),
-            }
-        }
-        published
-    }
-
-    /// Keep a dead-letter record in the store and forward it to the dead-letter topic.
-    async fn dead_letter(
-        &self,
-        ctx: Option<&Context>,
-        key: &str,
-        failure: Failure,
-        meta: &DeliveryMeta,
-        exhausted: bool,
-    ) -> Outcome {
-        let now = now_ms();
-        let attempts = match (key.is_empty(), ctx) {
-            (false, Some(c)) => self.store.attempts(key).await.ok().flatten().map_or(
-                Attempts {
-                    failed: c.attempt,
-                    first_failure_ms: now,
-                    last_failure_ms: now,
-                },
-                |a| Attempts {
-                    failed: a.failed.max(c.attempt),
-                    ..a
-                },
-            ),
-            _ => Attempts {
-                failed: 1,
-                first_failure_ms: now,
-                last_failure_ms: now,
-            },
-        };
-        let rfc3339 = |ms: i64| {
-            chrono::DateTime::from_timestamp_millis(ms)
-                .unwrap_or_else(chrono::Utc::now)
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-        };
-        let (pubsub, topic) = match (&meta.source_topic, ctx.and_then(|c| c.kafka.as_ref())) {
-            (Some((p, t)), _) => (Some(p.clone()), Some(t.clone())),
-            (None, Some(k)) => (None, Some(k.topic.clone())),
-            (None, None) => (None, None),
-        };
-        let record = DeadLetter {
-            id: uuid::Uuid::now_v7().to_string(),
-            function: self.manifest.name.clone(),
-            function_version: self.manifest.version.clone(),
-            key: key.to_string(),
-            event_id: ctx.map(|c| c.id.clone()),
-            event_type: ctx.map(|c| c.ty.clone()),
-            event_source: ctx.map(|c| c.source.clone()),
-            topic,
-            pubsub,
-            original: meta
-                .original
-                .clone()
-                .unwrap_or_else(|| Original::new(None, b"", Default::default())),
-            error: DeadLetterError {
-                kind: failure.kind.code().to_string(),
-                class: if failure.kind.is_retryable() {
-                    "retryable"
-                } else {
-                    "permanent"
-                }
-                .to_string(),
-                messages: failure.chain.clone(),
-            },
-            attempts: attempts.failed.max(1),
-            first_failure: rfc3339(attempts.first_failure_ms),
-            last_failure: rfc3339(attempts.last_failure_ms),
-            trace_id: ctx.map(|c| c.trace_id().to_string()),
-        };
-        let dead_letter_span = tracing::info_span!("zerofn.dead_letter", otel.name = "dead letter", zerofn.dead_letter_id = %record.id);
-        if let Err(e) = self
-            .store
-            .dead_letter(key, &record)
-            .instrument(dead_letter_span)
-            .await
-        {
-            tracing::error!(error = %e, "could not record a dead letter; leaving it to the transport's dead-letter path");
-            return Outcome::Drop(failure);
-        }
-        self.instruments.dead_lettered(failure.kind.code());
-        self.forward_dead_letter(&record, ctx).await;
-        Outcome::DeadLettered {
-            failure,
-            id: record.id,
-            exhausted,
-        }
-    }
-
-    /// Publish the record to the function's dead-letter topic. The store already holds it, so
-    /// a failure here is logged, not fatal.
-    async fn forward_dead_letter(&self, record: &DeadLetter, ctx: Option<&Context>) {
-        let traceparent = ctx.map_or_else(
-            || TraceContext::root().to_string(),
-            |c| c.traceparent.clone(),
-        );
-        let built = <cloudevents::EventBuilderV10 as cloudevents::EventBuilder>::new()
-            .id(record.id.clone())
-            .source(self.source.clone())
-            .ty(DEAD_LETTER_TYPE)
-            .time(chrono::Utc::now())
-            .data(
-                "application/json",
-                serde_json::to_value(record).unwrap_or_default(),
-            )
-            .extension("traceparent", traceparent.clone());
-        let body = cloudevents::EventBuilder::build(built)
-            .map_err(|e| e.to_string())
-            .and_then(|ev| serde_json::to_string(&ev).map_err(|e| e.to_string()));
-        let result = match body {
-            Ok(body) => {
-                let out = StoredOutput {
-                    seq: 0,
-                    event_id: record.id.clone(),
-                    event_type: DEAD_LETTER_TYPE.to_string(),
-                    pubsub: record
-                        .pubsub
-                        .clone()
-                        .unwrap_or_else(|| self.default_pubsub()),
-                    topic: self.manifest.delivery.dead_letter_topic.clone(),
-                    body,
-                    traceparent,
-                    partition_key: None,
-                };
-                self.publisher.publish(&out).await
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(reason) = result {
-            self.instruments
-                .publish_failed(&self.manifest.delivery.dead_letter_topic);
-            tracing::warn!(dead_letter_id = %record.id, %reason, "dead letter kept in the store but not forwarded to the dead-letter topic");
-        }
-    }
-
-    fn default_pubsub(&self) -> String {
-        self.manifest
-            .subscriptions
-            .first()
-            .map_or_else(|| "kafka-pubsub".to_string(), |s| s.pubsub.clone())
     }
 
     fn crash_point(&self, point: CrashPoint) {
@@ -857,59 +486,5 @@ impl Intake {
             tracing::error!(?point, "ZEROFN_CRASH_AT: aborting the process");
             std::process::abort();
         }
-    }
-}
-
-fn log_outcome(function: &str, outcome: &Outcome, ctx: Option<&Context>, started: Instant) {
-    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let (ty, id, source, trace_id, span_id, attempt) = match ctx {
-        Some(c) => (
-            c.ty.as_str(),
-            c.id.as_str(),
-            c.source.as_str(),
-            c.trace_id(),
-            c.span_id(),
-            c.attempt,
-        ),
-        None => ("", "", "", "", "", 0),
-    };
-    let (kafka_topic, kafka_partition, kafka_offset) = ctx
-        .and_then(|c| c.kafka.as_ref())
-        .map_or((None, None, None), |k| {
-            (Some(k.topic.as_str()), Some(k.partition), Some(k.offset))
-        });
-    let label = outcome.label();
-    match outcome {
-        Outcome::Success | Outcome::Duplicate => tracing::info!(
-            target: "zerofn::event",
-            function, event_type = ty, event_id = id, event_source = source, outcome = label,
-            duration_ms, trace_id, span_id, attempt, kafka_topic, kafka_partition, kafka_offset,
-            "event handled"
-        ),
-        Outcome::Retry(f) => tracing::warn!(
-            target: "zerofn::event",
-            function, event_type = ty, event_id = id, event_source = source, outcome = label,
-            error = f.kind.code(), reason = %f.message,
-            duration_ms, trace_id, span_id, attempt, kafka_topic, kafka_partition, kafka_offset,
-            "event will be retried"
-        ),
-        Outcome::DeadLettered {
-            failure: f,
-            id: dead_letter_id,
-            ..
-        } => tracing::error!(
-            target: "zerofn::event",
-            function, event_type = ty, event_id = id, event_source = source, outcome = label,
-            error = f.kind.code(), reason = %f.message, dead_letter_id = %dead_letter_id,
-            duration_ms, trace_id, span_id, attempt, kafka_topic, kafka_partition, kafka_offset,
-            "event dead-lettered"
-        ),
-        Outcome::Drop(f) => tracing::error!(
-            target: "zerofn::event",
-            function, event_type = ty, event_id = id, event_source = source, outcome = label,
-            error = f.kind.code(), reason = %f.message,
-            duration_ms, trace_id, span_id, attempt, kafka_topic, kafka_partition, kafka_offset,
-            "event dropped"
-        ),
     }
 }

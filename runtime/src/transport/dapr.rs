@@ -24,14 +24,14 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq;
 
-use super::{AppState, Publisher, delivery_meta, error_response, post as send, read_body};
+use super::{AppState, delivery_meta, error_response, post as send, read_body};
 use crate::{
     event::KafkaCoordinates,
     idempotency::StoredOutput,
-    intake::{
-        DeliveryMeta, Failure, FailureKind, Outcome,
-        decode::{self, is_json_media},
-    },
+    codec::{self as decode, is_json_media},
+    intake::DeliveryMeta,
+    outcome::{Failure, FailureKind, Outcome},
+    publish::Publisher,
     manifest::Subscription,
 };
 

@@ -15,13 +15,12 @@ use axum::{
 };
 use serde_json::json;
 
-use super::{AppState, Publisher, delivery_meta, post as send, read_body};
+use super::{AppState, delivery_meta, post as send, read_body};
 use crate::{
     idempotency::StoredOutput,
-    intake::{
-        Failure, FailureKind, Outcome,
-        decode::{self, Mode},
-    },
+    codec::{self as decode, Mode},
+    outcome::{Failure, FailureKind, Outcome},
+    publish::Publisher,
 };
 
 pub(super) fn routes() -> Router<AppState> {
@@ -90,9 +89,10 @@ fn status_of(f: &Failure) -> StatusCode {
         | FailureKind::SchemaViolation
         | FailureKind::UndecodableData
         | FailureKind::HandlerPermanent => StatusCode::UNPROCESSABLE_ENTITY,
-        FailureKind::HandlerRetryable | FailureKind::HandlerPanic | FailureKind::HandlerTimeout => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        FailureKind::HandlerRetryable
+        | FailureKind::HandlerPanic
+        | FailureKind::HandlerTimeout
+        | FailureKind::WorkerLost => StatusCode::INTERNAL_SERVER_ERROR,
         FailureKind::PublishFailed => StatusCode::BAD_GATEWAY,
         FailureKind::Draining | FailureKind::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         // Knative retries 409: the delivery holding the lease finishes the work.

@@ -5,8 +5,6 @@ pub(crate) mod dapr;
 pub(crate) mod knative;
 
 use std::{
-    future::Future,
-    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -27,33 +25,11 @@ use serde_json::json;
 use crate::{
     config::{Config, TransportKind},
     dead_letter::Original,
-    idempotency::StoredOutput,
-    intake::{DeliveryMeta, Failure, FailureKind, Intake},
+    intake::{DeliveryMeta, Intake},
+    outcome::{Failure, FailureKind},
     shutdown::Drain,
     telemetry::TraceContext,
 };
-
-/// Sends an event (an outbox entry or a dead-letter record) to its topic.
-pub(crate) trait Publisher: Send + Sync {
-    fn publish<'a>(
-        &'a self,
-        event: &'a StoredOutput,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
-}
-
-/// Where nothing can be published (the HTTP transport without `K_SINK`, for a function that
-/// emits nothing): dead-letter records stay in the store only.
-pub(crate) struct NoPublisher;
-
-impl Publisher for NoPublisher {
-    fn publish<'a>(
-        &'a self,
-        event: &'a StoredOutput,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
-        let msg = format!("no publisher is configured for topic {}", event.topic);
-        Box::pin(async move { Err(msg) })
-    }
-}
 
 /// What every route handler shares.
 #[derive(Clone)]

@@ -9,8 +9,13 @@ use cloudevents::AttributesReader;
 use http::{HeaderMap, header::CONTENT_TYPE};
 use serde_json::{Map, Value};
 
-use super::{Failure, FailureKind};
+use crate::outcome::{Failure, FailureKind};
 use crate::event::Context;
+
+/// The longest CloudEvent `id` accepted, in bytes.
+pub(crate) const MAX_ID_BYTES: usize = 1024;
+/// The longest CloudEvent `source` accepted, in bytes.
+pub(crate) const MAX_SOURCE_BYTES: usize = 2048;
 
 /// A CloudEvent that passed envelope checks: its context and its `data` as JSON.
 #[derive(Debug)]
@@ -227,6 +232,18 @@ fn from_parts(
             }
         }
     }
+    // Bounded, so an identity can never outgrow what stores, logs and dead-letter records take.
+    for (attr, max) in [("id", MAX_ID_BYTES), ("source", MAX_SOURCE_BYTES)] {
+        if let Some(Value::String(s)) = attrs.get(attr)
+            && s.len() > max
+        {
+            return Err(malformed(format!(
+                "{} is {} bytes long; zerofn accepts at most {max}",
+                name(attr),
+                s.len()
+            )));
+        }
+    }
     for attr in ["subject", "datacontenttype", "dataschema", "time"] {
         match attrs.get(attr) {
             None | Some(Value::String(_)) => {}
@@ -398,6 +415,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d.data, json!({"a": 3}));
+    }
+
+    #[test]
+    fn ids_and_sources_are_bounded() {
+        let ok = ev(json!({"specversion": "1.0", "id": "i".repeat(MAX_ID_BYTES),
+            "source": "s".repeat(MAX_SOURCE_BYTES), "type": "t"}));
+        assert!(ok.is_ok());
+        let f = ev(json!({"specversion": "1.0", "id": "i".repeat(5000), "source": "s", "type": "t"}))
+            .unwrap_err();
+        assert_eq!(f.kind, FailureKind::Malformed);
+        assert_eq!(f.message, "attribute `id` is 5000 bytes long; zerofn accepts at most 1024");
+        let f = ev(json!({"specversion": "1.0", "id": "1", "source": "s".repeat(MAX_SOURCE_BYTES + 1), "type": "t"}))
+            .unwrap_err();
+        assert!(f.message.starts_with("attribute `source` is 2049 bytes long"), "{}", f.message);
     }
 
     #[test]

@@ -1,0 +1,160 @@
+//! The transactional outbox: events a handler emits become stored outputs (checked against the
+//! manifest and their contracts, ids derived from the cause), committed with the idempotency
+//! record, then published in order and marked sent; the relay publishes what a failed publish
+//! left behind.
+
+use std::collections::BTreeSet;
+use tracing::Instrument;
+
+use super::Intake;
+use crate::{
+    emit::Emit,
+    event::Context,
+    idempotency::{StoredOutput, now_ms},
+    outcome::{Failure, FailureKind},
+};
+
+impl Intake {
+    /// Turn an [`Emit`] into the CloudEvent to publish, checking it against the manifest and
+    /// its contract first: an emitted event that breaks its contract is a handler bug.
+    pub(super) fn outgoing(&self, cause: &Context, seq: u32, e: Emit) -> Result<StoredOutput, Failure> {
+        let bug = |msg: String| Failure::new(FailureKind::HandlerPermanent, msg);
+        let target = self.manifest.publish_for(&e.ty).ok_or_else(|| {
+            bug(format!(
+                "the handler emitted {:?}, which function.toml does not declare under [[publishes]]",
+                e.ty
+            ))
+        })?;
+        if let Some(Err(v)) = self.contracts.validate(&e.ty, &e.data) {
+            return Err(bug(format!(
+                "the handler emitted {} with data that violates its contract: {v}",
+                e.ty
+            )));
+        }
+        // Derived from the cause, so a re-run after a crash emits the same ids.
+        let id = uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_OID,
+            format!("{}#{}#{seq}", cause.source, cause.id).as_bytes(),
+        )
+        .to_string();
+        let mut builder = <cloudevents::EventBuilderV10 as cloudevents::EventBuilder>::new()
+            .id(id.clone())
+            .source(self.source.clone())
+            .ty(e.ty.clone())
+            .time(chrono::Utc::now())
+            .data("application/json", e.data)
+            .extension("traceparent", cause.traceparent.clone())
+            .extension("causationid", cause.id.clone())
+            .extension(
+                "correlationid",
+                cause
+                    .extension("correlationid")
+                    .unwrap_or(&cause.id)
+                    .to_string(),
+            );
+        if let Some(subject) = &e.subject {
+            builder = builder.subject(subject.clone());
+        }
+        if let Some(key) = &e.partition_key {
+            builder = builder.extension("partitionkey", key.clone());
+        }
+        // A handler's own extensions may not override the ones the runtime sets.
+        let mut reserved = BTreeSet::from([
+            "traceparent",
+            "causationid",
+            "correlationid",
+            "partitionkey",
+        ]);
+        for (name, value) in &e.extensions {
+            if reserved.insert(name.as_str()) {
+                builder = builder.extension(name, value.clone());
+            }
+        }
+        let event = cloudevents::EventBuilder::build(builder).map_err(|err| {
+            bug(format!(
+                "the emitted {} is not a valid CloudEvent: {err}",
+                e.ty
+            ))
+        })?;
+        let body = serde_json::to_string(&event)
+            .map_err(|err| bug(format!("the emitted {} cannot be serialised: {err}", e.ty)))?;
+        Ok(StoredOutput {
+            seq,
+            event_id: id,
+            event_type: e.ty,
+            pubsub: target.pubsub.clone(),
+            topic: target.topic.clone(),
+            body,
+            traceparent: cause.traceparent.clone(),
+            partition_key: e.partition_key,
+        })
+    }
+
+    /// Publish outbox entries in order, marking each sent.
+    pub(super) async fn publish_outputs(&self, key: &str, outputs: &[StoredOutput]) -> Result<(), Failure> {
+        for o in outputs {
+            let publish_span = tracing::info_span!(
+                "zerofn.publish",
+                otel.name = format!("{} publish", o.topic),
+                otel.kind = "producer",
+                messaging.destination.name = %o.topic,
+                messaging.message.id = %o.event_id,
+            );
+            self.publisher
+                .publish(o)
+                .instrument(publish_span)
+                .await
+                .map_err(|reason| {
+                    self.instruments.publish_failed(&o.topic);
+                    Failure::new(
+                        FailureKind::PublishFailed,
+                        format!(
+                            "publishing {} ({}) failed: {reason}",
+                            o.event_type, o.event_id
+                        ),
+                    )
+                })?;
+            if let Err(e) = self.store.mark_sent(key, o.seq).await {
+                // Published but not marked: a redelivery publishes it again with the same id.
+                tracing::warn!(error = %e, event_id = %o.event_id, "could not mark an output as sent");
+            }
+        }
+        Ok(())
+    }
+
+    /// The outbox relay, one round: publish the outputs of completed events that are still
+    /// unsent (their publish failed and no redelivery came), taking the publish right first so
+    /// a live worker is never raced and no record is created or revived. Returns how many
+    /// outputs were published.
+    pub(crate) async fn relay_once(&self) -> usize {
+        let keys = match self.store.keys_with_unsent(now_ms() - 1000, 100).await {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox relay could not list unsent outputs");
+                return 0;
+            }
+        };
+        let mut published = 0;
+        for key in keys {
+            let owner = uuid::Uuid::new_v4().to_string();
+            match self.store.take_unsent(&key, &owner, self.config.lease).await {
+                Ok(unsent) if unsent.is_empty() => {}
+                Ok(unsent) => match self.publish_outputs(&key, &unsent).await {
+                    Ok(()) => {
+                        published += unsent.len();
+                        tracing::info!(
+                            outputs = unsent.len(),
+                            "outbox relay published outputs left unsent"
+                        );
+                    }
+                    Err(f) => {
+                        let _ = self.store.release(&key, &owner).await;
+                        tracing::warn!(reason = %f.message, "outbox relay could not publish; will try again");
+                    }
+                },
+                Err(e) => tracing::warn!(error = %e, "outbox relay could not take a record"),
+            }
+        }
+        published
+    }
+}

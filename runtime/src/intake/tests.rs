@@ -1,0 +1,420 @@
+//! The pipeline's state machine, in-process: the memory store, a recording publisher, no
+//! sockets. Processes are kept for signals and crashes (`tests/`).
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+use super::{DeliveryMeta, Intake, key};
+use crate::{
+    Emit, Event, HandlerError,
+    codec::structured_value,
+    config::Config,
+    contract::Contracts,
+    handler_fn,
+    idempotency::{Claim, Store, StoredOutput, memory::MemoryStore},
+    manifest::{KeyStrategy, Manifest},
+    outcome::{FailureKind, Outcome},
+    publish::Publisher,
+};
+
+const MANIFEST: &str = r#"
+[function]
+name = "sm"
+[[subscriptions]]
+topic = "todo.task.created"
+[[publishes]]
+type = "todo.notification.sent"
+[delivery]
+max_attempts = 3
+"#;
+
+/// Records what is published; fails while `failing` is set.
+#[derive(Default)]
+struct Recording {
+    sent: Mutex<Vec<StoredOutput>>,
+    failing: AtomicBool,
+}
+
+impl Publisher for Recording {
+    fn publish<'a>(
+        &'a self,
+        event: &'a StoredOutput,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            if self.failing.load(Ordering::SeqCst) {
+                return Err("the broker is down".into());
+            }
+            self.sent.lock().unwrap().push(event.clone());
+            Ok(())
+        })
+    }
+}
+
+struct Rig {
+    intake: Arc<Intake>,
+    store: Arc<dyn Store>,
+    publisher: Arc<Recording>,
+    /// Handler calls that began, and that ran to their end.
+    began: Arc<AtomicUsize>,
+    ended: Arc<AtomicUsize>,
+}
+
+fn rig(lease: &str) -> Rig {
+    let manifest = Arc::new(Manifest::parse(MANIFEST, "sm", "0.1.0").unwrap());
+    let env: HashMap<String, String> = [("ZEROFN_STORE", "memory"), ("ZEROFN_LEASE", lease)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let config = Arc::new(Config::from_source(&env).unwrap());
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let publisher = Arc::new(Recording::default());
+    let (began, ended) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (b, e) = (began.clone(), ended.clone());
+    let handler = handler_fn(move |event: Event<Value>| {
+        let (b, e) = (b.clone(), e.clone());
+        async move {
+            b.fetch_add(1, Ordering::SeqCst);
+            let title = event.data["title"].as_str().unwrap_or_default().to_string();
+            if let Some(ms) = title.strip_prefix("sleep:") {
+                tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+            }
+            let result = match title.as_str() {
+                "retry" => Err(HandlerError::retryable("database unavailable")),
+                "permanent" => Err(HandlerError::permanent("no such user")),
+                "emit" => Ok(vec![Emit::new(
+                    "todo.notification.sent",
+                    &json!({"notification_id": "0193a7c2-a000-7000-8000-000000000001",
+                        "user_id": "u-1", "channel": "in_app", "title": "t", "body": "b",
+                        "cause": {"event_id": "e", "event_type": "todo.task.created"},
+                        "sent_at": "2026-11-23T07:30:01Z"}),
+                )?]),
+                _ => Ok(vec![]),
+            };
+            e.fetch_add(1, Ordering::SeqCst);
+            result
+        }
+    });
+    let intake = Arc::new(Intake::new(
+        manifest,
+        Contracts::embedded().unwrap(),
+        handler,
+        publisher.clone(),
+        store.clone(),
+        config,
+    ));
+    Rig {
+        intake,
+        store,
+        publisher,
+        began,
+        ended,
+    }
+}
+
+fn event(id: &str, title: &str) -> Value {
+    json!({
+        "specversion": "1.0", "id": id, "source": "/test", "type": "todo.task.created",
+        "datacontenttype": "application/json",
+        "data": {"task_id": "0190a0e4-7c3a-7cc0-b1a2-0f3e4d5c6b7a", "user_id": "u-1",
+                 "title": title, "priority": "low", "created_at": "2026-12-02T10:00:00Z"}
+    })
+}
+
+impl Rig {
+    async fn deliver(&self, ev: &Value) -> Outcome {
+        self.intake
+            .process(
+                structured_value(ev.clone()),
+                &["todo.task.created".to_string()],
+                DeliveryMeta::default(),
+            )
+            .await
+    }
+
+    fn key_of(&self, id: &str) -> String {
+        let mut ctx = crate::Context::test("todo.task.created");
+        ctx.id = id.into();
+        ctx.source = "/test".into();
+        key::hashed(&key::identity(&KeyStrategy::SourceId, &ctx, &json!({})), None)
+    }
+
+    fn published(&self) -> usize {
+        self.publisher.sent.lock().unwrap().len()
+    }
+}
+
+fn dead_letter_id(o: &Outcome) -> String {
+    match o {
+        Outcome::DeadLettered { id, .. } => id.clone(),
+        other => panic!("expected a dead letter, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn handled_once_then_duplicates() {
+    let r = rig("6s");
+    let ev = event("a-1", "emit");
+    assert_eq!(r.deliver(&ev).await, Outcome::Success);
+    assert_eq!(r.deliver(&ev).await, Outcome::Duplicate);
+    assert_eq!(r.began.load(Ordering::SeqCst), 1);
+    assert_eq!(r.published(), 1);
+}
+
+#[tokio::test]
+async fn retryable_failures_run_out_into_one_dead_letter() {
+    let r = rig("6s");
+    let ev = event("a-2", "retry");
+    for _ in 0..2 {
+        assert!(matches!(r.deliver(&ev).await, Outcome::Retry(f) if f.kind == FailureKind::HandlerRetryable));
+    }
+    let last = r.deliver(&ev).await;
+    assert!(matches!(&last, Outcome::DeadLettered { exhausted: true, .. }), "{last:?}");
+    let record = r.store.dead_letter_by_id(&dead_letter_id(&last)).await.unwrap().unwrap();
+    assert_eq!(record.attempts, 3);
+    assert_eq!(record.key, r.key_of("a-2"));
+    assert_eq!(r.deliver(&ev).await, Outcome::Duplicate);
+    assert_eq!(r.began.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn permanent_failures_are_dead_lettered_at_once() {
+    let r = rig("6s");
+    let o = r.deliver(&event("a-3", "permanent")).await;
+    assert!(matches!(&o, Outcome::DeadLettered { exhausted: false, failure, .. } if failure.kind == FailureKind::HandlerPermanent), "{o:?}");
+}
+
+#[tokio::test]
+async fn a_takeover_past_max_attempts_is_dead_lettered_without_running() {
+    // Three workers died holding the event (the handler kills its process every time).
+    let r = rig("1s");
+    let key = r.key_of("a-4");
+    let ttl = Duration::from_secs(60);
+    for (n, owner) in ["w1", "w2", "w3"].into_iter().enumerate() {
+        let claim = r.store.claim(&key, owner, Duration::from_millis(30), ttl).await.unwrap();
+        assert_eq!(claim, Claim::Acquired { attempt: n as u32 + 1 });
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let o = r.deliver(&event("a-4", "ok")).await;
+    assert!(matches!(&o, Outcome::DeadLettered { exhausted: true, failure, .. } if failure.kind == FailureKind::WorkerLost), "{o:?}");
+    assert_eq!(r.began.load(Ordering::SeqCst), 0, "not run a fourth time");
+    let record = r.store.dead_letter_by_id(&dead_letter_id(&o)).await.unwrap().unwrap();
+    assert_eq!(record.attempts, 3);
+}
+
+#[tokio::test]
+async fn a_dead_holders_lease_is_waited_for_not_answered_in_flight() {
+    let r = rig("1s");
+    let key = r.key_of("a-5");
+    r.store
+        .claim(&key, "dead", Duration::from_millis(500), Duration::from_secs(60))
+        .await
+        .unwrap();
+    // Without the wait this delivery would answer "in flight" and spend a retry.
+    assert_eq!(r.deliver(&event("a-5", "ok")).await, Outcome::Success);
+    assert_eq!(r.began.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_live_holder_renews_its_lease_past_many_leases() {
+    let r = rig("1s");
+    let ev = event("a-6", "sleep:3500");
+    let first = {
+        let (intake, ev) = (r.intake.clone(), ev.clone());
+        tokio::spawn(async move {
+            intake
+                .process(structured_value(ev), &["todo.task.created".into()], DeliveryMeta::default())
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Past the first lease: the holder renewed, so the second delivery waits once, then retries.
+    let second = r.deliver(&ev).await;
+    assert!(matches!(&second, Outcome::Retry(f) if f.kind == FailureKind::InFlight), "{second:?}");
+    assert_eq!(first.await.unwrap(), Outcome::Success);
+    assert_eq!(r.began.load(Ordering::SeqCst), 1, "never run twice");
+}
+
+#[tokio::test]
+async fn abandoned_attempts_stop_their_handler_and_release_the_claim() {
+    let r = rig("6s");
+    let ev = event("a-7", "sleep:10000");
+    let running = {
+        let (intake, ev) = (r.intake.clone(), ev.clone());
+        tokio::spawn(async move {
+            intake
+                .process(structured_value(ev), &["todo.task.created".into()], DeliveryMeta::default())
+                .await
+        })
+    };
+    while r.began.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    r.intake.abandon();
+    let o = tokio::time::timeout(Duration::from_secs(2), running).await.unwrap().unwrap();
+    assert!(matches!(&o, Outcome::Retry(f) if f.kind == FailureKind::Draining), "{o:?}");
+    // Released: the next delivery takes over at once, as attempt 2.
+    let claim = r
+        .store
+        .claim(&r.key_of("a-7"), "next", Duration::from_secs(6), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claim, Claim::Acquired { attempt: 2 });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(r.ended.load(Ordering::SeqCst), 0, "the handler was aborted");
+}
+
+#[tokio::test]
+async fn a_done_record_with_unsent_outputs_is_a_duplicate_and_the_relays_job() {
+    // A worker completed, then died before publishing: its lease still holds the publish right.
+    let r = rig("1s");
+    let key = r.key_of("a-8");
+    let ttl = Duration::from_secs(60);
+    r.store.claim(&key, "dead", Duration::from_millis(400), ttl).await.unwrap();
+    let output = StoredOutput {
+        seq: 0,
+        event_id: "out-1".into(),
+        event_type: "todo.notification.sent".into(),
+        pubsub: "kafka-pubsub".into(),
+        topic: "todo.notification.sent".into(),
+        body: "{}".into(),
+        traceparent: String::new(),
+        partition_key: None,
+    };
+    assert!(r.store.complete(&key, "dead", &[output], None, ttl).await.unwrap());
+    assert_eq!(r.deliver(&event("a-8", "emit")).await, Outcome::Duplicate);
+    assert_eq!(r.published(), 0, "the publish right is still the dead worker's");
+    assert_eq!(r.intake.relay_once().await, 0);
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(r.intake.relay_once().await, 1);
+    assert_eq!(r.intake.relay_once().await, 0, "published once");
+    assert_eq!(r.began.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_duplicate_publishes_unsent_outputs_once_the_right_is_free() {
+    let r = rig("1s");
+    r.publisher.failing.store(true, Ordering::SeqCst);
+    let ev = event("a-9", "emit");
+    assert!(matches!(r.deliver(&ev).await, Outcome::Retry(f) if f.kind == FailureKind::PublishFailed));
+    r.publisher.failing.store(false, Ordering::SeqCst);
+    // The failed publisher released its right: the redelivery publishes, without the handler.
+    assert_eq!(r.deliver(&ev).await, Outcome::Duplicate);
+    assert_eq!(r.published(), 1);
+    assert_eq!(r.began.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn the_relay_never_revives_an_expired_record() {
+    let r = rig("1s");
+    let key = r.key_of("a-10");
+    let short = Duration::from_millis(100);
+    r.store.claim(&key, "w", Duration::from_millis(10), short).await.unwrap();
+    let output = StoredOutput {
+        seq: 0,
+        event_id: "out-2".into(),
+        event_type: "todo.notification.sent".into(),
+        pubsub: "p".into(),
+        topic: "t".into(),
+        body: "{}".into(),
+        traceparent: String::new(),
+        partition_key: None,
+    };
+    assert!(r.store.complete(&key, "w", &[output], None, short).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(r.intake.relay_once().await, 0);
+    assert_eq!(
+        r.store.claim(&key, "x", Duration::from_secs(1), short).await.unwrap(),
+        Claim::Acquired { attempt: 1 },
+        "no in-flight row left behind"
+    );
+}
+
+#[tokio::test]
+async fn the_ttl_counts_from_completion() {
+    let r = rig("1s");
+    let key = r.key_of("a-11");
+    let ttl = Duration::from_millis(300);
+    r.store.claim(&key, "w", Duration::from_secs(1), ttl).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(r.store.complete(&key, "w", &[], None, ttl).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // 400 ms after the claim, 200 ms after completion: still remembered.
+    assert_eq!(
+        r.store.claim(&key, "x", Duration::from_secs(1), ttl).await.unwrap(),
+        Claim::Done { unsent: vec![] }
+    );
+}
+
+#[tokio::test]
+async fn dead_lettering_is_fenced_by_the_holder() {
+    let r = rig("1s");
+    let key = r.key_of("a-12");
+    let ttl = Duration::from_secs(60);
+    r.store.claim(&key, "old", Duration::from_millis(10), ttl).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    r.store.claim(&key, "new", Duration::from_secs(5), ttl).await.unwrap();
+    assert!(r.store.complete(&key, "new", &[], None, ttl).await.unwrap());
+    let o = r.deliver(&event("a-12", "ok")).await;
+    assert_eq!(o, Outcome::Duplicate);
+    // The stale holder cannot overwrite `done`.
+    let stale = crate::dead_letter::DeadLetter {
+        id: "dl-stale".into(),
+        function: "sm".into(),
+        function_version: "0.1.0".into(),
+        key: key.clone(),
+        event_id: None,
+        event_type: None,
+        event_source: None,
+        topic: None,
+        pubsub: None,
+        original: crate::dead_letter::Original::new(None, b"", Default::default()),
+        error: crate::dead_letter::DeadLetterError {
+            kind: "handler_timeout".into(),
+            class: "retryable".into(),
+            messages: vec![],
+        },
+        attempts: 1,
+        first_failure: String::new(),
+        last_failure: String::new(),
+        trace_id: None,
+    };
+    assert!(!r.store.dead_letter(&key, "old", &stale).await.unwrap());
+    assert_eq!(
+        r.store.claim(&key, "x", Duration::from_secs(1), ttl).await.unwrap(),
+        Claim::Done { unsent: vec![] }
+    );
+    assert!(r.store.dead_letter_by_id("dl-stale").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_forged_replayof_cannot_reapply_a_genuine_one_applies_once() {
+    let r = rig("6s");
+    let applied = event("b-1", "ok");
+    assert_eq!(r.deliver(&applied).await, Outcome::Success);
+    let mut forged = applied.clone();
+    forged["replayof"] = json!("0190a0e4-0000-7000-8000-000000000000");
+    assert_eq!(r.deliver(&forged).await, Outcome::Duplicate, "unknown dead letter");
+    // A real dead letter of another event does not open this one either.
+    let other = r.deliver(&event("b-2", "permanent")).await;
+    forged["replayof"] = json!(dead_letter_id(&other));
+    assert_eq!(r.deliver(&forged).await, Outcome::Duplicate, "dead letter of another event");
+    assert_eq!(r.began.load(Ordering::SeqCst), 2);
+    // The genuine replay of b-2 (fixed up), as `zerofn dlq replay` sends it: applied once.
+    let mut replay = event("b-2", "ok");
+    replay["replayof"] = json!(dead_letter_id(&other));
+    assert_eq!(r.deliver(&replay).await, Outcome::Success);
+    assert_eq!(r.deliver(&replay).await, Outcome::Duplicate);
+    assert_eq!(r.began.load(Ordering::SeqCst), 3);
+}
