@@ -129,9 +129,15 @@ impl App {
         let drain = state.drain.clone();
         let grace = state.config.shutdown_grace;
         let intake = state.intake.clone();
+        let parent = state.config.parent_pid;
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let graceful = async move {
-            shutdown.await;
+            // An orphaned replica (its engine is gone, so no answer can reach it) gives up on
+            // its deliveries at once, releasing their claims for the next engine's replicas.
+            let grace = tokio::select! {
+                () = shutdown => grace,
+                () = crate::shutdown::parent_gone(parent) => std::time::Duration::ZERO,
+            };
             tracing::info!(in_flight = drain.in_flight(), grace = ?grace, "draining");
             let mut result = drain.drain(grace).await;
             if let Err(in_flight) = result {

@@ -70,6 +70,9 @@ pub const ENV_LOG_FORMAT: &str = "ZEROFN_LOG_FORMAT";
 pub const ENV_LOG: &str = "ZEROFN_LOG";
 /// Fallback log filter, read when `ZEROFN_LOG` is unset.
 pub const ENV_RUST_LOG: &str = "RUST_LOG";
+/// The process id of the engine that started this replica (`zerofn dev` sets it): when that
+/// process is gone (even SIGKILLed), the replica drains and exits instead of living on.
+pub const ENV_PARENT_PID: &str = "ZEROFN_PARENT_PID";
 
 /// Every key above, for documentation and for tests that check the Helm values map to them.
 pub const ALL_KEYS: &[&str] = &[
@@ -97,6 +100,7 @@ pub const ALL_KEYS: &[&str] = &[
     ENV_LOG_FORMAT,
     ENV_LOG,
     ENV_RUST_LOG,
+    ENV_PARENT_PID,
 ];
 
 /// Where configuration values come from.
@@ -223,6 +227,8 @@ pub struct Config {
     pub relay_interval: Duration,
     /// Test hook: where to abort the process.
     pub crash_at: Option<CrashPoint>,
+    /// The engine process this replica belongs to (exit when it is gone).
+    pub parent_pid: Option<u32>,
     /// Where traces are exported (OTLP/gRPC); `None` keeps tracing local.
     pub otlp_endpoint: Option<String>,
     /// Service name in traces.
@@ -389,6 +395,14 @@ impl Config {
                 d => d,
             },
             crash_at,
+            parent_pid: src
+                .get(ENV_PARENT_PID)
+                .map(|v| {
+                    v.parse::<u32>().map_err(|e| {
+                        ConfigError::new(ENV_PARENT_PID, &v, format!("not a process id ({e})"))
+                    })
+                })
+                .transpose()?,
             max_body_bytes,
             shutdown_grace: duration(src, ENV_SHUTDOWN_GRACE, Duration::from_secs(30))?,
             handler_timeout,
@@ -510,6 +524,7 @@ mod tests {
             (ENV_STORE, "mysql://x", "expected memory, sqlite"),
             (ENV_CRASH_AT, "sometime", "expected after_claim"),
             (ENV_LEASE, "500ms", "renewed every third of it"),
+            (ENV_PARENT_PID, "engine", "not a process id"),
             (ENV_LEASE, "0s", "must be at least 1s"),
             (ENV_K_SINK, "broker.local", "not a URL"),
             (ENV_K_SINK, "ftp://x/", "http:// or https://"),

@@ -105,6 +105,30 @@ pub(crate) async fn signal() {
     }
 }
 
+/// Resolves once the process that started this one is gone (its parent changed: the engine
+/// died, even by SIGKILL, and the replica was re-parented). Never resolves without `parent`.
+pub(crate) async fn parent_gone(parent: Option<u32>) {
+    let Some(parent) = parent else {
+        return std::future::pending().await;
+    };
+    #[cfg(unix)]
+    loop {
+        if std::os::unix::process::parent_id() != parent {
+            tracing::warn!(
+                parent,
+                "the engine that started this replica is gone; shutting down"
+            );
+            return;
+        }
+        tokio::time::sleep(PARENT_CHECK).await;
+    }
+    #[cfg(not(unix))]
+    std::future::pending().await
+}
+
+/// How often a replica checks that its engine is alive.
+const PARENT_CHECK: Duration = Duration::from_millis(500);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -436,12 +436,21 @@ impl FnProcess {
 
     /// Send SIGTERM (through `kill`, to keep `unsafe` out of the workspace).
     pub fn sigterm(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Send SIGKILL: the process gets no chance to clean up.
+    pub fn sigkill(&self) {
+        self.signal("-KILL");
+    }
+
+    fn signal(&self, sig: &str) {
         let pid = self.child.id().expect("process still running");
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([sig, &pid.to_string()])
             .status()
             .expect("kill runs");
-        assert!(status.success(), "kill -TERM {pid} failed");
+        assert!(status.success(), "kill {sig} {pid} failed");
     }
 
     /// Wait (at most `timeout`) for the process to exit and for its output to be read to the

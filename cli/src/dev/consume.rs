@@ -198,10 +198,28 @@ async fn deliver(
         if engine.opts.chaos.contains(&Chaos::Slow) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let statuses = match f.pick_partition(&records[0].topic, records[0].partition) {
-            Some(lease) => attempt(engine, &lease, route.as_ref(), &records).await,
+        // A replica that died (or none serving) is a rebalance, not a failed delivery: Kafka
+        // hands the partition to another consumer, which starts from the committed offset with
+        // a fresh retry budget. Only answers, and silence from a live replica, spend retries.
+        let Some(lease) = f.pick_partition(&records[0].topic, records[0].partition) else {
+            f.nudge();
+            let mut stop = engine.stopping();
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = stop.changed() => return false,
+            }
+            continue;
+        };
+        let statuses = match attempt(engine, &lease, route.as_ref(), &records).await {
+            Some(statuses) => statuses,
+            None if exited(&lease).await => {
+                drop(lease);
+                tokio::time::sleep(REBALANCE_PAUSE).await;
+                continue;
+            }
             None => vec![Status::Retry; records.len()],
         };
+        drop(lease);
         // Finish the prefix that is final; the first retry holds the rest (head of line).
         let mut done = 0;
         for (record, status) in records.iter().zip(&statuses) {
@@ -253,16 +271,34 @@ async fn deliver(
     }
 }
 
+/// Whether the replica behind `lease` exited (it gets a moment: its exit is noticed just
+/// after the connection it held breaks).
+async fn exited(lease: &Lease) -> bool {
+    let mut exited = lease.replica.exited.subscribe();
+    tokio::time::timeout(EXIT_NOTICED, exited.wait_for(|e| *e))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+/// Between a replica's death and the next delivery of its records (the engine drops it from
+/// rotation meanwhile).
+const REBALANCE_PAUSE: Duration = Duration::from_millis(50);
+
+/// How long an unanswered delivery waits to learn whether its replica died.
+const EXIT_NOTICED: Duration = Duration::from_secs(1);
+
+/// One delivery of `records` to the lease's replica: each record's status, or `None` when no
+/// answer came (the connection failed or broke).
 async fn attempt(
     engine: &Engine,
     lease: &Lease,
     route: Option<&Route>,
     records: &[Record],
-) -> Vec<Status> {
+) -> Option<Vec<Status>> {
     let addr = lease.replica.addr;
     let first = &records[0];
     let Some(route) = route else {
-        return vec![replay(engine, addr, first).await];
+        return Some(vec![replay(engine, addr, first).await]);
     };
     let kafka_headers = |r: &Record| {
         let mut h = vec![
@@ -309,14 +345,14 @@ async fn attempt(
             Ok(r) => {
                 let code = r.status().as_u16();
                 let bytes = r.bytes().await.unwrap_or_default();
-                bulk_statuses(code, &bytes, records.len())
+                Some(bulk_statuses(code, &bytes, records.len()))
             }
-            Err(_) => vec![Status::Retry; records.len()],
+            Err(_) => None,
         };
     }
     let Some(event) = envelope(first, &route.pubsub) else {
         // daprd cannot decode a non-CloudEvent record: straight to the dead-letter topic.
-        return vec![Status::Drop];
+        return Some(vec![Status::Drop]);
     };
     let mut request = engine
         .client
@@ -334,9 +370,9 @@ async fn attempt(
         Ok(r) => {
             let code = r.status().as_u16();
             let bytes = r.bytes().await.unwrap_or_default();
-            vec![single_status(code, &bytes)]
+            Some(vec![single_status(code, &bytes)])
         }
-        Err(_) => vec![Status::Retry],
+        Err(_) => None,
     }
 }
 

@@ -101,6 +101,9 @@ pub(crate) fn async_topic(function: &str) -> String {
     format!("async.{function}")
 }
 
+/// Under the state dir: one pidfile per running replica.
+pub(crate) const PID_DIR: &str = "replicas";
+
 /// Work being sent to a replica; the replica is not stopped while one exists.
 #[derive(Debug)]
 pub(crate) struct Lease {
@@ -443,7 +446,9 @@ impl Engine {
     async fn start_replica(self: Arc<Self>, f: Arc<Function>, id: u64) {
         let began = Instant::now();
         let data_dir = self.opts.state_dir.join("functions").join(&f.name);
+        let pid_dir = self.opts.state_dir.join(PID_DIR);
         let spec = Spec {
+            pid_dir: &pid_dir,
             function: &f.name,
             binary: &f.binary,
             id,
@@ -492,6 +497,7 @@ impl Engine {
         };
         let expected = !replica.serving();
         f.st().replicas.retain(|r| r.id != replica.id);
+        crate::dev::replica::forget(&self.opts.state_dir.join(PID_DIR), replica.pid());
         replica.exited.send_replace(true);
         if expected {
             tracing::info!(function = %f.name, replica = replica.id, status = ?status, "replica stopped");

@@ -152,6 +152,11 @@ impl Dev {
         std::fs::create_dir_all(&self.state_dir).with_context(|| {
             format!("--state-dir {}: cannot create it", self.state_dir.display())
         })?;
+        let _lock = lock_state_dir(&self.state_dir)?;
+        let swept = replica::sweep(&self.state_dir.join(engine::PID_DIR));
+        if swept > 0 {
+            tracing::warn!(swept, "replicas of a previous engine on this state dir were still running: killed");
+        }
         let log = Arc::new(
             log::Log::open(&self.state_dir.join("log.db"), self.partitions)
                 .await
@@ -373,3 +378,38 @@ impl Backend for Local {
         Some(self.engine.status())
     }
 }
+
+/// Hold the state dir for this engine: a second engine on it would share the log and the
+/// stores with a different view of replicas and offsets. Released when the process ends,
+/// however it ends (an OS file lock).
+fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("engine.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {
+            use std::io::{Seek, Write};
+            file.set_len(0)?;
+            file.rewind()?;
+            write!(file, "{}", std::process::id())?;
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "another zerofn dev (pid {}) is running on --state-dir {}: stop it, or give this one another --state-dir",
+                holder.trim(),
+                dir.display()
+            )
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+

@@ -82,7 +82,45 @@ pub(crate) struct Spec<'a> {
     pub(crate) id: u64,
     pub(crate) sidecar_port: u16,
     pub(crate) data_dir: &'a Path,
+    /// Where the engine notes each replica's pid, for the next engine to sweep.
+    pub(crate) pid_dir: &'a Path,
     pub(crate) start_timeout: Duration,
+}
+
+/// Kill the replicas a previous engine on this state dir left running (it was SIGKILLed and
+/// they had not noticed yet, or hung): each pidfile names a pid and its binary, and a pid is
+/// killed only while it still runs that binary (pids are reused). Returns how many.
+pub(crate) fn sweep(pid_dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(pid_dir) else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let pid = entry.file_name().to_string_lossy().parse::<u32>().ok();
+        let binary = std::fs::read_to_string(&path).unwrap_or_default();
+        if let Some(pid) = pid
+            && std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| exe == Path::new(binary.trim()))
+        {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            tracing::warn!(pid, binary = binary.trim(), "killed a replica a previous engine left running");
+            killed += 1;
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    killed
+}
+
+/// Forget a replica's pidfile once it exited.
+pub(crate) fn forget(pid_dir: &Path, pid: Option<u32>) {
+    if let Some(pid) = pid {
+        let _ = std::fs::remove_file(pid_dir.join(pid.to_string()));
+    }
 }
 
 /// A free port on 127.0.0.1 (bound, read, released).
@@ -119,6 +157,8 @@ impl Replica {
             .env("ZEROFN_DATA_DIR", spec.data_dir)
             .env("ZEROFN_STORE", store)
             .env("ZEROFN_REPLICA", spec.id.to_string())
+            // The replica exits when the engine is gone, even SIGKILLed.
+            .env(zerofn::config::ENV_PARENT_PID, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::piped())
@@ -129,6 +169,13 @@ impl Replica {
         let mut child = cmd
             .spawn()
             .map_err(|e| StartError(format!("cannot run {}: {e}", spec.binary.display())))?;
+        if let Some(pid) = child.id() {
+            let _ = std::fs::create_dir_all(spec.pid_dir);
+            let _ = std::fs::write(
+                spec.pid_dir.join(pid.to_string()),
+                spec.binary.display().to_string(),
+            );
+        }
         let tail: Tail = Arc::default();
         if let Some(stderr) = child.stderr.take() {
             let tail = tail.clone();
