@@ -344,8 +344,14 @@ async fn a_replica_killed_mid_event_means_one_redelivery_and_one_effect() {
 
 /// Whether process `pid` still runs (a zombie, exited but not reaped, does not count).
 fn alive(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
 }
 
 #[tokio::test]
@@ -363,7 +369,15 @@ async fn a_sigkilled_engine_leaves_no_replica_and_one_engine_owns_a_state_dir() 
     // A second engine on the same state dir refuses, naming the first.
     let state = engine.state.display().to_string();
     let probe = probe_fn();
-    let args = ["dev", "--listen", "127.0.0.1:0", "--state-dir", &state, "--fn", &probe];
+    let args = [
+        "dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        &state,
+        "--fn",
+        &probe,
+    ];
     let mut second = FnProcess::spawn_with_args(ZEROFN, &args, &[]).await;
     assert_eq!(second.wait_exit(Duration::from_secs(30)).await, Some(1));
     let said = second.stderr_lines().join("\n");

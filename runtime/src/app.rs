@@ -21,8 +21,8 @@ use crate::{
     idempotency,
     intake::Intake,
     manifest::{Manifest, ManifestSource},
-    shutdown::Drain,
     publish::{NoPublisher, Publisher},
+    shutdown::Drain,
     transport::{self, AppState, dapr::DaprPublisher, knative::SinkPublisher},
 };
 
@@ -144,7 +144,10 @@ impl App {
                 // Give up on what is still running: each attempt stops, records itself as
                 // failed and releases its claim, so another replica takes the event over at
                 // once instead of waiting for a lease.
-                tracing::warn!(in_flight, "drain timed out; releasing the claims still held");
+                tracing::warn!(
+                    in_flight,
+                    "drain timed out; releasing the claims still held"
+                );
                 intake.abandon();
                 let _ = drain.drain(RELEASE_CLAIMS).await;
                 result = Err(in_flight);

@@ -9,8 +9,8 @@ use cloudevents::AttributesReader;
 use http::{HeaderMap, header::CONTENT_TYPE};
 use serde_json::{Map, Value};
 
-use crate::outcome::{Failure, FailureKind};
 use crate::event::Context;
+use crate::outcome::{Failure, FailureKind};
 
 /// The longest CloudEvent `id` accepted, in bytes.
 pub(crate) const MAX_ID_BYTES: usize = 1024;
@@ -422,13 +422,22 @@ mod tests {
         let ok = ev(json!({"specversion": "1.0", "id": "i".repeat(MAX_ID_BYTES),
             "source": "s".repeat(MAX_SOURCE_BYTES), "type": "t"}));
         assert!(ok.is_ok());
-        let f = ev(json!({"specversion": "1.0", "id": "i".repeat(5000), "source": "s", "type": "t"}))
-            .unwrap_err();
+        let f =
+            ev(json!({"specversion": "1.0", "id": "i".repeat(5000), "source": "s", "type": "t"}))
+                .unwrap_err();
         assert_eq!(f.kind, FailureKind::Malformed);
-        assert_eq!(f.message, "attribute `id` is 5000 bytes long; zerofn accepts at most 1024");
+        assert_eq!(
+            f.message,
+            "attribute `id` is 5000 bytes long; zerofn accepts at most 1024"
+        );
         let f = ev(json!({"specversion": "1.0", "id": "1", "source": "s".repeat(MAX_SOURCE_BYTES + 1), "type": "t"}))
             .unwrap_err();
-        assert!(f.message.starts_with("attribute `source` is 2049 bytes long"), "{}", f.message);
+        assert!(
+            f.message
+                .starts_with("attribute `source` is 2049 bytes long"),
+            "{}",
+            f.message
+        );
     }
 
     #[test]

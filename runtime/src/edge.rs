@@ -11,10 +11,10 @@ use serde_json::{Map, Value};
 
 use crate::{
     Error,
+    codec::{self as decode, Decoded, Mode},
     config::{Config, ConfigError},
     contract::Contracts,
     dead_letter::{DeadLetter, DeadLetterError, Original},
-    codec::{self as decode, Decoded, Mode},
     outcome::{Failure, FailureKind},
     telemetry::{self, TraceContext},
 };

@@ -56,11 +56,11 @@ mod handler;
 mod idempotency;
 pub mod instruments;
 mod intake;
-mod outcome;
-mod publish;
 #[cfg(feature = "lambda")]
 mod lambda;
 pub mod manifest;
+mod outcome;
+mod publish;
 mod shutdown;
 mod telemetry;
 mod transport;

@@ -26,4 +26,3 @@ impl Publisher for NoPublisher {
         Box::pin(async move { Err(msg) })
     }
 }
-

@@ -689,3 +689,24 @@ impl Drop for OtlpReceiver {
         self.task.abort();
     }
 }
+
+/// A service URL from the environment; without it the test fails and says how to get one.
+pub fn service(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the suites through `make test`, which starts PostgreSQL and Redis on 127.0.0.1")
+    })
+}
+
+pub fn sqlite_url() -> String {
+    let dir = std::env::temp_dir().join(format!("zerofn-store-{}", uuid::Uuid::new_v4()));
+    format!("sqlite:{}/zerofn.db", dir.display())
+}
+
+/// Every store the runtime supports, by name and URL.
+pub fn stores() -> Vec<(&'static str, String)> {
+    vec![
+        ("sqlite", sqlite_url()),
+        ("postgres", service("ZEROFN_TEST_POSTGRES")),
+        ("redis", service("ZEROFN_TEST_REDIS")),
+    ]
+}

@@ -7,31 +7,28 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use zerofn::dlq::DeadLetters;
-use zerofn_tests::{FnProcess, client, effect_rows, fresh_id, structured, task};
+use zerofn::{dlq::DeadLetters, testing::Recorder};
+use zerofn_tests::{FnProcess, client, effect_rows, fresh_id, service, stores, structured, task};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_probe");
 
-fn service(var: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| {
-        panic!("{var} is not set: run the suites through `make test`, which starts PostgreSQL and Redis on 127.0.0.1")
-    })
+/// The dead letter recorded for event `id` in `store`, if any.
+async fn dead_letter_of(store: &str, id: &str) -> Option<zerofn::dead_letter::DeadLetter> {
+    DeadLetters::open(store)
+        .await
+        .unwrap()
+        .list(Some("probe"), None, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.event_id.as_deref() == Some(id))
 }
 
-fn sqlite_url() -> String {
-    let dir = std::env::temp_dir().join(format!("zerofn-store-{}", uuid::Uuid::new_v4()));
-    format!("sqlite:{}/zerofn.db", dir.display())
-}
-
-fn stores() -> Vec<(&'static str, String)> {
-    vec![
-        ("sqlite", sqlite_url()),
-        ("postgres", service("ZEROFN_TEST_POSTGRES")),
-        ("redis", service("ZEROFN_TEST_REDIS")),
-    ]
-}
-
-async fn deliver(url: &str, event: &Value, timeout: Duration) -> Result<reqwest::Response, reqwest::Error> {
+async fn deliver(
+    url: &str,
+    event: &Value,
+    timeout: Duration,
+) -> Result<reqwest::Response, reqwest::Error> {
     client()
         .post(url)
         .header("content-type", "application/cloudevents+json")
@@ -43,10 +40,13 @@ async fn deliver(url: &str, event: &Value, timeout: Duration) -> Result<reqwest:
 
 #[tokio::test]
 async fn a_replica_stopped_past_its_grace_hands_the_event_over_at_once() {
+    let sink = Recorder::start().await.unwrap();
+    let sink_url = sink.url();
     for (name, store) in stores() {
         // A lease far longer than the test: without the release on drain timeout, the next
         // replica would wait for it (and the 20 s client timeout below would fire).
         let env = [
+            ("K_SINK", sink_url.as_str()),
             ("ZEROFN_STORE", store.as_str()),
             ("ZEROFN_LEASE", "60s"),
             ("ZEROFN_SHUTDOWN_GRACE", "1s"),
@@ -90,17 +90,15 @@ async fn a_replica_stopped_past_its_grace_hands_the_event_over_at_once() {
             .into_iter()
             .find(|l| l["event_id"] == id.as_str() && l["outcome"] == "success")
             .unwrap_or_else(|| panic!("{name}: no success line"));
-        assert_eq!(handled["attempt"], 2, "{name}: the abandoned attempt counted");
+        assert_eq!(
+            handled["attempt"], 2,
+            "{name}: the abandoned attempt counted"
+        );
         if name != "redis" {
             assert_eq!(effect_rows(&store, &id).await, 1, "{name}: applied once");
         }
-        let dead = DeadLetters::open(&store).await.unwrap();
         assert!(
-            dead.list(Some("probe"), None, 1000)
-                .await
-                .unwrap()
-                .iter()
-                .all(|d| d.event_id.as_deref() != Some(id.as_str())),
+            dead_letter_of(&store, &id).await.is_none(),
             "{name}: not dead-lettered"
         );
     }
@@ -109,8 +107,14 @@ async fn a_replica_stopped_past_its_grace_hands_the_event_over_at_once() {
 #[tokio::test]
 async fn a_handler_that_kills_its_process_every_time_is_dead_lettered_after_max_attempts() {
     // The probe's delivery.max_attempts is 3.
+    let sink = Recorder::start().await.unwrap();
+    let sink_url = sink.url();
     for (name, store) in stores() {
-        let env = [("ZEROFN_STORE", store.as_str()), ("ZEROFN_LEASE", "1s")];
+        let env = [
+            ("K_SINK", sink_url.as_str()),
+            ("ZEROFN_STORE", store.as_str()),
+            ("ZEROFN_LEASE", "1s"),
+        ];
         let id = fresh_id("abort");
         let event = structured(&id, task("abort"));
         for n in 1..=3 {
@@ -120,7 +124,9 @@ async fn a_handler_that_kills_its_process_every_time_is_dead_lettered_after_max_
             assert_ne!(p.wait_exit(Duration::from_secs(10)).await, Some(0));
         }
         let p = FnProcess::start(PROBE, &env).await;
-        let r = deliver(&p.url(), &event, Duration::from_secs(20)).await.unwrap();
+        let r = deliver(&p.url(), &event, Duration::from_secs(20))
+            .await
+            .unwrap();
         let status = r.status();
         let body: Value = r.json().await.unwrap();
         assert_eq!(status, 422, "{name}: {body}");
@@ -131,18 +137,15 @@ async fn a_handler_that_kills_its_process_every_time_is_dead_lettered_after_max_
                 .any(|l| l["message"] == "probe handler invoked"),
             "{name}: not run a fourth time"
         );
-        let dead = DeadLetters::open(&store).await.unwrap();
-        let record = dead
-            .list(Some("probe"), None, 1000)
+        let record = dead_letter_of(&store, &id)
             .await
-            .unwrap()
-            .into_iter()
-            .find(|d| d.event_id.as_deref() == Some(id.as_str()))
             .unwrap_or_else(|| panic!("{name}: dead letter recorded"));
         assert_eq!(record.attempts, 3, "{name}");
         assert_eq!(record.error.kind, "worker_lost", "{name}");
         // And the next delivery is a duplicate, in any process.
-        let again = deliver(&p.url(), &event, Duration::from_secs(20)).await.unwrap();
+        let again = deliver(&p.url(), &event, Duration::from_secs(20))
+            .await
+            .unwrap();
         assert_eq!(again.status(), 202, "{name}");
     }
 }
@@ -150,11 +153,24 @@ async fn a_handler_that_kills_its_process_every_time_is_dead_lettered_after_max_
 #[tokio::test]
 async fn a_5kb_event_id_is_refused_as_malformed_not_retried_on_postgres() {
     let store = service("ZEROFN_TEST_POSTGRES");
-    let p = FnProcess::start(PROBE, &[("ZEROFN_STORE", store.as_str())]).await;
+    let sink = Recorder::start().await.unwrap();
+    let sink_url = sink.url();
+    let p = FnProcess::start(
+        PROBE,
+        &[
+            ("K_SINK", sink_url.as_str()),
+            ("ZEROFN_STORE", store.as_str()),
+        ],
+    )
+    .await;
     let long = format!("long-{}", "x".repeat(5000));
-    let r = deliver(&p.url(), &structured(&long, task("record")), Duration::from_secs(10))
-        .await
-        .unwrap();
+    let r = deliver(
+        &p.url(),
+        &structured(&long, task("record")),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 400);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "malformed_event", "{body}");
@@ -167,9 +183,13 @@ async fn a_5kb_event_id_is_refused_as_malformed_not_retried_on_postgres() {
     );
     // The process keeps serving, and a 1 KB id (within the cap) is handled: keys are hashed.
     let near = format!("near-{}", "y".repeat(1000));
-    let r = deliver(&p.url(), &structured(&near, task("record")), Duration::from_secs(10))
-        .await
-        .unwrap();
+    let r = deliver(
+        &p.url(),
+        &structured(&near, task("record")),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
     assert_eq!(effect_rows(&store, &near).await, 1);
 }

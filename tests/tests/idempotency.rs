@@ -12,31 +12,11 @@ use zerofn::{
     testing::{Recorder, TestServer},
 };
 use zerofn_tests::{
-    Calls, FnProcess, MANIFEST, client, effect_rows, fresh_id, probe, structured, task,
+    Calls, FnProcess, MANIFEST, client, effect_rows, fresh_id, probe, service, sqlite_url, stores,
+    structured, task,
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_probe");
-
-/// A service URL from the environment; without it the test fails and says how to get one.
-fn service(var: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| {
-        panic!("{var} is not set: run the suites through `make test`, which starts PostgreSQL and Redis on 127.0.0.1")
-    })
-}
-
-fn sqlite_url() -> String {
-    let dir = std::env::temp_dir().join(format!("zerofn-store-{}", uuid::Uuid::new_v4()));
-    format!("sqlite:{}/zerofn.db", dir.display())
-}
-
-/// Every store the runtime supports, by name and URL.
-fn stores() -> Vec<(&'static str, String)> {
-    vec![
-        ("sqlite", sqlite_url()),
-        ("postgres", service("ZEROFN_TEST_POSTGRES")),
-        ("redis", service("ZEROFN_TEST_REDIS")),
-    ]
-}
 
 async fn post(url: &str, id: &str, title: &str) -> reqwest::Response {
     client()

@@ -155,7 +155,10 @@ impl Dev {
         let _lock = lock_state_dir(&self.state_dir)?;
         let swept = replica::sweep(&self.state_dir.join(engine::PID_DIR));
         if swept > 0 {
-            tracing::warn!(swept, "replicas of a previous engine on this state dir were still running: killed");
+            tracing::warn!(
+                swept,
+                "replicas of a previous engine on this state dir were still running: killed"
+            );
         }
         let log = Arc::new(
             log::Log::open(&self.state_dir.join("log.db"), self.partitions)
@@ -412,4 +415,3 @@ fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
         }
     }
 }
-

@@ -108,7 +108,11 @@ pub(crate) fn sweep(pid_dir: &Path) -> usize {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
-            tracing::warn!(pid, binary = binary.trim(), "killed a replica a previous engine left running");
+            tracing::warn!(
+                pid,
+                binary = binary.trim(),
+                "killed a replica a previous engine left running"
+            );
             killed += 1;
         }
         let _ = std::fs::remove_file(&path);
@@ -158,7 +162,10 @@ impl Replica {
             .env("ZEROFN_STORE", store)
             .env("ZEROFN_REPLICA", spec.id.to_string())
             // The replica exits when the engine is gone, even SIGKILLed.
-            .env(zerofn::config::ENV_PARENT_PID, std::process::id().to_string())
+            .env(
+                zerofn::config::ENV_PARENT_PID,
+                std::process::id().to_string(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::piped())

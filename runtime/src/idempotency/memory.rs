@@ -170,9 +170,7 @@ impl Store for MemoryStore {
         Box::pin(async move {
             let now = now_ms();
             self.with(|inner| match inner.records.get_mut(key) {
-                Some(r)
-                    if r.owner == owner && matches!(r.state, State::InFlight | State::Done) =>
-                {
+                Some(r) if r.owner == owner && matches!(r.state, State::InFlight | State::Done) => {
                     r.lease_until = now + ms(lease);
                     true
                 }
@@ -190,9 +188,7 @@ impl Store for MemoryStore {
         Box::pin(async move {
             let now = now_ms();
             self.with(|inner| match inner.records.get_mut(key) {
-                Some(r)
-                    if r.state == State::Done && r.lease_until <= now && r.expires_at > now =>
-                {
+                Some(r) if r.state == State::Done && r.lease_until <= now && r.expires_at > now => {
                     let unsent: Vec<StoredOutput> = r
                         .outputs
                         .iter()

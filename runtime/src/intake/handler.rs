@@ -81,7 +81,9 @@ impl Intake {
         let timeout = self.config.handler_timeout;
         let (ty, running) = (ctx.ty.clone(), Instant::now());
         // Aborted when dropped: a stopped attempt (lost lease, drain timeout) stops its handler.
-        let mut task = AbortOnDrop(tokio::spawn(self.handler.call(ctx, data, tx).instrument(span)));
+        let mut task = AbortOnDrop(tokio::spawn(
+            self.handler.call(ctx, data, tx).instrument(span),
+        ));
         let finished = tokio::time::timeout(timeout, &mut task.0).await;
         self.instruments.handler_duration(&ty, running.elapsed());
         match finished {
@@ -102,12 +104,10 @@ impl Intake {
                     format!("handler panicked: {message}"),
                 ))
             }
-            Err(_) => {
-                Err(Failure::new(
-                    FailureKind::HandlerTimeout,
-                    format!("handler did not finish within {timeout:?} (ZEROFN_HANDLER_TIMEOUT)"),
-                ))
-            }
+            Err(_) => Err(Failure::new(
+                FailureKind::HandlerTimeout,
+                format!("handler did not finish within {timeout:?} (ZEROFN_HANDLER_TIMEOUT)"),
+            )),
         }
     }
 }

@@ -71,7 +71,10 @@ mod tests {
         let data = KeyStrategy::Data("/order".into());
         assert_eq!(identity(&data, &c, &json!({"order": "o-9"})), "data:o-9");
         assert_eq!(identity(&data, &c, &json!({"order": 12})), "data:12");
-        assert_eq!(identity(&data, &c, &json!({"order": null})), "ce:/s\u{1f}e-1");
+        assert_eq!(
+            identity(&data, &c, &json!({"order": null})),
+            "ce:/s\u{1f}e-1"
+        );
     }
 
     #[test]

@@ -17,7 +17,12 @@ pub(crate) struct Heartbeat {
 }
 
 impl Heartbeat {
-    pub(crate) fn start(store: Arc<dyn Store>, key: String, owner: String, lease: Duration) -> Self {
+    pub(crate) fn start(
+        store: Arc<dyn Store>,
+        key: String,
+        owner: String,
+        lease: Duration,
+    ) -> Self {
         let (tx, lost) = watch::channel(false);
         let task = tokio::spawn(async move {
             let every = policy::renew_every(lease);
@@ -78,7 +83,10 @@ mod tests {
         let mut beat = Heartbeat::start(store.clone(), "k".into(), "a".into(), lease);
         tokio::time::sleep(lease * 3).await;
         assert!(
-            matches!(store.claim("k", "b", lease, ttl).await.unwrap(), Claim::InFlight { .. }),
+            matches!(
+                store.claim("k", "b", lease, ttl).await.unwrap(),
+                Claim::InFlight { .. }
+            ),
             "renewed past three leases"
         );
         drop(beat);

@@ -442,9 +442,7 @@ impl Intake {
                 ));
             }
         }
-        let store_down = |e: StoreError| {
-            Failure::new(FailureKind::StoreUnavailable, e.to_string())
-        };
+        let store_down = |e: StoreError| Failure::new(FailureKind::StoreUnavailable, e.to_string());
         let tx = self.store.begin().await.map_err(store_down)?;
         // The handler runs in its own span; what it emits carries that span's context.
         let handler_span =

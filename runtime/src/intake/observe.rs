@@ -4,7 +4,12 @@ use std::time::Instant;
 
 use crate::{event::Context, outcome::Outcome};
 
-pub(super) fn log_outcome(function: &str, outcome: &Outcome, ctx: Option<&Context>, started: Instant) {
+pub(super) fn log_outcome(
+    function: &str,
+    outcome: &Outcome,
+    ctx: Option<&Context>,
+    started: Instant,
+) {
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     let (ty, id, source, trace_id, span_id, attempt) = match ctx {
         Some(c) => (

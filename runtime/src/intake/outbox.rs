@@ -17,7 +17,12 @@ use crate::{
 impl Intake {
     /// Turn an [`Emit`] into the CloudEvent to publish, checking it against the manifest and
     /// its contract first: an emitted event that breaks its contract is a handler bug.
-    pub(super) fn outgoing(&self, cause: &Context, seq: u32, e: Emit) -> Result<StoredOutput, Failure> {
+    pub(super) fn outgoing(
+        &self,
+        cause: &Context,
+        seq: u32,
+        e: Emit,
+    ) -> Result<StoredOutput, Failure> {
         let bug = |msg: String| Failure::new(FailureKind::HandlerPermanent, msg);
         let target = self.manifest.publish_for(&e.ty).ok_or_else(|| {
             bug(format!(
@@ -91,7 +96,11 @@ impl Intake {
     }
 
     /// Publish outbox entries in order, marking each sent.
-    pub(super) async fn publish_outputs(&self, key: &str, outputs: &[StoredOutput]) -> Result<(), Failure> {
+    pub(super) async fn publish_outputs(
+        &self,
+        key: &str,
+        outputs: &[StoredOutput],
+    ) -> Result<(), Failure> {
         for o in outputs {
             let publish_span = tracing::info_span!(
                 "zerofn.publish",
@@ -137,7 +146,11 @@ impl Intake {
         let mut published = 0;
         for key in keys {
             let owner = uuid::Uuid::new_v4().to_string();
-            match self.store.take_unsent(&key, &owner, self.config.lease).await {
+            match self
+                .store
+                .take_unsent(&key, &owner, self.config.lease)
+                .await
+            {
                 Ok(unsent) if unsent.is_empty() => {}
                 Ok(unsent) => match self.publish_outputs(&key, &unsent).await {
                     Ok(()) => {

@@ -132,10 +132,7 @@ mod tests {
 
     #[test]
     fn renews_three_times_per_lease() {
-        assert_eq!(
-            renew_every(Duration::from_secs(6)),
-            Duration::from_secs(2)
-        );
+        assert_eq!(renew_every(Duration::from_secs(6)), Duration::from_secs(2));
         let min = crate::config::MIN_LEASE;
         assert!(renew_every(min) * 3 <= min);
     }

@@ -147,11 +147,28 @@ impl Rig {
         let mut ctx = crate::Context::test("todo.task.created");
         ctx.id = id.into();
         ctx.source = "/test".into();
-        key::hashed(&key::identity(&KeyStrategy::SourceId, &ctx, &json!({})), None)
+        key::hashed(
+            &key::identity(&KeyStrategy::SourceId, &ctx, &json!({})),
+            None,
+        )
     }
 
     fn published(&self) -> usize {
         self.publisher.sent.lock().unwrap().len()
+    }
+}
+
+/// An outbox entry, as a worker that completed would have stored it.
+fn output(event_id: &str) -> StoredOutput {
+    StoredOutput {
+        seq: 0,
+        event_id: event_id.into(),
+        event_type: "todo.notification.sent".into(),
+        pubsub: "kafka-pubsub".into(),
+        topic: "todo.notification.sent".into(),
+        body: "{}".into(),
+        traceparent: String::new(),
+        partition_key: None,
     }
 }
 
@@ -177,11 +194,27 @@ async fn retryable_failures_run_out_into_one_dead_letter() {
     let r = rig("6s");
     let ev = event("a-2", "retry");
     for _ in 0..2 {
-        assert!(matches!(r.deliver(&ev).await, Outcome::Retry(f) if f.kind == FailureKind::HandlerRetryable));
+        assert!(
+            matches!(r.deliver(&ev).await, Outcome::Retry(f) if f.kind == FailureKind::HandlerRetryable)
+        );
     }
     let last = r.deliver(&ev).await;
-    assert!(matches!(&last, Outcome::DeadLettered { exhausted: true, .. }), "{last:?}");
-    let record = r.store.dead_letter_by_id(&dead_letter_id(&last)).await.unwrap().unwrap();
+    assert!(
+        matches!(
+            &last,
+            Outcome::DeadLettered {
+                exhausted: true,
+                ..
+            }
+        ),
+        "{last:?}"
+    );
+    let record = r
+        .store
+        .dead_letter_by_id(&dead_letter_id(&last))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(record.attempts, 3);
     assert_eq!(record.key, r.key_of("a-2"));
     assert_eq!(r.deliver(&ev).await, Outcome::Duplicate);
@@ -192,7 +225,10 @@ async fn retryable_failures_run_out_into_one_dead_letter() {
 async fn permanent_failures_are_dead_lettered_at_once() {
     let r = rig("6s");
     let o = r.deliver(&event("a-3", "permanent")).await;
-    assert!(matches!(&o, Outcome::DeadLettered { exhausted: false, failure, .. } if failure.kind == FailureKind::HandlerPermanent), "{o:?}");
+    assert!(
+        matches!(&o, Outcome::DeadLettered { exhausted: false, failure, .. } if failure.kind == FailureKind::HandlerPermanent),
+        "{o:?}"
+    );
 }
 
 #[tokio::test]
@@ -202,14 +238,31 @@ async fn a_takeover_past_max_attempts_is_dead_lettered_without_running() {
     let key = r.key_of("a-4");
     let ttl = Duration::from_secs(60);
     for (n, owner) in ["w1", "w2", "w3"].into_iter().enumerate() {
-        let claim = r.store.claim(&key, owner, Duration::from_millis(30), ttl).await.unwrap();
-        assert_eq!(claim, Claim::Acquired { attempt: n as u32 + 1 });
+        let claim = r
+            .store
+            .claim(&key, owner, Duration::from_millis(30), ttl)
+            .await
+            .unwrap();
+        assert_eq!(
+            claim,
+            Claim::Acquired {
+                attempt: n as u32 + 1
+            }
+        );
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
     let o = r.deliver(&event("a-4", "ok")).await;
-    assert!(matches!(&o, Outcome::DeadLettered { exhausted: true, failure, .. } if failure.kind == FailureKind::WorkerLost), "{o:?}");
+    assert!(
+        matches!(&o, Outcome::DeadLettered { exhausted: true, failure, .. } if failure.kind == FailureKind::WorkerLost),
+        "{o:?}"
+    );
     assert_eq!(r.began.load(Ordering::SeqCst), 0, "not run a fourth time");
-    let record = r.store.dead_letter_by_id(&dead_letter_id(&o)).await.unwrap().unwrap();
+    let record = r
+        .store
+        .dead_letter_by_id(&dead_letter_id(&o))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(record.attempts, 3);
 }
 
@@ -218,7 +271,12 @@ async fn a_dead_holders_lease_is_waited_for_not_answered_in_flight() {
     let r = rig("1s");
     let key = r.key_of("a-5");
     r.store
-        .claim(&key, "dead", Duration::from_millis(500), Duration::from_secs(60))
+        .claim(
+            &key,
+            "dead",
+            Duration::from_millis(500),
+            Duration::from_secs(60),
+        )
         .await
         .unwrap();
     // Without the wait this delivery would answer "in flight" and spend a retry.
@@ -234,14 +292,21 @@ async fn a_live_holder_renews_its_lease_past_many_leases() {
         let (intake, ev) = (r.intake.clone(), ev.clone());
         tokio::spawn(async move {
             intake
-                .process(structured_value(ev), &["todo.task.created".into()], DeliveryMeta::default())
+                .process(
+                    structured_value(ev),
+                    &["todo.task.created".into()],
+                    DeliveryMeta::default(),
+                )
                 .await
         })
     };
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Past the first lease: the holder renewed, so the second delivery waits once, then retries.
     let second = r.deliver(&ev).await;
-    assert!(matches!(&second, Outcome::Retry(f) if f.kind == FailureKind::InFlight), "{second:?}");
+    assert!(
+        matches!(&second, Outcome::Retry(f) if f.kind == FailureKind::InFlight),
+        "{second:?}"
+    );
     assert_eq!(first.await.unwrap(), Outcome::Success);
     assert_eq!(r.began.load(Ordering::SeqCst), 1, "never run twice");
 }
@@ -254,7 +319,11 @@ async fn abandoned_attempts_stop_their_handler_and_release_the_claim() {
         let (intake, ev) = (r.intake.clone(), ev.clone());
         tokio::spawn(async move {
             intake
-                .process(structured_value(ev), &["todo.task.created".into()], DeliveryMeta::default())
+                .process(
+                    structured_value(ev),
+                    &["todo.task.created".into()],
+                    DeliveryMeta::default(),
+                )
                 .await
         })
     };
@@ -262,12 +331,23 @@ async fn abandoned_attempts_stop_their_handler_and_release_the_claim() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     r.intake.abandon();
-    let o = tokio::time::timeout(Duration::from_secs(2), running).await.unwrap().unwrap();
-    assert!(matches!(&o, Outcome::Retry(f) if f.kind == FailureKind::Draining), "{o:?}");
+    let o = tokio::time::timeout(Duration::from_secs(2), running)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&o, Outcome::Retry(f) if f.kind == FailureKind::Draining),
+        "{o:?}"
+    );
     // Released: the next delivery takes over at once, as attempt 2.
     let claim = r
         .store
-        .claim(&r.key_of("a-7"), "next", Duration::from_secs(6), Duration::from_secs(60))
+        .claim(
+            &r.key_of("a-7"),
+            "next",
+            Duration::from_secs(6),
+            Duration::from_secs(60),
+        )
         .await
         .unwrap();
     assert_eq!(claim, Claim::Acquired { attempt: 2 });
@@ -281,20 +361,23 @@ async fn a_done_record_with_unsent_outputs_is_a_duplicate_and_the_relays_job() {
     let r = rig("1s");
     let key = r.key_of("a-8");
     let ttl = Duration::from_secs(60);
-    r.store.claim(&key, "dead", Duration::from_millis(400), ttl).await.unwrap();
-    let output = StoredOutput {
-        seq: 0,
-        event_id: "out-1".into(),
-        event_type: "todo.notification.sent".into(),
-        pubsub: "kafka-pubsub".into(),
-        topic: "todo.notification.sent".into(),
-        body: "{}".into(),
-        traceparent: String::new(),
-        partition_key: None,
-    };
-    assert!(r.store.complete(&key, "dead", &[output], None, ttl).await.unwrap());
+    r.store
+        .claim(&key, "dead", Duration::from_millis(400), ttl)
+        .await
+        .unwrap();
+    let output = output("out-1");
+    assert!(
+        r.store
+            .complete(&key, "dead", &[output], None, ttl)
+            .await
+            .unwrap()
+    );
     assert_eq!(r.deliver(&event("a-8", "emit")).await, Outcome::Duplicate);
-    assert_eq!(r.published(), 0, "the publish right is still the dead worker's");
+    assert_eq!(
+        r.published(),
+        0,
+        "the publish right is still the dead worker's"
+    );
     assert_eq!(r.intake.relay_once().await, 0);
     tokio::time::sleep(Duration::from_millis(450)).await;
     assert_eq!(r.intake.relay_once().await, 1);
@@ -307,7 +390,9 @@ async fn a_duplicate_publishes_unsent_outputs_once_the_right_is_free() {
     let r = rig("1s");
     r.publisher.failing.store(true, Ordering::SeqCst);
     let ev = event("a-9", "emit");
-    assert!(matches!(r.deliver(&ev).await, Outcome::Retry(f) if f.kind == FailureKind::PublishFailed));
+    assert!(
+        matches!(r.deliver(&ev).await, Outcome::Retry(f) if f.kind == FailureKind::PublishFailed)
+    );
     r.publisher.failing.store(false, Ordering::SeqCst);
     // The failed publisher released its right: the redelivery publishes, without the handler.
     assert_eq!(r.deliver(&ev).await, Outcome::Duplicate);
@@ -320,22 +405,24 @@ async fn the_relay_never_revives_an_expired_record() {
     let r = rig("1s");
     let key = r.key_of("a-10");
     let short = Duration::from_millis(100);
-    r.store.claim(&key, "w", Duration::from_millis(10), short).await.unwrap();
-    let output = StoredOutput {
-        seq: 0,
-        event_id: "out-2".into(),
-        event_type: "todo.notification.sent".into(),
-        pubsub: "p".into(),
-        topic: "t".into(),
-        body: "{}".into(),
-        traceparent: String::new(),
-        partition_key: None,
-    };
-    assert!(r.store.complete(&key, "w", &[output], None, short).await.unwrap());
+    r.store
+        .claim(&key, "w", Duration::from_millis(10), short)
+        .await
+        .unwrap();
+    let output = output("out-2");
+    assert!(
+        r.store
+            .complete(&key, "w", &[output], None, short)
+            .await
+            .unwrap()
+    );
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(r.intake.relay_once().await, 0);
     assert_eq!(
-        r.store.claim(&key, "x", Duration::from_secs(1), short).await.unwrap(),
+        r.store
+            .claim(&key, "x", Duration::from_secs(1), short)
+            .await
+            .unwrap(),
         Claim::Acquired { attempt: 1 },
         "no in-flight row left behind"
     );
@@ -346,13 +433,19 @@ async fn the_ttl_counts_from_completion() {
     let r = rig("1s");
     let key = r.key_of("a-11");
     let ttl = Duration::from_millis(300);
-    r.store.claim(&key, "w", Duration::from_secs(1), ttl).await.unwrap();
+    r.store
+        .claim(&key, "w", Duration::from_secs(1), ttl)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(r.store.complete(&key, "w", &[], None, ttl).await.unwrap());
     tokio::time::sleep(Duration::from_millis(200)).await;
     // 400 ms after the claim, 200 ms after completion: still remembered.
     assert_eq!(
-        r.store.claim(&key, "x", Duration::from_secs(1), ttl).await.unwrap(),
+        r.store
+            .claim(&key, "x", Duration::from_secs(1), ttl)
+            .await
+            .unwrap(),
         Claim::Done { unsent: vec![] }
     );
 }
@@ -362,9 +455,15 @@ async fn dead_lettering_is_fenced_by_the_holder() {
     let r = rig("1s");
     let key = r.key_of("a-12");
     let ttl = Duration::from_secs(60);
-    r.store.claim(&key, "old", Duration::from_millis(10), ttl).await.unwrap();
+    r.store
+        .claim(&key, "old", Duration::from_millis(10), ttl)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    r.store.claim(&key, "new", Duration::from_secs(5), ttl).await.unwrap();
+    r.store
+        .claim(&key, "new", Duration::from_secs(5), ttl)
+        .await
+        .unwrap();
     assert!(r.store.complete(&key, "new", &[], None, ttl).await.unwrap());
     let o = r.deliver(&event("a-12", "ok")).await;
     assert_eq!(o, Outcome::Duplicate);
@@ -392,10 +491,19 @@ async fn dead_lettering_is_fenced_by_the_holder() {
     };
     assert!(!r.store.dead_letter(&key, "old", &stale).await.unwrap());
     assert_eq!(
-        r.store.claim(&key, "x", Duration::from_secs(1), ttl).await.unwrap(),
+        r.store
+            .claim(&key, "x", Duration::from_secs(1), ttl)
+            .await
+            .unwrap(),
         Claim::Done { unsent: vec![] }
     );
-    assert!(r.store.dead_letter_by_id("dl-stale").await.unwrap().is_none());
+    assert!(
+        r.store
+            .dead_letter_by_id("dl-stale")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -405,11 +513,19 @@ async fn a_forged_replayof_cannot_reapply_a_genuine_one_applies_once() {
     assert_eq!(r.deliver(&applied).await, Outcome::Success);
     let mut forged = applied.clone();
     forged["replayof"] = json!("0190a0e4-0000-7000-8000-000000000000");
-    assert_eq!(r.deliver(&forged).await, Outcome::Duplicate, "unknown dead letter");
+    assert_eq!(
+        r.deliver(&forged).await,
+        Outcome::Duplicate,
+        "unknown dead letter"
+    );
     // A real dead letter of another event does not open this one either.
     let other = r.deliver(&event("b-2", "permanent")).await;
     forged["replayof"] = json!(dead_letter_id(&other));
-    assert_eq!(r.deliver(&forged).await, Outcome::Duplicate, "dead letter of another event");
+    assert_eq!(
+        r.deliver(&forged).await,
+        Outcome::Duplicate,
+        "dead letter of another event"
+    );
     assert_eq!(r.began.load(Ordering::SeqCst), 2);
     // The genuine replay of b-2 (fixed up), as `zerofn dlq replay` sends it: applied once.
     let mut replay = event("b-2", "ok");

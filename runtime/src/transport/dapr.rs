@@ -1,8 +1,10 @@
 //! The Dapr app contract: `GET /dapr/subscribe`, deliveries on each subscription's route
 //! (single and bulk), replies as Dapr reads them, and publishing through the sidecar.
 //!
-//! Dapr retries every non-2xx answer except 404, so everything that can never succeed is
-//! answered `200 {"status":"DROP"}` — never a 4xx — or it would loop forever.
+//! Dapr retries every non-2xx answer except 404, so nothing is ever answered with a 4xx: an
+//! event that can never succeed is dead-lettered by the runtime (its record kept and forwarded)
+//! and answered `200 {"status":"SUCCESS"}`; only when that record cannot be written is it
+//! answered `DROP`, so Dapr's own dead-letter topic keeps the raw message.
 
 use std::{
     future::Future,
@@ -26,13 +28,13 @@ use subtle::ConstantTimeEq;
 
 use super::{AppState, delivery_meta, error_response, post as send, read_body};
 use crate::{
+    codec::{self as decode, is_json_media},
     event::KafkaCoordinates,
     idempotency::StoredOutput,
-    codec::{self as decode, is_json_media},
     intake::DeliveryMeta,
+    manifest::Subscription,
     outcome::{Failure, FailureKind, Outcome},
     publish::Publisher,
-    manifest::Subscription,
 };
 
 /// The header Dapr uses for API tokens, in both directions.

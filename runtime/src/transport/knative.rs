@@ -17,8 +17,8 @@ use serde_json::json;
 
 use super::{AppState, delivery_meta, post as send, read_body};
 use crate::{
-    idempotency::StoredOutput,
     codec::{self as decode, Mode},
+    idempotency::StoredOutput,
     outcome::{Failure, FailureKind, Outcome},
     publish::Publisher,
 };

@@ -4,11 +4,9 @@
 pub(crate) mod dapr;
 pub(crate) mod knative;
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
 };
 
 use axum::{
