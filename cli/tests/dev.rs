@@ -401,6 +401,140 @@ async fn a_sigkilled_engine_leaves_no_replica_and_one_engine_owns_a_state_dir() 
     restarted.stop().await;
 }
 
+/// The idempotency key the runtime derives for a CloudEvent (default strategy).
+fn key_of(source: &str, id: &str) -> String {
+    use sha2::Digest;
+    format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(format!("ce:{source}\u{1f}{id}")))
+    )
+}
+
+#[tokio::test]
+async fn raw_dead_letters_of_the_transport_are_listed_and_replayed_once() {
+    let engine = Engine::start(&[probe_fn()], None, &[], &[]).await;
+    let store = engine.store("probe");
+    // Warm up: the replica creates the store.
+    engine
+        .post_events(&[task_event(&fresh_id("warm"), "record", "u-1")])
+        .await;
+    engine
+        .wait_for("probe", 60, "warmed up", |s| {
+            s["processed"].as_u64() >= Some(1)
+        })
+        .await;
+    // An event whose claim is stuck with a holder that renews forever (its lease far longer
+    // than leases are): every delivery is answered RETRY until the engine's budget (10
+    // retries, as Dapr's) runs out and it dead-letters the record raw.
+    let id = fresh_id("stuck");
+    let pool = store_pool(&store).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    sqlx::query(
+        "INSERT INTO zerofn_inbox (function, key, state, owner, lease_until, attempts, created_at, expires_at) \
+         VALUES ('probe', $1, 'in_flight', 'stuck', $2, 0, $3, $2)",
+    )
+    .bind(key_of("/tests/dev", &id))
+    .bind(now + 3_600_000)
+    .bind(now)
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    engine
+        .post_events(&[task_event(&id, "record", "u-2")])
+        .await;
+    let zerofn = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new(ZEROFN)
+            .args(&args)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let mut record = Value::Null;
+    for _ in 0..300 {
+        let listed: Value = serde_json::from_str(
+            &zerofn(vec![
+                "dlq".into(),
+                "ls".into(),
+                "--store".into(),
+                store.clone(),
+                "--json".into(),
+            ])
+            .await,
+        )
+        .unwrap();
+        if let Some(r) = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["event_id"] == id.as_str())
+        {
+            record = r.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        record["error"]["kind"], "delivery_retries_exhausted",
+        "{record}"
+    );
+    assert_eq!(record["topic"], "todo.task.created", "{record}");
+    assert_eq!(record["key"], key_of("/tests/dev", &id).as_str());
+    assert!(
+        record["original"]["body"].as_str().unwrap().contains(&id),
+        "the original bytes: {record}"
+    );
+    assert!(
+        effects(&store).await.iter().all(|e| *e != id),
+        "not applied"
+    );
+    // Replay through the function's sidecar, as `--dapr` does in a cluster: applied once.
+    let sidecar = engine
+        .process
+        .log_lines()
+        .into_iter()
+        .find(|l| l["message"] == "function registered (0 replicas)" && l["function"] == "probe")
+        .unwrap()["sidecar_port"]
+        .as_u64()
+        .unwrap();
+    let dl = record["id"].as_str().unwrap().to_string();
+    let replay = || {
+        zerofn(vec![
+            "dlq".into(),
+            "replay".into(),
+            dl.clone(),
+            "--store".into(),
+            store.clone(),
+            "--dapr".into(),
+            format!("http://127.0.0.1:{sidecar}"),
+        ])
+    };
+    replay().await;
+    for _ in 0..300 {
+        if effects(&store).await.contains(&id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    replay().await;
+    engine
+        .wait_for("probe", 60, "both replays handled", |s| s["total_lag"] == 0)
+        .await;
+    let applied = effects(&store)
+        .await
+        .into_iter()
+        .filter(|e| *e == id)
+        .count();
+    assert_eq!(applied, 1, "replayed twice, applied once");
+    engine.stop().await;
+}
+
 #[tokio::test]
 async fn records_left_in_the_log_are_processed_after_an_engine_restart() {
     let engine = Engine::start(&[probe_fn()], None, &[], &[]).await;

@@ -190,6 +190,12 @@ impl Edge {
     }
 }
 
+/// Extensions only the platform sets: `replayof` (a replay of a dead letter, which the
+/// idempotency layer keys on) and `causationid` (derived from the event an output was emitted
+/// for). A client's are removed at the edge; `id` and `source` stay the client's (they are the
+/// event's identity: a client that reuses them gets its earlier event's result, once).
+pub const RESERVED_EXTENSIONS: &[&str] = &["replayof", "causationid"];
+
 fn accepted(d: Decoded) -> Accepted {
     let ctx = d.ctx;
     let mut attrs = Map::new();
@@ -208,6 +214,10 @@ fn accepted(d: Decoded) -> Accepted {
     );
     attrs.insert("datacontenttype".into(), "application/json".into());
     for (k, v) in &ctx.extensions {
+        if RESERVED_EXTENSIONS.contains(&k.as_str()) {
+            tracing::warn!(extension = %k, event_id = %ctx.id, "a client set a reserved extension; removed");
+            continue;
+        }
         attrs.insert(k.clone(), v.clone().into());
     }
     if let Some(tp) = &d.trace_ext {

@@ -384,8 +384,19 @@ pub struct Delivery {
     pub backoff_max: Duration,
 }
 
+/// Where the function receives its own dead-letter topic (Dapr's raw dead letters and the
+/// runtime's forwarded records), to keep every dead letter in its store.
+pub const DEAD_LETTER_ROUTE: &str = "/_zerofn/dead-letters";
+
 /// Routes the runtime serves itself; a subscription may not claim them.
-const RESERVED_ROUTES: &[&str] = &["/", "/healthz", "/readyz", "/metrics", "/dapr/subscribe"];
+const RESERVED_ROUTES: &[&str] = &[
+    "/",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/dapr/subscribe",
+    DEAD_LETTER_ROUTE,
+];
 
 impl Manifest {
     /// Parse `text` as the manifest of crate `crate_name` at `crate_version`.
@@ -587,25 +598,41 @@ impl Manifest {
         self.publishes.iter().find(|p| p.ty == ty)
     }
 
-    /// The body of `GET /dapr/subscribe`: Dapr's programmatic subscription list.
+    /// The body of `GET /dapr/subscribe`: Dapr's programmatic subscription list. An event
+    /// function also subscribes to its own dead-letter topic (without a dead-letter topic of
+    /// its own), so what Dapr dead-letters raw is recorded in the function's store too.
     pub fn dapr_subscriptions(&self) -> Vec<DaprSubscription> {
-        self.subscriptions
-            .iter()
-            .map(|s| DaprSubscription {
-                pubsubname: s.pubsub.clone(),
-                topic: s.topic.clone(),
-                routes: DaprRoutes {
-                    default: s.route.clone(),
-                },
-                dead_letter_topic: self.delivery.dead_letter_topic.clone(),
-                metadata: s.metadata.clone(),
-                bulk_subscribe: s.bulk.map(|b| DaprBulkSubscribe {
-                    enabled: true,
-                    max_messages_count: b.max_messages,
-                    max_await_duration_ms: b.max_await_ms,
-                }),
-            })
-            .collect()
+        let own = self.subscriptions.iter().map(|s| DaprSubscription {
+            pubsubname: s.pubsub.clone(),
+            topic: s.topic.clone(),
+            routes: DaprRoutes {
+                default: s.route.clone(),
+            },
+            dead_letter_topic: Some(self.delivery.dead_letter_topic.clone()),
+            metadata: s.metadata.clone(),
+            bulk_subscribe: s.bulk.map(|b| DaprBulkSubscribe {
+                enabled: true,
+                max_messages_count: b.max_messages,
+                max_await_duration_ms: b.max_await_ms,
+            }),
+        });
+        let dead_letters = self.dead_letter_pubsub().map(|pubsub| DaprSubscription {
+            pubsubname: pubsub.to_string(),
+            topic: self.delivery.dead_letter_topic.clone(),
+            routes: DaprRoutes {
+                default: DEAD_LETTER_ROUTE.to_string(),
+            },
+            dead_letter_topic: None,
+            metadata: BTreeMap::new(),
+            bulk_subscribe: None,
+        });
+        own.chain(dead_letters).collect()
+    }
+
+    /// The pub/sub component of the function's dead-letter topic: its first subscription's
+    /// (`None` for a function without subscriptions, which has no dead letters to receive).
+    pub fn dead_letter_pubsub(&self) -> Option<&str> {
+        self.subscriptions.first().map(|s| s.pubsub.as_str())
     }
 }
 
@@ -619,8 +646,9 @@ pub struct DaprSubscription {
     pub topic: String,
     /// Where events are delivered.
     pub routes: DaprRoutes,
-    /// Where Dapr sends what it drops.
-    pub dead_letter_topic: String,
+    /// Where Dapr sends what it drops (none for the dead-letter topic's own subscription).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
     /// Subscription metadata.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,

@@ -220,7 +220,8 @@ async fn deliver(
             None => vec![Status::Retry; records.len()],
         };
         drop(lease);
-        // Finish the prefix that is final; the first retry holds the rest (head of line).
+        // Finish the prefix that is final; the first retry holds the rest (head of line). A
+        // dropped record is final only once its dead-letter copy is stored.
         let mut done = 0;
         for (record, status) in records.iter().zip(&statuses) {
             match status {
@@ -229,7 +230,9 @@ async fn deliver(
                     f.stats.processed.fetch_add(1, Ordering::Relaxed);
                 }
                 Status::Drop => {
-                    dead_letter(engine, f, route.as_ref(), record, "dropped by the app").await
+                    if !dead_letter(engine, f, route.as_ref(), record, "dropped by the app").await {
+                        break;
+                    }
                 }
             }
             done += 1;
@@ -249,16 +252,33 @@ async fn deliver(
             return true;
         }
         retry += 1;
-        if retry > RETRY_BUDGET {
+        // The dead-letter topic itself has no dead-letter topic (as under Dapr): its records
+        // are retried until the function records them.
+        let own_dead_letters = records[0].topic == f.manifest.delivery.dead_letter_topic;
+        if retry > RETRY_BUDGET && !own_dead_letters {
+            let mut copied = 0;
             for record in &records {
-                dead_letter(engine, f, route.as_ref(), record, "retries exhausted").await;
+                if !dead_letter(engine, f, route.as_ref(), record, "retries exhausted").await {
+                    break;
+                }
+                copied += 1;
             }
-            let next = records[records.len() - 1].offset + 1;
-            let _ = engine
-                .log
-                .commit(&f.name, &records[0].topic, records[0].partition, next)
-                .await;
-            return true;
+            if copied > 0 {
+                let next = records[copied - 1].offset + 1;
+                if let Err(e) = engine
+                    .log
+                    .commit(&f.name, &records[0].topic, records[0].partition, next)
+                    .await
+                {
+                    tracing::error!(error = %e, "cannot commit an offset; the records will be redelivered");
+                }
+                records.drain(..copied);
+            }
+            if records.is_empty() {
+                return true;
+            }
+            // A copy could not be stored: nothing past it is committed; try again.
+            retry = RETRY_BUDGET;
         }
         f.stats.retries.fetch_add(1, Ordering::Relaxed);
         let wait = backoff(f, retry);
@@ -415,13 +435,15 @@ async fn replay(engine: &Engine, addr: std::net::SocketAddr, record: &Record) ->
 
 /// What daprd does when it gives up on a message: publish the original record, unchanged, to
 /// the subscription's dead-letter topic.
+/// Copy `record` raw to its dead-letter topic, as daprd does; whether the copy is stored
+/// (only then may the record's offset be committed).
 async fn dead_letter(
     engine: &Engine,
     f: &Function,
     route: Option<&Route>,
     record: &Record,
     why: &str,
-) {
+) -> bool {
     let topic = route
         .and_then(|r| r.dead_letter_topic.clone())
         .unwrap_or_else(|| f.manifest.delivery.dead_letter_topic.clone());
@@ -442,8 +464,12 @@ async fn dead_letter(
         Ok(_) => {
             f.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(function = %f.name, topic = %record.topic, partition = record.partition, offset = record.offset, dead_letter_topic = %topic, reason = why, "record dead-lettered by the engine");
+            true
         }
-        Err(e) => tracing::error!(error = %e, "cannot write to the dead-letter topic"),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot write to the dead-letter topic; the record stays uncommitted");
+            false
+        }
     }
 }
 

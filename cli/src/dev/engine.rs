@@ -149,6 +149,11 @@ impl Function {
         if spec.manifest.http.is_some() {
             topics.push(async_topic(&name));
         }
+        // An event function records what is dead-lettered raw (as under Dapr, where it
+        // subscribes to its own dead-letter topic).
+        if spec.manifest.dead_letter_pubsub().is_some() {
+            topics.push(spec.manifest.delivery.dead_letter_topic.clone());
+        }
         topics.dedup();
         let counts = log.topics();
         let mut first_partition = BTreeMap::new();

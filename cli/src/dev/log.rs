@@ -391,10 +391,16 @@ impl Log {
     pub(crate) async fn apply_retention(&self, age: Duration) -> Result<u64, sqlx::Error> {
         let _writing = self.write_lock().await;
         let cutoff = now_ms() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
-        let done = sqlx::query("DELETE FROM records WHERE ts <= ?")
-            .bind(cutoff)
-            .execute(&self.pool)
-            .await?;
+        // Kafka's retention is by age, but a dead letter no consumer group has committed past
+        // is kept: it exists so that it is read.
+        let done = sqlx::query(
+            "DELETE FROM records WHERE ts <= ? AND NOT (topic LIKE 'deadletter.%' AND offs >= \
+             COALESCE((SELECT MIN(o.committed) FROM offsets o WHERE o.topic = records.topic \
+             AND o.part = records.part), 0))",
+        )
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected())
     }
 

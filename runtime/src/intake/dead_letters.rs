@@ -4,45 +4,146 @@
 
 use tracing::Instrument;
 
-use super::{DeliveryMeta, Intake};
+use super::{DeliveryMeta, Intake, key};
 use crate::{
+    codec,
     dead_letter::{DEAD_LETTER_TYPE, DeadLetter, DeadLetterError, Original},
     event::Context,
-    idempotency::{Attempts, StoredOutput, now_ms},
+    idempotency::{Attempts, Claim, StoredOutput, now_ms},
     outcome::{Failure, FailureKind, Outcome},
     telemetry::TraceContext,
 };
 
+/// The error kind of a raw dead letter: the transport's retries ran out.
+pub(crate) const RETRIES_EXHAUSTED: &str = "delivery_retries_exhausted";
+
 impl Intake {
-    /// Keep a dead-letter record in the store and forward it to the dead-letter topic.
-    pub(super) async fn dead_letter(
+    /// A message the transport itself dead-lettered (Dapr after its retry budget, or the local
+    /// engine acting like it), delivered back on the function's own dead-letter topic: kept
+    /// as a dead-letter record like the runtime's own, with the original bytes, so
+    /// `zerofn dlq` lists and replays every dead letter of the function from whichever layer.
+    /// The runtime's own records, forwarded to the same topic, are acknowledged as they are.
+    pub(crate) async fn record_raw_dead_letter(&self, body: &[u8], meta: DeliveryMeta) -> Outcome {
+        let decoded = codec::structured(body).ok();
+        if decoded
+            .as_ref()
+            .is_some_and(|d| d.ctx.ty == DEAD_LETTER_TYPE && d.ctx.source == self.source)
+        {
+            return Outcome::Duplicate;
+        }
+        // One record per raw copy, however often the copy is delivered.
+        let copy = match (&meta.kafka, &decoded) {
+            (Some(k), _) => format!("rawdl:kafka:{}/{}/{}", k.topic, k.partition, k.offset),
+            (None, Some(d)) => format!("rawdl:ce:{}\u{1f}{}", d.ctx.source, d.ctx.id),
+            (None, None) => format!(
+                "rawdl:bytes:{}",
+                key::hashed(&String::from_utf8_lossy(body), None)
+            ),
+        };
+        let copy_key = key::hashed(&copy, None);
+        let owner = uuid::Uuid::new_v4().to_string();
+        match self
+            .store
+            .claim(
+                &copy_key,
+                &owner,
+                self.config.lease,
+                self.config.idempotency_ttl,
+            )
+            .await
+        {
+            Ok(Claim::Acquired { .. }) => {}
+            Ok(Claim::InFlight { .. }) => {
+                return Outcome::Retry(Failure::new(
+                    FailureKind::InFlight,
+                    "this raw dead letter is being recorded right now",
+                ));
+            }
+            Ok(Claim::Done { .. } | Claim::Dead { .. }) => return Outcome::Duplicate,
+            Err(e) => {
+                return Outcome::Retry(Failure::new(FailureKind::StoreUnavailable, e.to_string()));
+            }
+        }
+        // The event's own key (so a replay of it is recognised), and the topic it came from.
+        let (ctx, event_key, origin) = match decoded {
+            Some(d) => {
+                let event_key = key::hashed(
+                    &key::identity(&self.manifest.idempotency_key, &d.ctx, &d.data),
+                    None,
+                );
+                let origin = self
+                    .manifest
+                    .subscriptions
+                    .iter()
+                    .find(|s| s.types.contains(&d.ctx.ty))
+                    .map(|s| (s.pubsub.clone(), s.topic.clone()));
+                (Some(d.ctx), event_key, origin)
+            }
+            None => (None, String::new(), None),
+        };
+        let attempts = self.attempts_of(&event_key, 1).await;
+        let error = DeadLetterError {
+            kind: RETRIES_EXHAUSTED.to_string(),
+            class: "retryable".to_string(),
+            messages: vec![
+                "delivery retries exhausted: the transport gave up on the message and \
+                 dead-lettered it raw (the function answered RETRY, or could not be reached, \
+                 for the whole retry budget)"
+                    .to_string(),
+            ],
+        };
+        let meta = DeliveryMeta {
+            source_topic: origin.or(meta.source_topic.clone()),
+            ..meta
+        };
+        let record = self.record(ctx.as_ref(), &event_key, error, &meta, &attempts);
+        match self.store.dead_letter(&copy_key, &owner, &record).await {
+            Ok(true) => {
+                self.instruments.dead_lettered(RETRIES_EXHAUSTED);
+                tracing::warn!(
+                    dead_letter_id = %record.id,
+                    event_id = record.event_id.as_deref().unwrap_or(""),
+                    event_type = record.event_type.as_deref().unwrap_or(""),
+                    "raw dead letter recorded (the transport's retries were exhausted)"
+                );
+                Outcome::Success
+            }
+            Ok(false) => Outcome::Duplicate,
+            Err(e) => Outcome::Retry(Failure::new(FailureKind::StoreUnavailable, e.to_string())),
+        }
+    }
+
+    /// The failure facts of `key` for its record: the store's, with at least `attempt` failed
+    /// (1 for an event without a key).
+    async fn attempts_of(&self, key: &str, attempt: u32) -> Attempts {
+        let now = now_ms();
+        let at_least = Attempts {
+            failed: attempt.max(1),
+            first_failure_ms: now,
+            last_failure_ms: now,
+        };
+        if key.is_empty() {
+            return at_least;
+        }
+        match self.store.attempts(key).await {
+            Ok(Some(a)) => Attempts {
+                failed: a.failed.max(attempt).max(1),
+                ..a
+            },
+            _ => at_least,
+        }
+    }
+
+    /// A dead-letter record of this function: the event's identity (when it decoded), where it
+    /// came from, the original message, why and how often it failed.
+    fn record(
         &self,
         ctx: Option<&Context>,
         key: &str,
-        owner: &str,
-        failure: Failure,
+        error: DeadLetterError,
         meta: &DeliveryMeta,
-        exhausted: bool,
-    ) -> Outcome {
-        let now = now_ms();
-        let attempts = match (key.is_empty(), ctx) {
-            (false, Some(c)) => self.store.attempts(key).await.ok().flatten().map_or(
-                Attempts {
-                    failed: c.attempt,
-                    first_failure_ms: now,
-                    last_failure_ms: now,
-                },
-                |a| Attempts {
-                    failed: a.failed.max(c.attempt),
-                    ..a
-                },
-            ),
-            _ => Attempts {
-                failed: 1,
-                first_failure_ms: now,
-                last_failure_ms: now,
-            },
-        };
+        attempts: &Attempts,
+    ) -> DeadLetter {
         let rfc3339 = |ms: i64| {
             chrono::DateTime::from_timestamp_millis(ms)
                 .unwrap_or_else(chrono::Utc::now)
@@ -53,7 +154,7 @@ impl Intake {
             (None, Some(k)) => (None, Some(k.topic.clone())),
             (None, None) => (None, None),
         };
-        let record = DeadLetter {
+        DeadLetter {
             id: uuid::Uuid::now_v7().to_string(),
             function: self.manifest.name.clone(),
             function_version: self.manifest.version.clone(),
@@ -67,21 +168,36 @@ impl Intake {
                 .original
                 .clone()
                 .unwrap_or_else(|| Original::new(None, b"", Default::default())),
-            error: DeadLetterError {
-                kind: failure.kind.code().to_string(),
-                class: if failure.kind.is_retryable() {
-                    "retryable"
-                } else {
-                    "permanent"
-                }
-                .to_string(),
-                messages: failure.chain.clone(),
-            },
+            error,
             attempts: attempts.failed.max(1),
             first_failure: rfc3339(attempts.first_failure_ms),
             last_failure: rfc3339(attempts.last_failure_ms),
             trace_id: ctx.map(|c| c.trace_id().to_string()),
+        }
+    }
+
+    /// Keep a dead-letter record in the store and forward it to the dead-letter topic.
+    pub(super) async fn dead_letter(
+        &self,
+        ctx: Option<&Context>,
+        key: &str,
+        owner: &str,
+        failure: Failure,
+        meta: &DeliveryMeta,
+        exhausted: bool,
+    ) -> Outcome {
+        let attempts = self.attempts_of(key, ctx.map_or(1, |c| c.attempt)).await;
+        let error = DeadLetterError {
+            kind: failure.kind.code().to_string(),
+            class: if failure.kind.is_retryable() {
+                "retryable"
+            } else {
+                "permanent"
+            }
+            .to_string(),
+            messages: failure.chain.clone(),
         };
+        let record = self.record(ctx, key, error, meta, &attempts);
         let dead_letter_span = tracing::info_span!("zerofn.dead_letter", otel.name = "dead letter", zerofn.dead_letter_id = %record.id);
         match self
             .store

@@ -534,3 +534,57 @@ async fn a_forged_replayof_cannot_reapply_a_genuine_one_applies_once() {
     assert_eq!(r.deliver(&replay).await, Outcome::Duplicate);
     assert_eq!(r.began.load(Ordering::SeqCst), 3);
 }
+
+#[tokio::test]
+async fn raw_dead_letters_are_recorded_once_and_replay_once() {
+    let r = rig("6s");
+    let raw = event("c-1", "ok");
+    let body = serde_json::to_vec(&raw).unwrap();
+    let meta = || DeliveryMeta {
+        original: Some(crate::dead_letter::Original::new(
+            Some("application/cloudevents+json".into()),
+            &body,
+            Default::default(),
+        )),
+        ..DeliveryMeta::default()
+    };
+    assert_eq!(
+        r.intake.record_raw_dead_letter(&body, meta()).await,
+        Outcome::Success
+    );
+    assert_eq!(
+        r.intake.record_raw_dead_letter(&body, meta()).await,
+        Outcome::Duplicate,
+        "one record per raw copy"
+    );
+    let listed = r
+        .store
+        .dead_letters(&crate::idempotency::DeadLetterFilter {
+            function: Some("sm".into()),
+            since_ms: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    let d = &listed[0];
+    assert_eq!(d.error.kind, "delivery_retries_exhausted");
+    assert_eq!(d.key, r.key_of("c-1"));
+    assert_eq!(d.topic.as_deref(), Some("todo.task.created"));
+    assert_eq!(d.event_id.as_deref(), Some("c-1"));
+    // The runtime's own records on the same topic are acknowledged, not recorded again.
+    let own = json!({"specversion": "1.0", "id": "x", "source": "/zerofn/sm",
+        "type": "zerofn.deadletter.recorded", "data": {}});
+    assert_eq!(
+        r.intake
+            .record_raw_dead_letter(&serde_json::to_vec(&own).unwrap(), DeliveryMeta::default())
+            .await,
+        Outcome::Duplicate
+    );
+    // Replayed (the event never ran): applied once.
+    let mut replay = raw.clone();
+    replay["replayof"] = json!(d.id);
+    assert_eq!(r.deliver(&replay).await, Outcome::Success);
+    assert_eq!(r.deliver(&replay).await, Outcome::Duplicate);
+    assert_eq!(r.began.load(Ordering::SeqCst), 1);
+}

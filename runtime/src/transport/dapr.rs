@@ -32,7 +32,7 @@ use crate::{
     event::KafkaCoordinates,
     idempotency::StoredOutput,
     intake::DeliveryMeta,
-    manifest::Subscription,
+    manifest::{DEAD_LETTER_ROUTE, Subscription},
     outcome::{Failure, FailureKind, Outcome},
     publish::Publisher,
 };
@@ -45,6 +45,20 @@ pub(super) fn routes(state: &AppState) -> Router<AppState> {
         "/dapr/subscribe",
         get(subscribe).layer(super::body_limit(state)),
     );
+    if let Some(pubsub) = state.intake.manifest().dead_letter_pubsub() {
+        let origin = Arc::new((
+            pubsub.to_string(),
+            state.intake.manifest().delivery.dead_letter_topic.clone(),
+        ));
+        router = router.route(
+            DEAD_LETTER_ROUTE,
+            post(
+                move |State(state): State<AppState>, headers: HeaderMap, body: Body| {
+                    deliver_dead_letter(state, origin, headers, body)
+                },
+            ),
+        );
+    }
     for sub in &state.intake.manifest().subscriptions {
         let route = sub.route.clone();
         let sub = Arc::new(sub.clone());
@@ -85,6 +99,29 @@ async fn subscribe(State(state): State<AppState>) -> Response {
     state.subscribed.store(true, Ordering::SeqCst);
     tracing::info!(subscriptions = subs.len(), "Dapr read the subscriptions");
     Json(subs).into_response()
+}
+
+/// A delivery on the function's own dead-letter topic: recorded in the store (see
+/// `Intake::record_raw_dead_letter`). Never dead-lettered again: this subscription has no
+/// dead-letter topic, so what cannot be recorded now is answered RETRY.
+async fn deliver_dead_letter(
+    state: AppState,
+    origin: Arc<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(_in_flight) = state.drain.enter() else {
+        return draining();
+    };
+    // A raw copy carries the transport's envelope around what the function admitted.
+    let limit = state.config.max_body_bytes.saturating_mul(2);
+    let bytes = match read_body(&headers, body, limit).await {
+        Ok(b) => b,
+        Err(f) => return reply(&Outcome::Retry(f)),
+    };
+    let mut meta = delivery_meta(&headers, &bytes);
+    meta.source_topic = Some((origin.0.clone(), origin.1.clone()));
+    reply(&state.intake.record_raw_dead_letter(&bytes, meta).await)
 }
 
 async fn deliver(
