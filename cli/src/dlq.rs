@@ -7,17 +7,25 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use zerofn::{dead_letter::DeadLetter, dlq::DeadLetters};
 
+// `--all` lists every dead letter (one page per source).
+const ALL: usize = 100_000;
+
 /// Dead-letter tools.
 #[derive(Debug, Args)]
 pub(crate) struct Dlq {
-    /// The store the functions use: sqlite:PATH, postgres://…, redis://….
+    /// The store the functions use: sqlite:PATH, postgres://…, redis://…. Without it, the
+    /// runtime's default follows ZEROFN_DATA_DIR (`.zerofn`): in a `zerofn dev` state dir,
+    /// every function's store and the gateway's refused requests.
+    #[arg(long, env = "ZEROFN_STORE", global = true)]
+    store: Option<String>,
+    /// The data dir (the runtime's, or an engine's state dir) when no --store is given.
     #[arg(
         long,
-        env = "ZEROFN_STORE",
-        default_value = "sqlite:.zerofn/zerofn.db",
+        env = "ZEROFN_DATA_DIR",
+        default_value = ".zerofn",
         global = true
     )]
-    store: String,
+    data_dir: std::path::PathBuf,
     #[command(subcommand)]
     command: DlqCommand,
 }
@@ -82,7 +90,7 @@ enum DlqCommand {
 
 impl Dlq {
     pub(crate) async fn run(self, out: &mut impl Write) -> anyhow::Result<()> {
-        let letters = DeadLetters::open(&self.store).await?;
+        let letters = Letters::open(self.store.as_deref(), &self.data_dir).await?;
         match self.command {
             DlqCommand::Ls {
                 function,
@@ -130,11 +138,7 @@ impl Dlq {
                     ],
                     (None, true) => {
                         letters
-                            .list(
-                                function.as_deref(),
-                                since_time(since.as_deref())?,
-                                usize::MAX,
-                            )
+                            .list(function.as_deref(), since_time(since.as_deref())?, ALL)
                             .await?
                     }
                     (None, false) => bail!("name a dead letter id or --all"),
@@ -175,6 +179,114 @@ impl Dlq {
                 if failed > 0 {
                     bail!("{failed} of {} replays failed", records.len());
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where dead letters are read: one store, or an engine's state dir (each function's store
+/// under `functions/<name>/`, and the gateway's records on `deadletter.gateway` in its log).
+struct Letters {
+    stores: Vec<DeadLetters>,
+    gateway_log: Option<sqlx::AnyPool>,
+}
+
+impl Letters {
+    async fn open(store: Option<&str>, data_dir: &std::path::Path) -> anyhow::Result<Letters> {
+        if let Some(url) = store {
+            return Ok(Letters {
+                stores: vec![DeadLetters::open(url).await?],
+                gateway_log: None,
+            });
+        }
+        let log = data_dir.join("log.db");
+        let functions = data_dir.join("functions");
+        if !(log.is_file() && functions.is_dir()) {
+            let url = format!("sqlite:{}", data_dir.join("zerofn.db").display());
+            return Ok(Letters {
+                stores: vec![DeadLetters::open(&url).await?],
+                gateway_log: None,
+            });
+        }
+        let mut stores = Vec::new();
+        let mut dirs: Vec<_> = std::fs::read_dir(&functions)
+            .with_context(|| format!("cannot list {}", functions.display()))?
+            .flatten()
+            .map(|e| e.path().join("zerofn.db"))
+            .filter(|db| db.is_file())
+            .collect();
+        dirs.sort();
+        for db in dirs {
+            stores.push(DeadLetters::open(&format!("sqlite:{}", db.display())).await?);
+        }
+        sqlx::any::install_default_drivers();
+        let gateway_log = sqlx::AnyPool::connect(&format!("sqlite://{}?mode=ro", log.display()))
+            .await
+            .with_context(|| format!("cannot open the engine's log {}", log.display()))?;
+        Ok(Letters {
+            stores,
+            gateway_log: Some(gateway_log),
+        })
+    }
+
+    /// Newest first, over every source.
+    async fn list(
+        &self,
+        function: Option<&str>,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<DeadLetter>> {
+        let mut all = Vec::new();
+        for store in &self.stores {
+            all.extend(store.list(function, since, limit).await?);
+        }
+        if function.is_none_or(|f| f == "gateway") {
+            all.extend(self.gateway(since).await?);
+        }
+        // Record ids are UUID v7: their order is the order they were recorded in.
+        all.sort_by(|a, b| b.id.cmp(&a.id));
+        all.dedup_by(|a, b| a.id == b.id);
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    /// The gateway's records of refused requests, kept on its dead-letter topic.
+    async fn gateway(
+        &self,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> anyhow::Result<Vec<DeadLetter>> {
+        let Some(pool) = &self.gateway_log else {
+            return Ok(Vec::new());
+        };
+        let since = since.map_or(0, |t| t.timestamp_millis());
+        let values: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT value FROM records WHERE topic = 'deadletter.gateway' AND ts >= $1",
+        )
+        .bind(since)
+        .fetch_all(pool)
+        .await?;
+        Ok(values
+            .iter()
+            .filter_map(|v| serde_json::from_slice(v).ok())
+            .collect())
+    }
+
+    /// One dead letter by id, from whichever source holds it.
+    async fn get(&self, id: &str) -> anyhow::Result<Option<DeadLetter>> {
+        for store in &self.stores {
+            if let Some(d) = store.get(id).await? {
+                return Ok(Some(d));
+            }
+        }
+        Ok(self.gateway(None).await?.into_iter().find(|d| d.id == id))
+    }
+
+    /// Note the replay in the store that holds the record (the gateway's log is read-only).
+    async fn mark_replayed(&self, id: &str) -> anyhow::Result<()> {
+        for store in &self.stores {
+            if store.get(id).await?.is_some() {
+                return Ok(store.mark_replayed(id).await?);
             }
         }
         Ok(())

@@ -494,6 +494,61 @@ async fn raw_dead_letters_of_the_transport_are_listed_and_replayed_once() {
         effects(&store).await.iter().all(|e| *e != id),
         "not applied"
     );
+    // Without --store, `zerofn dlq` in the engine's state dir lists every function's dead
+    // letters and the gateway's, each with its function; --fn filters.
+    let refused = client()
+        .post(engine.url("/events"))
+        .header("content-type", "application/cloudevents+json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let gateway_dl = refused.headers()["zerofn-dead-letter"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let ls = |filter: Option<&'static str>| {
+        let state = engine.state.clone();
+        async move {
+            let mut cmd = tokio::process::Command::new(ZEROFN);
+            cmd.args(["dlq", "ls", "--json"])
+                .env_remove("ZEROFN_STORE")
+                .env("ZEROFN_DATA_DIR", &state);
+            if let Some(f) = filter {
+                cmd.args(["--fn", f]);
+            }
+            let out = cmd.output().await.unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let listed: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+            listed
+                .iter()
+                .map(|r| {
+                    (
+                        r["id"].as_str().unwrap().to_string(),
+                        r["function"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let all = ls(None).await;
+    let dl_id = record["id"].as_str().unwrap().to_string();
+    assert!(all.contains(&(dl_id.clone(), "probe".into())), "{all:?}");
+    assert!(all.contains(&(gateway_dl, "gateway".into())), "{all:?}");
+    let probe_only = ls(Some("probe")).await;
+    assert!(
+        probe_only.iter().all(|(_, f)| f == "probe"),
+        "{probe_only:?}"
+    );
+    assert!(
+        probe_only.iter().any(|(i, _)| *i == dl_id),
+        "{probe_only:?}"
+    );
     // Replay through the function's sidecar, as `--dapr` does in a cluster: applied once.
     let sidecar = engine
         .process

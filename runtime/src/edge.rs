@@ -303,6 +303,28 @@ mod tests {
     }
 
     #[test]
+    fn reserved_extensions_from_clients_are_removed() {
+        let edge = Edge::new().unwrap();
+        let event = json!({
+            "specversion": "1.0", "id": "e-9", "source": "/client", "type": "todo.reminder.due",
+            "replayof": "0193a7c2-0000-7000-8000-000000000000", "causationid": "x",
+            "partitionkey": "u-1", "myext": "kept", "data": reminder()
+        });
+        let got = edge
+            .decode(
+                &headers("application/cloudevents+json"),
+                &serde_json::to_vec(&event).unwrap(),
+            )
+            .unwrap();
+        let envelope = &got[0].envelope;
+        assert!(envelope.get("replayof").is_none(), "{envelope}");
+        assert!(envelope.get("causationid").is_none(), "{envelope}");
+        assert_eq!(envelope["partitionkey"], "u-1");
+        assert_eq!(envelope["myext"], "kept");
+        assert_eq!(envelope["id"], "e-9", "the identity stays the client's");
+    }
+
+    #[test]
     fn binary_mode_becomes_structured_with_key_and_trace() {
         let edge = Edge::new().unwrap();
         let mut h = headers("application/json");
