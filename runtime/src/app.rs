@@ -76,6 +76,7 @@ impl App {
                 .into());
             }
         };
+        check_store_is_shared(&config, &manifest)?;
         let store = idempotency::open(&config.store, &manifest.name, source.function_migrations())
             .await
             .map_err(|e| Error::Store {
@@ -232,6 +233,33 @@ async fn purge_expired(store: Arc<dyn idempotency::Store>) {
             Err(e) => tracing::warn!(error = %e, "could not purge expired idempotency records"),
         }
     }
+}
+
+/// In Kubernetes, an event function's store must be shared by its replicas and outlive them:
+/// an in-memory store or an SQLite file in the pod would forget what was applied on every
+/// scale to zero, and each replica would keep its own, so a redelivery after a rebalance
+/// would be applied twice. Refused (exit 64) unless allowed for a demo.
+fn check_store_is_shared(config: &Config, manifest: &Manifest) -> Result<(), Error> {
+    let ephemeral = config.store == "memory" || config.store.starts_with("sqlite:");
+    if config.in_kubernetes
+        && ephemeral
+        && !manifest.subscriptions.is_empty()
+        && !config.allow_ephemeral_store
+    {
+        return Err(ConfigError::new(
+            crate::config::ENV_STORE,
+            &config.store,
+            format!(
+                "function {} consumes events in Kubernetes, where its store must be shared by every \
+                 replica and survive scale to zero: set ZEROFN_STORE to postgres://… or redis://… \
+                 (the platform chart provides one), or ZEROFN_ALLOW_EPHEMERAL_STORE=true for a demo \
+                 that may apply events twice",
+                manifest.name
+            ),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 fn check_contracts(manifest: &Manifest, contracts: &Contracts) -> Result<(), Error> {

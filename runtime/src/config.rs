@@ -70,6 +70,12 @@ pub const ENV_LOG_FORMAT: &str = "ZEROFN_LOG_FORMAT";
 pub const ENV_LOG: &str = "ZEROFN_LOG";
 /// Fallback log filter, read when `ZEROFN_LOG` is unset.
 pub const ENV_RUST_LOG: &str = "RUST_LOG";
+/// `true` lets an event function run in Kubernetes on a store that is neither shared nor
+/// durable (`memory`, or SQLite in the pod): a demo only. Without it such a function refuses to
+/// start there, since a redelivery after a rebalance or a scale to zero would be applied twice.
+pub const ENV_ALLOW_EPHEMERAL_STORE: &str = "ZEROFN_ALLOW_EPHEMERAL_STORE";
+/// Set by Kubernetes in every pod (not a setting): the runtime is in a cluster.
+pub const ENV_KUBERNETES_SERVICE_HOST: &str = "KUBERNETES_SERVICE_HOST";
 /// The process id of the engine that started this replica (`zerofn dev` sets it): when that
 /// process is gone (even SIGKILLed), the replica drains and exits instead of living on.
 pub const ENV_PARENT_PID: &str = "ZEROFN_PARENT_PID";
@@ -101,6 +107,7 @@ pub const ALL_KEYS: &[&str] = &[
     ENV_LOG,
     ENV_RUST_LOG,
     ENV_PARENT_PID,
+    ENV_ALLOW_EPHEMERAL_STORE,
 ];
 
 /// Where configuration values come from.
@@ -229,6 +236,10 @@ pub struct Config {
     pub crash_at: Option<CrashPoint>,
     /// The engine process this replica belongs to (exit when it is gone).
     pub parent_pid: Option<u32>,
+    /// Running in Kubernetes (`KUBERNETES_SERVICE_HOST` is set).
+    pub in_kubernetes: bool,
+    /// An ephemeral per-process store is allowed there (a demo).
+    pub allow_ephemeral_store: bool,
     /// Where traces are exported (OTLP/gRPC); `None` keeps tracing local.
     pub otlp_endpoint: Option<String>,
     /// Service name in traces.
@@ -395,6 +406,20 @@ impl Config {
                 d => d,
             },
             crash_at,
+            in_kubernetes: src
+                .get(ENV_KUBERNETES_SERVICE_HOST)
+                .is_some_and(|h| !h.is_empty()),
+            allow_ephemeral_store: match src.get(ENV_ALLOW_EPHEMERAL_STORE).as_deref() {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(other) => {
+                    return Err(ConfigError::new(
+                        ENV_ALLOW_EPHEMERAL_STORE,
+                        other,
+                        "expected `true` or `false`",
+                    ));
+                }
+            },
             parent_pid: src
                 .get(ENV_PARENT_PID)
                 .map(|v| {
@@ -525,6 +550,11 @@ mod tests {
             (ENV_CRASH_AT, "sometime", "expected after_claim"),
             (ENV_LEASE, "500ms", "renewed every third of it"),
             (ENV_PARENT_PID, "engine", "not a process id"),
+            (
+                ENV_ALLOW_EPHEMERAL_STORE,
+                "yes",
+                "expected `true` or `false`",
+            ),
             (ENV_LEASE, "0s", "must be at least 1s"),
             (ENV_K_SINK, "broker.local", "not a URL"),
             (ENV_K_SINK, "ftp://x/", "http:// or https://"),

@@ -31,6 +31,7 @@ RESOURCES = {
     "dapr.io/v2alpha1": [("subscriptions", "Subscription")],
     "kafka.strimzi.io/v1beta2": [("kafkatopics", "KafkaTopic")],
     "monitoring.coreos.com/v1": [("servicemonitors", "ServiceMonitor")],
+    "postgresql.cnpg.io/v1": [("clusters", "Cluster")],
 }
 CLUSTER_SCOPED = {"namespaces", "clustertriggerauthentications"}
 

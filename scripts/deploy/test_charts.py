@@ -40,6 +40,7 @@ CRDS = {
     ("dapr.io/v2alpha1", "Subscription"): "dapr-subscription.crd.yaml",
     ("serving.knative.dev/v1", "Service"): "knative-serving-service.crd.yaml",
     ("sources.knative.dev/v1", "KafkaSource"): "knative-kafkasource.crd.yaml",
+    ("postgresql.cnpg.io/v1", "Cluster"): "cnpg-cluster.crd.yaml",
 }
 CORE_GROUPS = ("v1", "apps/v1", "policy/v1", "networking.k8s.io/v1", "autoscaling/v2")
 SECRET_NAME = re.compile(r"(TOKEN|PASSWORD|SECRET|PASSWD|CREDENTIALS?)$", re.I)
@@ -202,6 +203,43 @@ def golden_fields(fn, manifest, docs):
             fail(f"{fn}: timeoutSeconds != [http] timeout {timeout}")
 
 
+def env_of(docs):
+    """The function container's env of the one pod spec rendered, by name."""
+    specs = list(pod_specs(docs))
+    assert len(specs) == 1, f"expected one pod spec, got {len(specs)}"
+    return {e["name"]: e for e in specs[0][1]["containers"][0].get("env", [])}
+
+
+def render_fails(chart, expected, *values):
+    try:
+        render(chart, *values)
+    except RuntimeError as e:
+        if expected not in str(e):
+            fail(f"{chart}: render failed without saying {expected!r}: {e}")
+        return
+    fail(f"{chart}: rendered although it should fail with {expected!r}")
+
+
+def shared_store(fn, manifest, values):
+    """An event function gets the platform's shared store by default; without one it does not render."""
+    defaults = yaml.safe_load((ROOT / "helm" / "zerofn-function" / "values.yaml").read_text())["store"]
+    _, docs = render("zerofn-function", values)
+    env = env_of(docs)
+    if not manifest.get("subscriptions"):
+        if "ZEROFN_STORE" in env:
+            fail(f"{fn}: an HTTP function was given the event store")
+        return
+    ref = env.get("ZEROFN_STORE", {}).get("valueFrom", {}).get("secretKeyRef")
+    if ref != {"name": defaults["secretName"], "key": defaults["key"]}:
+        fail(f"{fn}: ZEROFN_STORE is not the platform's shared store: {env.get('ZEROFN_STORE')}")
+    render_fails("zerofn-function", "store.secretName is required for an event function", values, {"store": {"secretName": ""}})
+    _, docs = render("zerofn-function", values, {"store": {"ephemeralForDemoOnly": True}})
+    env = env_of(docs)
+    if "ZEROFN_STORE" in env or env.get("ZEROFN_ALLOW_EPHEMERAL_STORE", {}).get("value") != "true":
+        fail(f"{fn}: the demo opt-out does not render as ZEROFN_ALLOW_EPHEMERAL_STORE=true without a store")
+    return defaults
+
+
 def snapshot(fn, text):
     path = GOLDEN / f"{fn}.yaml"
     if os.environ.get("UPDATE_GOLDEN"):
@@ -279,6 +317,7 @@ current-context: gone
 def main():
     functions = sorted(p.parent.name for p in (ROOT / "functions").glob("*/function.toml"))
     all_manifests = {}
+    store_default = None
     for fn in functions:
         manifest = tomllib.loads((ROOT / "functions" / fn / "function.toml").read_text())
         all_manifests[fn] = manifest
@@ -289,6 +328,7 @@ def main():
         if fn == "notify":
             checks_can_fail(docs, text)
         golden_fields(fn, manifest, docs)
+        store_default = shared_store(fn, manifest, values) or store_default
         snapshot(fn, text)
         # `make render fn=NAME` (render.sh) gives exactly this.
         via_make = run([str(ROOT / "scripts/deploy/render.sh"), fn], env={**os.environ, "REGISTRY": "registry.test/zerofn", "TAG": "test", "ZEROFN_BIN": ZEROFN})
@@ -347,6 +387,16 @@ def main():
         base = re.sub(r"_(bucket|sum|count)$", "", expr)
         if base not in names:
             fail(f"platform: the dashboard queries {expr}, which nothing exports")
+    # The platform provides the store the function charts read by default, and insists on one.
+    clusters = [d for d in docs if d["kind"] == "Cluster" and d["apiVersion"].startswith("postgresql.cnpg.io/")]
+    if len(clusters) != 1 or store_default is None or f"{clusters[0]['metadata']['name']}-app" != store_default["secretName"] or store_default["key"] != "uri":
+        fail(f"platform: no CloudNativePG Cluster whose app Secret is the functions' default store ({store_default})")
+    external = {"store": {"cloudnativepg": {"enabled": False}, "external": {"secretName": "neon", "key": "url"}}}
+    _, ext_docs = render("zerofn-platform", platform, image, external)
+    if any(d["kind"] == "Cluster" for d in ext_docs):
+        fail("platform: store.external still renders an in-cluster database")
+    render_fails("zerofn-platform", "the functions need a shared, durable store", platform, image, {"store": {"cloudnativepg": {"enabled": False}}})
+    render_fails("zerofn-platform", "choose one", platform, image, {"store": {"external": {"secretName": "neon"}}})
     print(f"ok   platform: {len(docs)} objects rendered and validated", file=sys.stderr)
 
     # Cluster-level manifests in keda/ and knative/.

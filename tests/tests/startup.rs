@@ -58,3 +58,37 @@ async fn a_port_in_use_is_a_runtime_error_not_a_usage_error() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn in_kubernetes_an_event_function_refuses_a_store_of_its_own() {
+    let k8s = ("KUBERNETES_SERVICE_HOST", "10.96.0.1");
+    let sink = ("K_SINK", "http://127.0.0.1:9/");
+    for store in ["memory", "sqlite:/tmp/zerofn-k8s-test/zerofn.db"] {
+        let (code, stderr) = exit_of(&[k8s, sink, ("ZEROFN_STORE", store)]).await;
+        assert_eq!(code, Some(64), "{store}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "ZEROFN_STORE=\"{store}\": function probe consumes events in Kubernetes"
+            )) && stderr.contains("ZEROFN_ALLOW_EPHEMERAL_STORE=true"),
+            "{stderr}"
+        );
+    }
+    // The default store is SQLite in the pod: refused too.
+    let (code, stderr) = exit_of(&[k8s, sink]).await;
+    assert_eq!(code, Some(64), "{stderr}");
+    // Allowed explicitly, for a demo: it starts.
+    let demo = FnProcess::start(
+        PROBE,
+        &[
+            k8s,
+            sink,
+            ("ZEROFN_STORE", "memory"),
+            ("ZEROFN_ALLOW_EPHEMERAL_STORE", "true"),
+        ],
+    )
+    .await;
+    drop(demo);
+    // Outside Kubernetes the embedded default stays (the local loop).
+    let local = FnProcess::start(PROBE, &[sink]).await;
+    drop(local);
+}

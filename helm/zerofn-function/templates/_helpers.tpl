@@ -52,6 +52,7 @@ seccompProfile:
       name: {{ $ref.name }}
       key: {{ $ref.key }}
 {{- end }}
+{{- include "zerofn.storeEnv" . }}
 - name: ZEROFN_DATA_DIR
   value: /tmp/zerofn
 {{- end -}}
@@ -69,4 +70,20 @@ startupProbe:
   httpGet: { path: /healthz, port: http }
   periodSeconds: 1
   failureThreshold: 30
+{{- end -}}
+
+{{/* An event function's shared store: from the platform's Secret, unless set explicitly or a demo. */}}
+{{- define "zerofn.storeEnv" -}}
+{{- if and (eq .Values.function.kind "events") (not (hasKey .Values.env "ZEROFN_STORE")) (not (hasKey .Values.secretEnv "ZEROFN_STORE")) }}
+{{- if .Values.store.ephemeralForDemoOnly }}
+- name: ZEROFN_ALLOW_EPHEMERAL_STORE
+  value: "true"
+{{- else }}
+- name: ZEROFN_STORE
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "store.secretName is required for an event function: the Secret holding the shared PostgreSQL URL (the platform chart's store.cloudnativepg creates zerofn-store-app, key uri; with store.external use that Secret's name and key). Or set secretEnv.ZEROFN_STORE, or store.ephemeralForDemoOnly=true for a demo that may apply events twice" .Values.store.secretName }}
+      key: {{ required "store.key is required: the key of store.secretName that holds the URL" .Values.store.key }}
+{{- end }}
+{{- end }}
 {{- end -}}
