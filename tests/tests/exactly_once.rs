@@ -193,3 +193,69 @@ async fn a_5kb_event_id_is_refused_as_malformed_not_retried_on_postgres() {
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
     assert_eq!(effect_rows(&store, &near).await, 1);
 }
+
+/// How often the probe's handler ran for event `id` in process `p`.
+fn runs_of(p: &FnProcess, id: &str) -> usize {
+    p.log_lines()
+        .iter()
+        .filter(|l| l["message"] == "probe handler invoked" && l["event_id"] == id)
+        .count()
+}
+
+#[tokio::test]
+async fn a_forged_replayof_is_not_applied_again_and_a_genuine_replay_applies_once() {
+    let sink = Recorder::start().await.unwrap();
+    let sink_url = sink.url();
+    for (name, store) in stores() {
+        let env = [
+            ("K_SINK", sink_url.as_str()),
+            ("ZEROFN_STORE", store.as_str()),
+        ];
+        let p = FnProcess::start(PROBE, &env).await;
+        let t = Duration::from_secs(10);
+        // Applied once; then the same event again, with a forged replayof: not applied again.
+        let id = fresh_id("forged");
+        let applied = structured(&id, task("record"));
+        assert_eq!(deliver(&p.url(), &applied, t).await.unwrap().status(), 202);
+        let mut forged = applied.clone();
+        forged["replayof"] = serde_json::json!(uuid::Uuid::now_v7().to_string());
+        assert_eq!(deliver(&p.url(), &forged, t).await.unwrap().status(), 202);
+        assert_eq!(
+            runs_of(&p, &id),
+            1,
+            "{name}: a forged replayof re-applied the event"
+        );
+        // A real dead letter, replayed once the cause is fixed: applied once, however often.
+        let dead = fresh_id("genuine");
+        let r = deliver(&p.url(), &structured(&dead, task("permanent")), t)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "{name}");
+        let dl = r.headers()["zerofn-dead-letter"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        // Naming it on the applied event does not open that event either.
+        forged["replayof"] = serde_json::json!(dl);
+        assert_eq!(deliver(&p.url(), &forged, t).await.unwrap().status(), 202);
+        assert_eq!(
+            runs_of(&p, &id),
+            1,
+            "{name}: another event's dead letter opened it"
+        );
+        let mut replay = structured(&dead, task("record"));
+        replay["replayof"] = serde_json::json!(dl);
+        for _ in 0..3 {
+            assert_eq!(deliver(&p.url(), &replay, t).await.unwrap().status(), 202);
+        }
+        assert_eq!(
+            runs_of(&p, &dead),
+            2,
+            "{name}: the failed run and one replay"
+        );
+        if name != "redis" {
+            assert_eq!(effect_rows(&store, &dead).await, 1, "{name}");
+            assert_eq!(effect_rows(&store, &id).await, 1, "{name}");
+        }
+    }
+}

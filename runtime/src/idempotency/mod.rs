@@ -17,6 +17,8 @@
 //! by the owner: a holder that lost its lease can neither complete nor dead-letter the record.
 //! Records expire `ttl` after their last state change (claim, completion).
 
+#[cfg(test)]
+mod conformance;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;

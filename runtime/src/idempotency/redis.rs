@@ -24,6 +24,8 @@ if state == 'done' then
   return {'done', '0'}
 end
 if state == 'dead' then return {'dead', redis.call('HGET', KEYS[1], 'dead_letter_id') or ''} end
+-- No record (never seen, or expired): a lease left by an expired record's worker means nothing.
+if not state then redis.call('DEL', KEYS[2]) end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'in_flight', tostring(redis.call('PTTL', KEYS[2]))} end
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
 if state == 'in_flight' then

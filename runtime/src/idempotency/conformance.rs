@@ -1,0 +1,231 @@
+//! Every store keeps the same contract for leases, fencing, the relay's claim and expiry: the
+//! same scenarios on memory, SQLite, PostgreSQL and Redis (the last two started by `make test`
+//! on 127.0.0.1, their URLs in `ZEROFN_TEST_POSTGRES` and `ZEROFN_TEST_REDIS`).
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::{sync::Arc, time::Duration};
+
+use super::{Claim, Store, StoredOutput};
+use crate::dead_letter::{DeadLetter, DeadLetterError, Original};
+
+fn service(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the suites through `make test`, which starts PostgreSQL and Redis on 127.0.0.1")
+    })
+}
+
+async fn stores() -> Vec<(&'static str, Arc<dyn Store>)> {
+    let dir = std::env::temp_dir().join(format!("zerofn-conformance-{}", uuid::Uuid::new_v4()));
+    let sqlite = format!("sqlite:{}/zerofn.db", dir.display());
+    // A fresh function name per run: records of earlier runs never interfere.
+    let function = format!("conf-{}", uuid::Uuid::new_v4().simple());
+    let mut all: Vec<(&'static str, Arc<dyn Store>)> = vec![(
+        "memory",
+        super::open("memory", &function, None).await.unwrap(),
+    )];
+    for (name, url) in [
+        ("sqlite", sqlite),
+        ("postgres", service("ZEROFN_TEST_POSTGRES")),
+        ("redis", service("ZEROFN_TEST_REDIS")),
+    ] {
+        all.push((name, super::open(&url, &function, None).await.unwrap()));
+    }
+    all
+}
+
+fn output(id: &str) -> StoredOutput {
+    StoredOutput {
+        seq: 0,
+        event_id: id.into(),
+        event_type: "todo.notification.sent".into(),
+        pubsub: "p".into(),
+        topic: "t".into(),
+        body: "{}".into(),
+        traceparent: String::new(),
+        partition_key: None,
+    }
+}
+
+fn record(id: &str, key: &str) -> DeadLetter {
+    DeadLetter {
+        id: id.into(),
+        function: "conf".into(),
+        function_version: "0".into(),
+        key: key.into(),
+        event_id: None,
+        event_type: None,
+        event_source: None,
+        topic: None,
+        pubsub: None,
+        original: Original::new(None, b"", Default::default()),
+        error: DeadLetterError {
+            kind: "handler_timeout".into(),
+            class: "retryable".into(),
+            messages: vec![],
+        },
+        attempts: 1,
+        first_failure: String::new(),
+        last_failure: String::new(),
+        trace_id: None,
+    }
+}
+
+const MS: fn(u64) -> Duration = Duration::from_millis;
+
+#[tokio::test]
+async fn leases_are_renewed_fenced_and_waited_for_on_every_store() {
+    let ttl = Duration::from_secs(60);
+    for (name, s) in stores().await {
+        let k = format!("lease-{}", uuid::Uuid::new_v4());
+        assert_eq!(
+            s.claim(&k, "a", MS(300), ttl).await.unwrap(),
+            Claim::Acquired { attempt: 1 },
+            "{name}"
+        );
+        match s.claim(&k, "b", MS(300), ttl).await.unwrap() {
+            Claim::InFlight { lease_left } => {
+                let left = lease_left.unwrap_or_else(|| panic!("{name}: lease left unknown"));
+                assert!(left <= MS(300), "{name}: {left:?}");
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+        // Renewed past its first end: still a's.
+        for _ in 0..4 {
+            tokio::time::sleep(MS(100)).await;
+            assert!(s.renew(&k, "a", MS(300)).await.unwrap(), "{name}: renewed");
+        }
+        assert!(
+            matches!(
+                s.claim(&k, "b", MS(300), ttl).await.unwrap(),
+                Claim::InFlight { .. }
+            ),
+            "{name}"
+        );
+        assert!(
+            !s.renew(&k, "b", MS(300)).await.unwrap(),
+            "{name}: only the holder renews"
+        );
+        // Lapsed: b takes over (a's attempt counted); a's renewal and writes are refused.
+        tokio::time::sleep(MS(350)).await;
+        assert_eq!(
+            s.claim(&k, "b", MS(5000), ttl).await.unwrap(),
+            Claim::Acquired { attempt: 2 },
+            "{name}"
+        );
+        assert!(
+            !s.renew(&k, "a", MS(300)).await.unwrap(),
+            "{name}: a lost it"
+        );
+        assert!(
+            !s.complete(&k, "a", &[], None, ttl).await.unwrap(),
+            "{name}: a cannot complete"
+        );
+        assert!(
+            !s.dead_letter(&k, "a", &record(&format!("dl-{k}"), &k))
+                .await
+                .unwrap(),
+            "{name}: a cannot dead-letter"
+        );
+        assert!(
+            s.dead_letter_by_id(&format!("dl-{k}"))
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}: nothing written"
+        );
+        assert!(
+            s.complete(&k, "b", &[output("o")], None, ttl)
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        // Done: a duplicate, never in flight, while b's publish right lives.
+        assert_eq!(
+            s.claim(&k, "c", MS(300), ttl).await.unwrap(),
+            Claim::Done { unsent: vec![] },
+            "{name}"
+        );
+        assert!(
+            !s.dead_letter(&k, "b", &record(&format!("dl2-{k}"), &k))
+                .await
+                .unwrap(),
+            "{name}: done stays done"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_relay_takes_only_lapsed_publish_rights_and_never_revives_a_record() {
+    for (name, s) in stores().await {
+        let ttl = Duration::from_secs(60);
+        let k = format!("relay-{}", uuid::Uuid::new_v4());
+        s.claim(&k, "w", MS(300), ttl).await.unwrap();
+        assert!(
+            s.complete(&k, "w", &[output("o1")], None, ttl)
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            s.take_unsent(&k, "relay", MS(300)).await.unwrap(),
+            vec![],
+            "{name}: w still holds it"
+        );
+        tokio::time::sleep(MS(350)).await;
+        assert_eq!(
+            s.take_unsent(&k, "relay", MS(300)).await.unwrap(),
+            vec![output("o1")],
+            "{name}"
+        );
+        assert_eq!(
+            s.take_unsent(&k, "other", MS(300)).await.unwrap(),
+            vec![],
+            "{name}: one holder"
+        );
+        s.mark_sent(&k, 0).await.unwrap();
+        tokio::time::sleep(MS(350)).await;
+        assert_eq!(
+            s.take_unsent(&k, "other", MS(300)).await.unwrap(),
+            vec![],
+            "{name}: all sent"
+        );
+        // Never a record out of nothing.
+        let gone = format!("gone-{}", uuid::Uuid::new_v4());
+        assert_eq!(
+            s.take_unsent(&gone, "relay", MS(300)).await.unwrap(),
+            vec![],
+            "{name}"
+        );
+        assert_eq!(
+            s.claim(&gone, "x", MS(300), ttl).await.unwrap(),
+            Claim::Acquired { attempt: 1 },
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn records_expire_a_ttl_after_completion() {
+    for (name, s) in stores().await {
+        let ttl = MS(1500);
+        let k = format!("ttl-{}", uuid::Uuid::new_v4());
+        s.claim(&k, "w", MS(5000), ttl).await.unwrap();
+        tokio::time::sleep(MS(1000)).await;
+        assert!(s.complete(&k, "w", &[], None, ttl).await.unwrap(), "{name}");
+        tokio::time::sleep(MS(1000)).await;
+        // 2 s after the claim, 1 s after completion: remembered.
+        assert_eq!(
+            s.claim(&k, "x", MS(300), ttl).await.unwrap(),
+            Claim::Done { unsent: vec![] },
+            "{name}"
+        );
+        tokio::time::sleep(MS(700)).await;
+        // Past the TTL from completion: a new event for idempotency.
+        assert_eq!(
+            s.claim(&k, "y", MS(300), ttl).await.unwrap(),
+            Claim::Acquired { attempt: 1 },
+            "{name}"
+        );
+    }
+}
