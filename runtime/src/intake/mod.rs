@@ -124,53 +124,7 @@ impl Intake {
         accepted: &[String],
         meta: DeliveryMeta,
     ) -> Outcome {
-        let span = tracing::info_span!(
-            "zerofn.process",
-            otel.name = tracing::field::Empty,
-            otel.kind = "consumer",
-            messaging.system = if meta.source_topic.is_some() { "dapr" } else { "cloudevents" },
-            messaging.operation.type = "process",
-            messaging.destination.name = tracing::field::Empty,
-            messaging.message.id = tracing::field::Empty,
-            cloudevents.event_id = tracing::field::Empty,
-            cloudevents.event_type = tracing::field::Empty,
-            cloudevents.event_source = tracing::field::Empty,
-            zerofn.function = %self.manifest.name,
-            zerofn.attempt = tracing::field::Empty,
-            zerofn.idempotency = tracing::field::Empty,
-            zerofn.outcome = tracing::field::Empty,
-        );
-        // Parent first (the span must not have started): the hop's context, else the event's.
-        let parent = match &input {
-            Ok(d) => [meta.hop_traceparent.as_deref(), d.trace_ext.as_deref()]
-                .into_iter()
-                .flatten()
-                .find(|tp| TraceContext::parse(tp).is_some())
-                .map(|tp| (tp.to_string(), d.ctx.tracestate.clone())),
-            Err(_) => meta
-                .hop_traceparent
-                .clone()
-                .filter(|tp| TraceContext::parse(tp).is_some())
-                .map(|tp| (tp, None)),
-        };
-        if let Some((tp, state)) = &parent {
-            crate::telemetry::set_parent(&span, tp, state.as_deref());
-        }
-        let topic = meta
-            .source_topic
-            .as_ref()
-            .map(|(_, t)| t.clone())
-            .or_else(|| meta.kafka.as_ref().map(|k| k.topic.clone()));
-        span.record(
-            "otel.name",
-            format!(
-                "{} process",
-                topic.as_deref().unwrap_or(&self.manifest.name)
-            ),
-        );
-        if let Some(t) = &topic {
-            span.record("messaging.destination.name", t.as_str());
-        }
+        let span = observe::delivery_span(&self.manifest.name, &input, &meta);
         let body = async {
             let started = Instant::now();
             let in_flight = self.instruments.in_flight();

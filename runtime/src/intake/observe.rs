@@ -1,8 +1,68 @@
-//! Observation of a delivery: the log line about its outcome.
+//! Observation of a delivery: its consumer span (parented on the hop's trace, else the
+//! event's) and the log line about its outcome.
 
 use std::time::Instant;
 
-use crate::{event::Context, outcome::Outcome};
+use super::DeliveryMeta;
+use crate::{
+    codec::Decoded,
+    event::Context,
+    outcome::{Failure, Outcome},
+    telemetry::TraceContext,
+};
+
+/// The consumer span of one delivery, its parent set before it starts.
+pub(super) fn delivery_span(
+    function: &str,
+    input: &Result<Decoded, Failure>,
+    meta: &DeliveryMeta,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "zerofn.process",
+        otel.name = tracing::field::Empty,
+        otel.kind = "consumer",
+        messaging.system = if meta.source_topic.is_some() { "dapr" } else { "cloudevents" },
+        messaging.operation.type = "process",
+        messaging.destination.name = tracing::field::Empty,
+        messaging.message.id = tracing::field::Empty,
+        cloudevents.event_id = tracing::field::Empty,
+        cloudevents.event_type = tracing::field::Empty,
+        cloudevents.event_source = tracing::field::Empty,
+        zerofn.function = %function,
+        zerofn.attempt = tracing::field::Empty,
+        zerofn.idempotency = tracing::field::Empty,
+        zerofn.outcome = tracing::field::Empty,
+    );
+    // Parent first (the span must not have started): the hop's context, else the event's.
+    let parent = match input {
+        Ok(d) => [meta.hop_traceparent.as_deref(), d.trace_ext.as_deref()]
+            .into_iter()
+            .flatten()
+            .find(|tp| TraceContext::parse(tp).is_some())
+            .map(|tp| (tp.to_string(), d.ctx.tracestate.clone())),
+        Err(_) => meta
+            .hop_traceparent
+            .clone()
+            .filter(|tp| TraceContext::parse(tp).is_some())
+            .map(|tp| (tp, None)),
+    };
+    if let Some((tp, state)) = &parent {
+        crate::telemetry::set_parent(&span, tp, state.as_deref());
+    }
+    let topic = meta
+        .source_topic
+        .as_ref()
+        .map(|(_, t)| t.clone())
+        .or_else(|| meta.kafka.as_ref().map(|k| k.topic.clone()));
+    span.record(
+        "otel.name",
+        format!("{} process", topic.as_deref().unwrap_or(function)),
+    );
+    if let Some(t) = &topic {
+        span.record("messaging.destination.name", t.as_str());
+    }
+    span
+}
 
 pub(super) fn log_outcome(
     function: &str,

@@ -588,3 +588,49 @@ async fn raw_dead_letters_are_recorded_once_and_replay_once() {
     assert_eq!(r.deliver(&replay).await, Outcome::Duplicate);
     assert_eq!(r.began.load(Ordering::SeqCst), 1);
 }
+
+/// The Dapr transport's side of the same machine, through `testing::router` and `oneshot`:
+/// the function subscribes to its own dead-letter topic and acknowledges what it records.
+#[tokio::test]
+async fn the_dapr_app_records_raw_dead_letters_on_its_own_route() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let app = crate::testing::router(
+        crate::ManifestSource::new(MANIFEST, "sm", "0.1.0"),
+        handler_fn(|_: Event<Value>| async { Ok::<_, HandlerError>(()) }),
+        &[("DAPR_HTTP_PORT", "9")],
+    )
+    .await
+    .unwrap();
+    let get = http::Request::get("/dapr/subscribe")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let body = app.clone().oneshot(get).await.unwrap().into_body();
+    let subs: Value = serde_json::from_slice(&body.collect().await.unwrap().to_bytes()).unwrap();
+    let own = subs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["topic"] == "deadletter.sm")
+        .unwrap_or_else(|| panic!("{subs}"));
+    assert_eq!(own["routes"]["default"], crate::manifest::DEAD_LETTER_ROUTE);
+    assert!(
+        own.get("deadLetterTopic").is_none(),
+        "no dead-letter topic of its own: {own}"
+    );
+    let mut raw = event("d-1", "ok");
+    raw["topic"] = json!("deadletter.sm");
+    raw["pubsubname"] = json!("kafka-pubsub");
+    for _ in 0..2 {
+        let post = http::Request::post(crate::manifest::DEAD_LETTER_ROUTE)
+            .header("content-type", "application/cloudevents+json")
+            .body(axum::body::Body::from(raw.to_string()))
+            .unwrap();
+        let response = app.clone().oneshot(post).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let reply: Value =
+            serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes())
+                .unwrap();
+        assert_eq!(reply["status"], "SUCCESS", "recorded, then a duplicate");
+    }
+}
