@@ -92,3 +92,58 @@ async fn in_kubernetes_an_event_function_refuses_a_store_of_its_own() {
     let local = FnProcess::start(PROBE, &[sink]).await;
     drop(local);
 }
+
+/// `n` probes started at once on `store`: each either serves or dies; how many serve.
+async fn start_together(store: &str, n: usize) -> usize {
+    let sink = ("K_SINK", "http://127.0.0.1:9/");
+    let mut started = Vec::new();
+    for _ in 0..n {
+        started.push(FnProcess::spawn(PROBE, &[sink, ("ZEROFN_STORE", store)]).await);
+    }
+    let mut serving = 0;
+    for p in &started {
+        for _ in 0..100 {
+            if zerofn_tests::client()
+                .get(format!("{}/healthz", p.url()))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                serving += 1;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for p in &started {
+        assert!(
+            !p.stderr_lines().iter().any(|l| l.contains("migrations")),
+            "{store}: {:?}",
+            p.stderr_lines()
+        );
+    }
+    serving
+}
+
+#[tokio::test]
+async fn replicas_starting_together_on_a_fresh_store_all_start() {
+    let dir = std::env::temp_dir().join(format!("zerofn-migrate-{}", uuid::Uuid::new_v4()));
+    let sqlite = format!("sqlite:{}/zerofn.db", dir.display());
+    assert_eq!(start_together(&sqlite, 6).await, 6, "sqlite");
+    // PostgreSQL: a database of its own, so the migrations really run for the first time.
+    let admin = zerofn_tests::service("ZEROFN_TEST_POSTGRES");
+    let db = format!("zerofn_migrate_{}", uuid::Uuid::new_v4().simple());
+    let pool = zerofn_tests::store_pool(&admin).await;
+    // A fresh name of our own making (a UUID), not input: safe to splice.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    assert_eq!(
+        start_together(&format!("{base}/{db}"), 6).await,
+        6,
+        "postgres"
+    );
+}

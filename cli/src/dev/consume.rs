@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::{
     engine::{Chaos, Engine, Function, Lease, async_topic},
+    log::Read,
     log::{NewRecord, Record},
     replica::Route,
 };
@@ -163,7 +164,20 @@ pub(crate) async fn partition_loop(
         // One read for several deliveries; each chunk is still delivered and committed alone.
         let ahead = max.max(READ_AHEAD);
         let records = match engine.log.read(&topic, partition, committed, ahead).await {
-            Ok(r) => r,
+            Ok(Read::Records(r)) => r,
+            // Removed by retention: resume where the log starts now (Kafka's earliest reset),
+            // never past a record appended since the read.
+            Ok(Read::Gone { resume_at }) => {
+                drop(lease);
+                if let Err(e) = engine
+                    .log
+                    .commit(&group, &topic, partition, resume_at)
+                    .await
+                {
+                    tracing::error!(error = %e, "cannot commit an offset");
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::error!(%topic, partition, error = %e, "cannot read the log");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -171,12 +185,6 @@ pub(crate) async fn partition_loop(
             }
         };
         drop(lease);
-        if records.is_empty() {
-            // Removed by retention: skip to the log end (Kafka's earliest reset).
-            let end = engine.log.end(&topic, partition);
-            let _ = engine.log.commit(&group, &topic, partition, end).await;
-            continue;
-        }
         for chunk in records.chunks(max as usize) {
             if engine.is_stopping() || !deliver(&engine, &f, route.clone(), chunk.to_vec()).await {
                 return; // the engine is stopping: the rest stays uncommitted

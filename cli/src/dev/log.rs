@@ -280,8 +280,30 @@ impl Log {
         Ok(positions)
     }
 
-    /// Up to `max` records of a partition from `offset` on.
+    /// Up to `max` records of a partition from `offset` on, or, when retention removed all of
+    /// them, where to resume.
     pub(crate) async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        max: u32,
+    ) -> Result<Read, sqlx::Error> {
+        // The end before reading: ends move only after an append committed, so every record
+        // below it is visible to the read, and an empty read means all of [offset, end) is gone.
+        // A record appended meanwhile is at `end` or later: resuming at `end` never skips it.
+        let end = self.end(topic, partition);
+        let records = self.records(topic, partition, offset, max).await?;
+        Ok(if records.is_empty() {
+            Read::Gone {
+                resume_at: end.max(offset),
+            }
+        } else {
+            Read::Records(records)
+        })
+    }
+
+    async fn records(
         &self,
         topic: &str,
         partition: u32,
@@ -414,6 +436,27 @@ impl Log {
     }
 }
 
+/// What a read found.
+#[derive(Debug)]
+pub(crate) enum Read {
+    /// Records from the offset asked for (the first may be later, past what retention removed).
+    Records(Vec<Record>),
+    /// Nothing from the offset on: retention removed it. Resume (commit) at `resume_at`, the log
+    /// end when the read began.
+    Gone { resume_at: i64 },
+}
+
+impl Read {
+    /// The records (none when gone).
+    #[cfg(test)]
+    pub(crate) fn records(self) -> Vec<Record> {
+        match self {
+            Read::Records(r) => r,
+            Read::Gone { .. } => Vec::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,7 +493,7 @@ mod tests {
             log.commit("g", "t", p, 5).await.unwrap();
             let lag: i64 = log.lags("g", &["t".into()]).iter().map(|l| l.2).sum();
             assert_eq!(lag, 15);
-            let got = log.read("t", p, 5, 3).await.unwrap();
+            let got = log.read("t", p, 5, 3).await.unwrap().records();
             assert_eq!(
                 got.iter().map(|r| r.value.clone()).collect::<Vec<_>>(),
                 vec![b"v5".to_vec(), b"v6".to_vec(), b"v7".to_vec()]
@@ -479,5 +522,47 @@ mod tests {
         );
         assert_eq!(log.apply_retention(Duration::ZERO).await.unwrap(), 28);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_consumer_behind_retention_resumes_without_skipping_racing_appends() {
+        let dir = std::env::temp_dir().join(format!("zerofn-log-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = std::sync::Arc::new(Log::open(&dir.join("log.db"), 1).await.unwrap());
+        log.append((0..5).map(|i| rec("t", None, &format!("old{i}"))).collect())
+            .await
+            .unwrap();
+        assert_eq!(log.apply_retention(Duration::ZERO).await.unwrap(), 5);
+        // Appends race a consumer that starts behind the retained start.
+        let writer = {
+            let log = log.clone();
+            tokio::spawn(async move {
+                for i in 0..200 {
+                    log.append(vec![rec("t", None, &format!("new{i}"))])
+                        .await
+                        .unwrap();
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let mut committed = 0;
+        let mut delivered = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while delivered.len() < 200 && std::time::Instant::now() < deadline {
+            match log.read("t", 0, committed, 7).await.unwrap() {
+                Read::Records(r) => {
+                    committed = r.last().unwrap().offset + 1;
+                    delivered.extend(r.into_iter().map(|r| r.value));
+                }
+                Read::Gone { resume_at } => committed = resume_at,
+            }
+            tokio::task::yield_now().await;
+        }
+        writer.await.unwrap();
+        let want: Vec<Vec<u8>> = (0..200).map(|i| format!("new{i}").into_bytes()).collect();
+        assert_eq!(
+            delivered, want,
+            "every record appended after retention, in order"
+        );
     }
 }

@@ -462,7 +462,12 @@ mod tests {
         assert_eq!(status, 204);
         let mut records = Vec::new();
         for p in 0..4 {
-            records.extend(log.read("todo.notification.sent", p, 0, 10).await.unwrap());
+            records.extend(
+                log.read("todo.notification.sent", p, 0, 10)
+                    .await
+                    .unwrap()
+                    .records(),
+            );
         }
         assert_eq!(records.len(), 2);
         let keyed = records

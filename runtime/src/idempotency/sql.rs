@@ -57,6 +57,13 @@ impl SqlStore {
             .connect(&url)
             .await
             .map_err(|e| StoreError(format!("cannot open {}: {e}", redact(&url))))?;
+        // Replicas starting together on one fresh store migrate one at a time: PostgreSQL through
+        // sqlx's advisory lock, SQLite (whose sqlx lock is a no-op) through a file lock beside
+        // the database, held across both migrators.
+        let _serialised = match sqlite_file(&url) {
+            Some(db) => Some(lock_file(&db).await?),
+            None => None,
+        };
         migrate(&pool, function, migrations).await?;
         Ok(SqlStore {
             pool,
@@ -254,6 +261,34 @@ async fn migrate(
             .map_err(|e| StoreError(format!("migrations of function {function} failed: {e}")))?;
     }
     Ok(())
+}
+
+/// The database file of a `sqlite://path?…` URL (none in memory).
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite://")?;
+    let path = rest.split_once('?').map_or(rest, |(p, _)| p);
+    (path != ":memory:" && !path.is_empty()).then(|| Path::new(path).to_path_buf())
+}
+
+/// An exclusive lock on `<db>.migrate.lock`, held until dropped (released by the OS if the
+/// process dies).
+async fn lock_file(db: &Path) -> Result<std::fs::File, StoreError> {
+    let mut path = db.as_os_str().to_owned();
+    path.push(".migrate.lock");
+    let path = std::path::PathBuf::from(path);
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        file.lock()
+            .map_err(|e| StoreError(format!("cannot lock {}: {e}", path.display())))?;
+        Ok(file)
+    })
+    .await
+    .map_err(|e| StoreError(format!("migration lock task failed: {e}")))?
 }
 
 /// `sqlite:path` / `sqlite://path`: create the directory and the file when missing.
