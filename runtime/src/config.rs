@@ -30,7 +30,9 @@ pub const ENV_APP_API_TOKEN: &str = "APP_API_TOKEN";
 pub const ENV_K_SINK: &str = "K_SINK";
 /// Directory for embedded state (the SQLite idempotency store). Default `./.zerofn`.
 pub const ENV_DATA_DIR: &str = "ZEROFN_DATA_DIR";
-/// Largest accepted request body, in bytes. Default 1 MiB.
+/// Largest accepted request body, in bytes. Default 2 MiB: above the Kafka topics'
+/// `max.message.bytes` (1.5 MiB) plus Dapr's delivery envelope, which is above the gateway's
+/// limit (1 MiB), so an event the gateway admitted always reaches its handler.
 pub const ENV_MAX_BODY_BYTES: &str = "ZEROFN_MAX_BODY_BYTES";
 /// How long in-flight deliveries may run after SIGTERM. Default `30s`.
 pub const ENV_SHUTDOWN_GRACE: &str = "ZEROFN_SHUTDOWN_GRACE";
@@ -48,6 +50,8 @@ pub const ENV_LEASE: &str = "ZEROFN_LEASE";
 /// How long idempotency records are kept. Default `7d`.
 pub const ENV_IDEMPOTENCY_TTL: &str = "ZEROFN_IDEMPOTENCY_TTL";
 
+/// `ZEROFN_MAX_BODY_BYTES` when unset.
+pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 2 << 20;
 /// The lease when `ZEROFN_LEASE` is unset.
 pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(6);
 /// The shortest lease that can be renewed in time against a store over the network.
@@ -306,7 +310,7 @@ impl Config {
                     ));
                 }
             },
-            None => 1024 * 1024,
+            None => DEFAULT_MAX_BODY_BYTES,
         };
         let log_format = match src.get(ENV_LOG_FORMAT).as_deref() {
             None | Some("json") => LogFormat::Json,
@@ -515,7 +519,7 @@ mod tests {
         let c = cfg(&[]).unwrap();
         assert_eq!(c.transport, TransportKind::Http);
         assert_eq!(c.addr.port(), 8080);
-        assert_eq!(c.max_body_bytes, 1 << 20);
+        assert_eq!(c.max_body_bytes, 2 << 20);
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.store, "sqlite:.zerofn/zerofn.db");

@@ -21,6 +21,7 @@ pub(crate) enum FailureKind {
     InFlight,
     StoreUnavailable,
     WorkerLost,
+    BodyIncomplete,
 }
 
 impl FailureKind {
@@ -42,6 +43,7 @@ impl FailureKind {
             FailureKind::InFlight => "in_flight",
             FailureKind::StoreUnavailable => "store_unavailable",
             FailureKind::WorkerLost => "worker_lost",
+            FailureKind::BodyIncomplete => "body_incomplete",
         }
     }
 
@@ -57,6 +59,7 @@ impl FailureKind {
                 | FailureKind::InFlight
                 | FailureKind::StoreUnavailable
                 | FailureKind::WorkerLost
+                | FailureKind::BodyIncomplete
         )
     }
 }

@@ -371,6 +371,9 @@ def main():
         spec = d["spec"]
         if spec["replicas"] != 3 or spec["config"]["min.insync.replicas"] != 2 or spec["config"]["retention.ms"] != 604800000:
             fail(f"platform: topic {t} is not replication 3 / min ISR 2 / 7 days")
+        # Headroom: gateway (1 MiB) < Kafka (topic and producer) < runtime (2 MiB) - Dapr's envelope.
+        if not (1 << 20) < spec["config"].get("max.message.bytes", 0) <= (2 << 20) - 65536:
+            fail(f"platform: topic {t} max.message.bytes {spec['config'].get('max.message.bytes')} leaves no headroom")
     # The chart's Dapr components are contracts/dapr's.
     for f in ("pubsub-kafka.yaml", "statestore-redis.yaml", "secretstore-kubernetes.yaml", "resiliency.yaml"):
         want = yaml.safe_load((ROOT / "contracts" / "dapr" / f).read_text())

@@ -229,3 +229,31 @@ async fn records_expire_a_ttl_after_completion() {
         );
     }
 }
+
+#[tokio::test]
+async fn completing_without_the_handlers_transaction_is_an_error_not_a_commit() {
+    let ttl = Duration::from_secs(60);
+    for (name, s) in stores().await {
+        let k = format!("tx-{}", uuid::Uuid::new_v4());
+        s.claim(&k, "w", MS(5000), ttl).await.unwrap();
+        let Some(tx) = s.begin().await.unwrap() else {
+            continue; // memory and Redis have no handler transaction
+        };
+        // A handler that kept its guard beyond its end (here: forever).
+        std::mem::forget(tx.conn().await.unwrap());
+        let completed = s.complete(&k, "w", &[], Some(tx), ttl).await;
+        assert!(
+            completed
+                .as_ref()
+                .is_err_and(|e| e.0.contains("still in use")),
+            "{name}: {completed:?}"
+        );
+        assert!(
+            matches!(
+                s.claim(&k, "x", MS(300), ttl).await.unwrap(),
+                Claim::InFlight { .. }
+            ),
+            "{name}: not recorded as done"
+        );
+    }
+}

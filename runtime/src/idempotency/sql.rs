@@ -358,12 +358,17 @@ impl Store for SqlStore {
         ttl: Duration,
     ) -> BoxFut<'a, Result<bool, StoreError>> {
         Box::pin(async move {
-            let handed = match tx {
-                Some(t) => t.take().await,
-                None => None,
-            };
-            let mut tx = match handed {
-                Some(tx) => tx,
+            // The handler's transaction, or none (no handler ran one): a transaction handed over
+            // but no longer there would mean recording the event as done without the handler's
+            // writes, so that is an error, never a fresh transaction.
+            let mut tx = match tx {
+                Some(t) => t.take().await.ok_or_else(|| {
+                    StoreError(
+                        "the handler's transaction is still in use (a TransactionGuard outlived the \
+                         handler) or was ended: its writes cannot be committed with the event"
+                            .into(),
+                    )
+                })?,
                 None => self.begin_tx().await?,
             };
             let done = sqlx::query(

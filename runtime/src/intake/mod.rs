@@ -138,6 +138,8 @@ impl Intake {
                 );
             }
             let (outcome, ctx) = match input {
+                // The same bytes may arrive whole next time: retried, never dead-lettered.
+                Err(f) if f.kind.is_retryable() => (Outcome::Retry(f), None),
                 Err(f) => (self.dead_letter(None, "", "", f, &meta, false).await, None),
                 Ok(decoded) => {
                     let mut ctx = decoded.ctx;

@@ -140,6 +140,13 @@ async fn deliver(
     let source_topic = Some((sub.pubsub.clone(), sub.topic.clone()));
     let bytes = match read_body(&headers, body, bulk_limit).await {
         Ok(b) => b,
+        // Refused unread past the limit: the runtime does not have the bytes, Dapr does. DROP
+        // makes Dapr copy the message raw to the dead-letter topic, where this function records
+        // it with its bytes (that route takes twice the limit).
+        Err(f) if f.kind == FailureKind::TooLarge => {
+            tracing::warn!(topic = %sub.topic, reason = %f.message, "delivery too large to read: answered DROP so Dapr dead-letters it raw");
+            return reply(&Outcome::Drop(f));
+        }
         Err(f) => {
             let mut meta = delivery_meta(&headers, b"");
             meta.source_topic = source_topic;

@@ -94,6 +94,7 @@ fn status_of(f: &Failure) -> StatusCode {
         | FailureKind::HandlerTimeout
         | FailureKind::WorkerLost => StatusCode::INTERNAL_SERVER_ERROR,
         FailureKind::PublishFailed => StatusCode::BAD_GATEWAY,
+        FailureKind::BodyIncomplete => StatusCode::REQUEST_TIMEOUT,
         FailureKind::Draining | FailureKind::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         // Knative retries 409: the delivery holding the lease finishes the work.
         FailureKind::InFlight => StatusCode::CONFLICT,

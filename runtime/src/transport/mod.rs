@@ -213,9 +213,10 @@ pub(crate) async fn read_body(
     let mut seen = 0usize;
     let read = async {
         while let Some(frame) = body.frame().await {
+            // A broken connection: the same bytes may arrive whole next time.
             let frame = frame.map_err(|e| {
                 Failure::new(
-                    FailureKind::Malformed,
+                    FailureKind::BodyIncomplete,
                     format!("request body could not be read completely: {e}"),
                 )
             })?;
@@ -238,7 +239,7 @@ pub(crate) async fn read_body(
         Ok(Ok(())) => Ok(buf.freeze()),
         Ok(Err(f)) => Err(f),
         Err(_) => Err(Failure::new(
-            FailureKind::Malformed,
+            FailureKind::BodyIncomplete,
             format!("request body did not arrive within {READ_TIME:?}"),
         )),
     }
