@@ -7,9 +7,6 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use zerofn::{dead_letter::DeadLetter, dlq::DeadLetters};
 
-// `--all` lists every dead letter (one page per source).
-const ALL: usize = 100_000;
-
 /// Dead-letter tools.
 #[derive(Debug, Args)]
 pub(crate) struct Dlq {
@@ -138,7 +135,7 @@ impl Dlq {
                     ],
                     (None, true) => {
                         letters
-                            .list(function.as_deref(), since_time(since.as_deref())?, ALL)
+                            .all(function.as_deref(), since_time(since.as_deref())?)
                             .await?
                     }
                     (None, false) => bail!("name a dead letter id or --all"),
@@ -248,6 +245,24 @@ impl Letters {
         all.sort_by(|a, b| b.id.cmp(&a.id));
         all.dedup_by(|a, b| a.id == b.id);
         all.truncate(limit);
+        Ok(all)
+    }
+
+    /// Every dead letter, paged from each source, newest first.
+    async fn all(
+        &self,
+        function: Option<&str>,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> anyhow::Result<Vec<DeadLetter>> {
+        let mut all = Vec::new();
+        for store in &self.stores {
+            all.extend(store.all(function, since).await?);
+        }
+        if function.is_none_or(|f| f == "gateway") {
+            all.extend(self.gateway(since).await?);
+        }
+        all.sort_by(|a, b| b.id.cmp(&a.id));
+        all.dedup_by(|a, b| a.id == b.id);
         Ok(all)
     }
 

@@ -150,3 +150,61 @@ async fn a_dead_letter_is_listed_shown_and_replayed_once_after_the_fix() {
     server.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn replay_all_works_on_every_store() {
+    for (name, store) in zerofn_tests::stores() {
+        let sink = Recorder::start().await.unwrap();
+        let calls = Calls::default();
+        calls.set_broken(true);
+        let sink_url = sink.url();
+        let server = TestServer::start(
+            MANIFEST,
+            probe(calls.clone()),
+            &[("K_SINK", &sink_url), ("ZEROFN_STORE", &store)],
+        )
+        .await
+        .unwrap();
+        let mut dead = Vec::new();
+        for _ in 0..3 {
+            let response = client()
+                .post(server.url())
+                .header("content-type", "application/cloudevents+json")
+                .json(&structured(&fresh_id("all"), task("broken")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 422, "{name}");
+            dead.push(
+                response.headers()["zerofn-dead-letter"]
+                    .to_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        let (ok, out, err) = zerofn(&[
+            "dlq",
+            "replay",
+            "--all",
+            "--fn",
+            "probe",
+            "--since",
+            "10m",
+            "--store",
+            &store,
+            "--dry-run",
+            "--rate",
+            "1000/s",
+        ])
+        .await;
+        assert!(ok, "{name}: {err}");
+        for id in &dead {
+            assert!(
+                out.lines()
+                    .any(|l| l.starts_with(id.as_str()) && l.contains("would publish")),
+                "{name}: {id} not in {out}"
+            );
+        }
+        server.shutdown().await.unwrap();
+    }
+}

@@ -37,9 +37,40 @@ impl DeadLetters {
         let filter = crate::idempotency::DeadLetterFilter {
             function: function.map(str::to_string),
             since_ms: since.map(|t| t.timestamp_millis()),
+            offset: 0,
             limit,
         };
         self.store.dead_letters(&filter).await.map_err(store_error)
+    }
+
+    /// Every dead letter, newest first, of one function or all, created at or after `since`,
+    /// read in pages (no store is asked for more than a page at once).
+    pub async fn all(
+        &self,
+        function: Option<&str>,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<DeadLetter>, crate::Error> {
+        const PAGE: usize = 500;
+        let mut filter = crate::idempotency::DeadLetterFilter {
+            function: function.map(str::to_string),
+            since_ms: since.map(|t| t.timestamp_millis()),
+            offset: 0,
+            limit: PAGE,
+        };
+        let mut all = Vec::new();
+        loop {
+            let page = self
+                .store
+                .dead_letters(&filter)
+                .await
+                .map_err(store_error)?;
+            let last = page.len() < PAGE;
+            all.extend(page);
+            if last {
+                return Ok(all);
+            }
+            filter.offset += PAGE;
+        }
     }
 
     /// One dead letter by id.
@@ -57,5 +88,48 @@ fn store_error(e: crate::idempotency::StoreError) -> crate::Error {
     crate::Error::Store {
         url: String::from("(dead letters)"),
         reason: e.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+    use super::*;
+    use crate::dead_letter::{DeadLetterError, Original};
+
+    #[tokio::test]
+    async fn all_pages_through_every_dead_letter() {
+        let letters = DeadLetters::open("memory").await.unwrap();
+        for i in 0..1203 {
+            let record = DeadLetter {
+                id: format!("{i:05}"),
+                function: if i % 2 == 0 { "a" } else { "b" }.into(),
+                function_version: "0".into(),
+                key: String::new(),
+                event_id: None,
+                event_type: None,
+                event_source: None,
+                topic: None,
+                pubsub: None,
+                original: Original::new(None, b"", Default::default()),
+                error: DeadLetterError {
+                    kind: "malformed_event".into(),
+                    class: "permanent".into(),
+                    messages: vec![],
+                },
+                attempts: 1,
+                first_failure: String::new(),
+                last_failure: String::new(),
+                trace_id: None,
+            };
+            assert!(letters.store.dead_letter("", "", &record).await.unwrap());
+        }
+        let all = letters.all(None, None).await.unwrap();
+        assert_eq!(all.len(), 1203);
+        let mut ids: Vec<&str> = all.iter().map(|d| d.id.as_str()).collect();
+        ids.dedup();
+        assert_eq!(ids.len(), 1203, "no page read twice");
+        assert_eq!(letters.all(Some("a"), None).await.unwrap().len(), 602);
     }
 }

@@ -334,6 +334,7 @@ impl Store for MemoryStore {
                         filter.function.as_ref().is_none_or(|f| *f == d.function)
                             && filter.since_ms.is_none_or(|s| *at >= s)
                     })
+                    .skip(filter.offset)
                     .take(filter.limit.max(1))
                     .map(|(d, _)| d.clone())
                     .collect()

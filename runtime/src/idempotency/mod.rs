@@ -71,6 +71,8 @@ pub(crate) struct Attempts {
 pub(crate) struct DeadLetterFilter {
     pub(crate) function: Option<String>,
     pub(crate) since_ms: Option<i64>,
+    /// Skip this many (newest first): pages.
+    pub(crate) offset: usize,
     pub(crate) limit: usize,
 }
 

@@ -462,7 +462,7 @@ impl Store for RedisStore {
                 .arg("+inf")
                 .arg(filter.since_ms.unwrap_or(0))
                 .arg("LIMIT")
-                .arg(0)
+                .arg(filter.offset)
                 .arg(filter.limit.max(1))
                 .query_async(&mut con)
                 .await

@@ -600,16 +600,19 @@ impl Store for SqlStore {
         Box::pin(async move {
             let since = filter.since_ms.unwrap_or(0);
             let limit = i64::try_from(filter.limit.max(1)).unwrap_or(i64::MAX);
+            let offset = i64::try_from(filter.offset).unwrap_or(i64::MAX);
             let rows = match &filter.function {
                 Some(f) => sqlx::query(
-                    "SELECT record FROM zerofn_dead_letters WHERE function = $1 AND created_at >= $2 ORDER BY created_at DESC, id DESC LIMIT $3",
+                    "SELECT record FROM zerofn_dead_letters WHERE function = $1 AND created_at >= $2 ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4",
                 )
                 .bind(f)
                 .bind(since)
-                .bind(limit),
-                None => sqlx::query("SELECT record FROM zerofn_dead_letters WHERE created_at >= $1 ORDER BY created_at DESC, id DESC LIMIT $2")
+                .bind(limit)
+                .bind(offset),
+                None => sqlx::query("SELECT record FROM zerofn_dead_letters WHERE created_at >= $1 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3")
                     .bind(since)
-                    .bind(limit),
+                    .bind(limit)
+                    .bind(offset),
             }
             .fetch_all(&self.pool)
             .await

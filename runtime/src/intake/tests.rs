@@ -562,6 +562,7 @@ async fn raw_dead_letters_are_recorded_once_and_replay_once() {
         .dead_letters(&crate::idempotency::DeadLetterFilter {
             function: Some("sm".into()),
             since_ms: None,
+            offset: 0,
             limit: 10,
         })
         .await
