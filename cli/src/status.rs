@@ -68,6 +68,15 @@ impl Status {
                 f["last_start_error"].as_str().unwrap_or("-"),
             )?;
         }
+        let dropped = status["retention_dropped_unread"]
+            .as_u64()
+            .unwrap_or_default();
+        if dropped > 0 {
+            writeln!(
+                out,
+                "retention deleted {dropped} record(s) before every consumer group had read them (the engine log names the topics and offsets)"
+            )?;
+        }
         Ok(())
     }
 }

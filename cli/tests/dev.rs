@@ -591,6 +591,47 @@ async fn raw_dead_letters_of_the_transport_are_listed_and_replayed_once() {
 }
 
 #[tokio::test]
+async fn retention_never_deletes_unread_records_silently() {
+    // An event nobody consumes here (no function subscribes to its topic).
+    let data: Value = serde_json::from_str(
+        &std::fs::read_to_string(manifest(
+            "contracts/events/finance.budget.warning/valid/dining-82.json",
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let engine = Engine::start(&[probe_fn()], None, &[], &[]).await;
+    engine
+        .post_events(&[json!({
+            "specversion": "1.0", "id": fresh_id("unread"), "source": "/tests/dev",
+            "type": "finance.budget.warning", "data": data
+        })])
+        .await;
+    let state = engine.stop().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let engine = Engine::start(&[probe_fn()], Some(state), &[], &["--retention", "1s"]).await;
+    let all = get_json(&engine.url("/_zerofn/status")).await;
+    assert!(
+        all["retention_dropped_unread"].as_u64() >= Some(1),
+        "counted: {all}"
+    );
+    assert!(
+        engine.process.log_lines().iter().any(|l| l["message"]
+            == "retention deleted records before every consumer group had read them"
+            && l["topic"] == "finance.budget.warning"),
+        "logged with its topic"
+    );
+    let out = tokio::process::Command::new(ZEROFN)
+        .args(["status", "--gateway", &engine.url("")])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("retention deleted"), "{text}");
+    engine.stop().await;
+}
+
+#[tokio::test]
 async fn records_left_in_the_log_are_processed_after_an_engine_restart() {
     let engine = Engine::start(&[probe_fn()], None, &[], &[]).await;
     let prefix = fresh_id("restart");

@@ -586,6 +586,7 @@ impl Engine {
         json!({
             "functions": self.functions.values().map(|f| f.status(&self.log)).collect::<Vec<_>>(),
             "topics": self.log.topics(),
+            "retention_dropped_unread": self.log.dropped_unread(),
         })
     }
 }

@@ -72,6 +72,8 @@ pub(crate) struct Log {
     writer: tokio::sync::Mutex<()>,
     /// Bumped on every append, so that consumers and scalers wake at once.
     appended: watch::Sender<u64>,
+    /// Records retention deleted before every consumer group had committed past them.
+    dropped_unread: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Log {
@@ -160,6 +162,7 @@ impl Log {
             meta: Mutex::new(meta),
             writer: tokio::sync::Mutex::new(()),
             appended: watch::channel(0).0,
+            dropped_unread: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -403,6 +406,12 @@ impl Log {
         out
     }
 
+    /// Records retention deleted before every consumer group had read them, since start.
+    pub(crate) fn dropped_unread(&self) -> u64 {
+        self.dropped_unread
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Wakes on every append.
     pub(crate) fn watch(&self) -> watch::Receiver<u64> {
         self.appended.subscribe()
@@ -414,12 +423,34 @@ impl Log {
         let _writing = self.write_lock().await;
         let cutoff = now_ms() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
         // Kafka's retention is by age, but a dead letter no consumer group has committed past
-        // is kept: it exists so that it is read.
-        let done = sqlx::query(
-            "DELETE FROM records WHERE ts <= ? AND NOT (topic LIKE 'deadletter.%' AND offs >= \
-             COALESCE((SELECT MIN(o.committed) FROM offsets o WHERE o.topic = records.topic \
-             AND o.part = records.part), 0))",
-        )
+        // is kept: it exists so that it is read. Any other record is deleted by age, read or
+        // not; what was not read by every group is counted and logged, never silent.
+        const UNREAD: &str = "offs >= COALESCE((SELECT MIN(o.committed) FROM offsets o \
+             WHERE o.topic = records.topic AND o.part = records.part), 0)";
+        let unread = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT topic, part, COUNT(*) AS n, MIN(offs) AS first, MAX(offs) AS last FROM records \
+             WHERE ts <= ? AND topic NOT LIKE 'deadletter.%' AND {UNREAD} GROUP BY topic, part"
+        )))
+        .bind(cutoff)
+        .fetch_all(&self.pool)
+        .await?;
+        for row in &unread {
+            let (topic, partition, n, first, last): (String, i64, i64, i64, i64) = (
+                row.get("topic"),
+                row.get("part"),
+                row.get("n"),
+                row.get("first"),
+                row.get("last"),
+            );
+            self.dropped_unread.fetch_add(
+                u64::try_from(n).unwrap_or_default(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            tracing::warn!(%topic, partition, records = n, first_offset = first, last_offset = last, "retention deleted records before every consumer group had read them");
+        }
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM records WHERE ts <= ? AND NOT (topic LIKE 'deadletter.%' AND {UNREAD})"
+        )))
         .bind(cutoff)
         .execute(&self.pool)
         .await?;
@@ -564,5 +595,32 @@ mod tests {
             delivered, want,
             "every record appended after retention, in order"
         );
+    }
+
+    #[tokio::test]
+    async fn retention_counts_what_it_deletes_unread_and_keeps_unread_dead_letters() {
+        let dir = std::env::temp_dir().join(format!("zerofn-log-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = Log::open(&dir.join("log.db"), 1).await.unwrap();
+        log.append((0..10).map(|i| rec("t", None, &i.to_string())).collect())
+            .await
+            .unwrap();
+        log.append(
+            (0..3)
+                .map(|i| rec("deadletter.f", None, &i.to_string()))
+                .collect(),
+        )
+        .await
+        .unwrap();
+        log.commit("g", "t", 0, 4).await.unwrap();
+        log.commit("f", "deadletter.f", 0, 1).await.unwrap();
+        assert_eq!(log.apply_retention(Duration::ZERO).await.unwrap(), 11);
+        assert_eq!(
+            log.dropped_unread(),
+            6,
+            "offsets 4..9 of t were never read by g"
+        );
+        let left = log.read("deadletter.f", 0, 0, 10).await.unwrap().records();
+        assert_eq!(left.len(), 2, "unread dead letters are kept");
     }
 }
