@@ -31,9 +31,10 @@ test-fast: ## Run every test without the lint step (starts PostgreSQL and Redis 
 	$(CARGO) test --workspace --locked; \
 	$(CARGO) test -p categorize --features lambda --locked --test lambda
 
-test-deploy: ## Render every chart with real Helm (no cluster) and validate: schemas, policies, golden values, deploy without a cluster
+test-deploy: ## Render every chart with real Helm (no cluster) and validate: schemas, policies, golden values, deploy without a cluster; every YAML file parses, workflows match GitHub's schema
 	$(CARGO) build --locked -p zerofn-cli
 	@venv=$$(scripts/deploy/venv.sh) && $$venv/bin/python scripts/deploy/test_charts.py
+	@scripts/check_yaml.sh
 
 test-image: ## Build notify's image (podman/buildah, installed if missing), run it, expect /healthz 200
 	scripts/deploy/test_image.sh notify

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Print the path of a Python 3.12 venv with helm-sdkpy (Helm v4's Go library), kubernetes-validate, PyYAML
-# and jsonschema, creating it on first use. It lives outside the clone ($ZEROFN_TOOLS, default
+# Print the path of a Python 3.12 venv with helm-sdkpy (Helm v4's Go library), kubernetes-validate, PyYAML,
+# jsonschema and check-jsonschema (GitHub's workflow schema, vendored in the package), creating it on first use. It lives outside the clone ($ZEROFN_TOOLS, default
 # ~/.cache/zerofn) so that every checkout shares it; progress goes to stderr.
 set -euo pipefail
 tools="${ZEROFN_TOOLS:-$HOME/.cache/zerofn}"
 venv="$tools/venv312"
-packages=(helm-sdkpy==0.1.32 kubernetes-validate==1.37.0 PyYAML jsonschema)
-if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c 'import helm_sdkpy, kubernetes_validate, yaml, jsonschema' 2>/dev/null; then
+packages=(helm-sdkpy==0.1.32 kubernetes-validate==1.37.0 PyYAML jsonschema check-jsonschema==0.39.0)
+if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c 'import helm_sdkpy, kubernetes_validate, yaml, jsonschema, check_jsonschema' 2>/dev/null; then
   echo "$venv"; exit 0
 fi
 python=""
