@@ -287,10 +287,23 @@ async fn poll_until_ok(
         if let Ok(r) = client.get(url).send().await
             && r.status().is_success()
         {
-            return Ok(());
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            match child.id() {
+                Some(pid) if answered_by(&body, pid) => return Ok(()),
+                // Another process took the port between choosing it and the child binding it:
+                // keep polling; the child fails to bind and exits, and is reported.
+                _ => {
+                    tracing::warn!(%url, answer = %body, "a process other than the replica answered its port")
+                }
+            }
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Whether a `/healthz` answer comes from process `pid` (the runtime names its pid).
+fn answered_by(body: &serde_json::Value, pid: u32) -> bool {
+    body["pid"].as_u64() == Some(u64::from(pid))
 }
 
 async fn wait_ready(
@@ -347,4 +360,30 @@ async fn wait_ready(
     // 3. Ready.
     poll_until_ok(child, client, &format!("http://{addr}/readyz"), tail).await?;
     Ok(routes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_the_replicas_own_answer_counts_as_ready() {
+        assert!(answered_by(
+            &json!({"status": "ok", "function": "probe", "pid": 42}),
+            42
+        ));
+        assert!(!answered_by(
+            &json!({"status": "ok", "function": "probe", "pid": 41}),
+            42
+        ));
+        assert!(
+            !answered_by(&json!({"status": "ok"}), 42),
+            "not a zerofn runtime"
+        );
+        assert!(
+            !answered_by(&serde_json::Value::Null, 42),
+            "not JSON at all"
+        );
+    }
 }

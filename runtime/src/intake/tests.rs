@@ -603,6 +603,14 @@ async fn the_dapr_app_records_raw_dead_letters_on_its_own_route() {
     )
     .await
     .unwrap();
+    // The health probe names the function and the process (supervisors check who answered).
+    let health = http::Request::get("/healthz")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let body = app.clone().oneshot(health).await.unwrap().into_body();
+    let health: Value = serde_json::from_slice(&body.collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(health["function"], "sm");
+    assert_eq!(health["pid"], std::process::id());
     let get = http::Request::get("/dapr/subscribe")
         .body(axum::body::Body::empty())
         .unwrap();

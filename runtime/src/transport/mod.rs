@@ -134,8 +134,14 @@ pub(crate) fn body_limit(state: &AppState) -> tower_http::limit::RequestBodyLimi
     tower_http::limit::RequestBodyLimitLayer::new(state.config.max_body_bytes)
 }
 
-async fn healthz() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
+/// Alive, and which process this is: a supervisor that chose the port checks it is talking to
+/// the process it started (another one may have taken the port in between).
+async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> impl IntoResponse {
+    Json(json!({
+        "status": "ok",
+        "function": state.intake.manifest().name,
+        "pid": std::process::id(),
+    }))
 }
 
 async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
