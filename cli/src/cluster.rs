@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use serde_json::{Value, json};
 
-use crate::gateway::{self, Backend, BoxFuture, Outgoing, Refusal, Upstream};
+use crate::gateway::{self, Backend, BoxFuture, Outgoing, Partial, Refusal, Upstream};
 
 /// Run the API gateway against a cluster.
 #[derive(Debug, Args)]
@@ -80,14 +80,25 @@ impl Gateway {
 }
 
 impl Backend for Cluster {
-    fn append(&self, records: Vec<Outgoing>) -> BoxFuture<'_, Result<Vec<Value>, String>> {
+    fn append(&self, records: Vec<Outgoing>) -> BoxFuture<'_, Result<Vec<Value>, Partial>> {
+        // One publish per event, in order (Dapr's publish is per event; its bulk publish is
+        // not atomic either): stop at the first failure and say which were stored.
         Box::pin(async move {
             let mut out = Vec::with_capacity(records.len());
             for (i, r) in records.into_iter().enumerate() {
-                let mut url = reqwest::Url::parse(&self.dapr).map_err(|e| e.to_string())?;
-                url.path_segments_mut()
-                    .map_err(|()| "bad Dapr URL".to_string())?
-                    .extend(["v1.0", "publish", &self.pubsub, &r.topic]);
+                let stop = |out: Vec<Value>, reason: String| Partial {
+                    stored: out,
+                    reason,
+                };
+                let mut url = match reqwest::Url::parse(&self.dapr) {
+                    Ok(u) => u,
+                    Err(e) => return Err(stop(out, e.to_string())),
+                };
+                let Ok(mut segments) = url.path_segments_mut() else {
+                    return Err(stop(out, "bad Dapr URL".into()));
+                };
+                segments.extend(["v1.0", "publish", &self.pubsub, &r.topic]);
+                drop(segments);
                 if let Some(k) = &r.key {
                     url.query_pairs_mut()
                         .append_pair("metadata.partitionKey", k);
@@ -106,13 +117,19 @@ impl Backend for Cluster {
                 match req.send().await {
                     Ok(a) if a.status().is_success() => out.push(json!({"topic": r.topic})),
                     Ok(a) => {
-                        return Err(format!(
-                            "event {i} (and those after it) not published: Dapr answered {}",
-                            a.status()
+                        let status = a.status();
+                        return Err(stop(
+                            out,
+                            format!(
+                                "event {i} (and those after it) not published: Dapr answered {status}"
+                            ),
                         ));
                     }
                     Err(e) => {
-                        return Err(format!("event {i} (and those after it) not published: {e}"));
+                        return Err(stop(
+                            out,
+                            format!("event {i} (and those after it) not published: {e}"),
+                        ));
                     }
                 }
             }
@@ -251,5 +268,71 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(response.status(), 404);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_fails_midway_says_which_events_were_stored() {
+        // A sidecar that takes the first publish and refuses the rest.
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        let sidecar = axum::Router::new().fallback(move || {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    axum::http::StatusCode::NO_CONTENT
+                } else {
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, sidecar).await });
+        let backend: Arc<dyn Backend> = Arc::new(Cluster {
+            client: reqwest::Client::new(),
+            dapr: format!("http://{addr}"),
+            pubsub: "kafka-pubsub".into(),
+            token: None,
+            routes: BTreeMap::new(),
+            timeout: Duration::from_secs(5),
+        });
+        let data: Value = serde_json::from_str(include_str!(
+            "../../contracts/events/todo.reminder.due/valid/rent.json"
+        ))
+        .unwrap();
+        let batch: Vec<Value> = (1..=3)
+            .map(|i| json!({"specversion": "1.0", "id": format!("b-{i}"), "source": "/s", "type": "todo.reminder.due", "data": data}))
+            .collect();
+        let response = gateway::router(backend, 1 << 20)
+            .unwrap()
+            .oneshot(
+                Request::post("/events")
+                    .header("content-type", "application/cloudevents-batch+json")
+                    .body(Body::from(Value::Array(batch).to_string()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 207);
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        let ids = |k: &str| -> Vec<String> {
+            body[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(ids("accepted"), vec!["b-1"], "{body}");
+        assert_eq!(ids("failed"), vec!["b-2", "b-3"], "{body}");
+        assert_eq!(body["failed"][0]["error"], "not_stored");
+        assert_eq!(
+            seen.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "stopped at the first failure"
+        );
     }
 }

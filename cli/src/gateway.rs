@@ -50,10 +50,35 @@ pub(crate) struct Outgoing {
     pub(crate) traceparent: Option<String>,
 }
 
+/// An append that stopped: `stored` are the positions of the records before the failure, which
+/// were stored; the rest were not.
+#[derive(Debug)]
+pub(crate) struct Partial {
+    pub(crate) stored: Vec<Value>,
+    pub(crate) reason: String,
+}
+
+impl std::fmt::Display for Partial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl Partial {
+    /// Nothing was stored.
+    pub(crate) fn none(reason: impl Into<String>) -> Self {
+        Partial {
+            stored: Vec::new(),
+            reason: reason.into(),
+        }
+    }
+}
+
 /// Where the gateway sends requests: the local engine, or the cluster.
 pub(crate) trait Backend: Send + Sync + 'static {
-    /// Append records (all or none); one JSON description of where each landed.
-    fn append(&self, records: Vec<Outgoing>) -> BoxFuture<'_, Result<Vec<Value>, String>>;
+    /// Append records in order; one JSON description of where each landed. On a failure, the
+    /// ones before it that were stored (none where appends are atomic, as the local log's are).
+    fn append(&self, records: Vec<Outgoing>) -> BoxFuture<'_, Result<Vec<Value>, Partial>>;
     /// A base URL for a request to HTTP function `name`, held until a replica is ready. The
     /// guard keeps the replica (and the demand) counted until the response is sent.
     fn upstream<'a>(
@@ -240,27 +265,51 @@ async fn append_events(
         });
         accepted.push((e.ty, e.id));
     }
+    let described = |accepted: Vec<(String, String)>, positions: Vec<Value>| -> Vec<Value> {
+        accepted
+            .into_iter()
+            .zip(positions)
+            .map(|((ty, id), mut pos)| {
+                g.metrics.events(&ty, 1);
+                if let Value::Object(m) = &mut pos {
+                    m.insert("id".into(), id.into());
+                    m.insert("type".into(), ty.into());
+                }
+                pos
+            })
+            .collect()
+    };
     match g.backend.append(records).await {
         Ok(positions) => {
-            let accepted: Vec<Value> = accepted
-                .into_iter()
-                .zip(positions)
-                .map(|((ty, id), mut pos)| {
-                    g.metrics.events(&ty, 1);
-                    if let Value::Object(m) = &mut pos {
-                        m.insert("id".into(), id.into());
-                        m.insert("type".into(), ty.into());
-                    }
-                    pos
-                })
-                .collect();
+            let accepted = described(accepted, positions);
             (StatusCode::ACCEPTED, Json(json!({"accepted": accepted}))).into_response()
         }
-        Err(e) => error(
+        Err(p) if p.stored.is_empty() => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "log_unavailable",
-            &format!("the events were not stored (nothing was appended); retry: {e}"),
+            &format!(
+                "the events were not stored (nothing was appended); retry: {}",
+                p.reason
+            ),
         ),
+        // Some were stored: say which, so the client retries exactly the others.
+        Err(p) => {
+            let rest = accepted.split_off(p.stored.len());
+            let stored = described(accepted, p.stored);
+            let not_stored: Vec<Value> = rest
+                .into_iter()
+                .map(|(ty, id)| json!({"id": id, "type": ty, "error": "not_stored", "message": p.reason}))
+                .collect();
+            (
+                StatusCode::MULTI_STATUS,
+                Json(json!({
+                    "accepted": stored,
+                    "failed": not_stored,
+                    "message": "the events under `accepted` were stored; those under `failed` were not: retry only those",
+                })),
+            )
+                .into_response()
+        }
     }
 }
 

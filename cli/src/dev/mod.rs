@@ -22,7 +22,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use serde_json::{Value, json};
 
-use crate::gateway::{self, Backend, BoxFuture, Outgoing, Refusal, Upstream};
+use crate::gateway::{self, Backend, BoxFuture, Outgoing, Partial, Refusal, Upstream};
 use engine::{Chaos, Engine, Function, FunctionSpec, Options, Unavailable};
 
 /// Run functions locally, scaled 0..N, behind the gateway.
@@ -291,7 +291,7 @@ struct Local {
 }
 
 impl Backend for Local {
-    fn append(&self, records: Vec<Outgoing>) -> BoxFuture<'_, Result<Vec<Value>, String>> {
+    fn append(&self, records: Vec<Outgoing>) -> BoxFuture<'_, Result<Vec<Value>, Partial>> {
         Box::pin(async move {
             let records = records
                 .into_iter()
@@ -310,7 +310,8 @@ impl Backend for Local {
                 .log
                 .append(records)
                 .await
-                .map_err(|e| e.to_string())?;
+                // One transaction: all or nothing.
+                .map_err(|e| Partial::none(e.to_string()))?;
             Ok(positions
                 .into_iter()
                 .map(|p| json!({"topic": p.topic, "partition": p.partition, "offset": p.offset}))
