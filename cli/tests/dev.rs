@@ -157,6 +157,15 @@ fn task_event(id: &str, title: &str, key: &str) -> Value {
 
 /// Rows of `probe_effects`, in insertion order.
 async fn effects(store: &str) -> Vec<String> {
+    if store.starts_with("postgres") {
+        let pool = store_pool(store).await;
+        let rows: Vec<String> = sqlx::query_scalar("SELECT event_id FROM probe_effects")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        return rows;
+    }
     if !std::path::Path::new(store.trim_start_matches("sqlite:")).exists() {
         return Vec::new(); // no replica has started yet
     }
@@ -995,12 +1004,26 @@ async fn one_trace_from_the_gateway_through_two_functions() {
 
 #[tokio::test]
 async fn chaos_kill_replica_loses_nothing_and_doubles_nothing() {
+    chaos_kill_replica(None).await;
+}
+
+#[tokio::test]
+async fn chaos_kill_replica_loses_nothing_and_doubles_nothing_on_postgres() {
+    chaos_kill_replica(Some(zerofn_tests::service("ZEROFN_TEST_POSTGRES"))).await;
+}
+
+/// `store`: every replica's store (`--store`), else each function's SQLite file.
+async fn chaos_kill_replica(store: Option<String>) {
     // Kills a replica every second while 2 000 events are handled, with the default lease and
     // retry policy. A delivery cut off by a kill is redelivered; the dead holder's lease (6 s,
     // no longer renewed) is waited for instead of answered "in flight", so no retry budget is
     // spent on it. The contract: every event applied exactly once, none dead-lettered.
-    let chaos = ["--chaos", "kill-replica", "--chaos-interval", "1s"];
-    let engine = Engine::start(&[probe_fn()], None, &[], &chaos).await;
+    let mut args = vec!["--chaos", "kill-replica", "--chaos-interval", "1s"];
+    if let Some(url) = &store {
+        args.extend(["--store", url.as_str()]);
+    }
+    let engine = Engine::start(&[probe_fn()], None, &[], &args).await;
+    let store = store.unwrap_or_else(|| engine.store("probe"));
     let prefix = fresh_id("chaos");
     let events: Vec<Value> = (0..2000)
         .map(|i| {
@@ -1020,8 +1043,10 @@ async fn chaos_kill_replica_loses_nothing_and_doubles_nothing() {
         })
         .await;
     let mut applied: HashMap<String, usize> = HashMap::new();
-    for r in effects(&engine.store("probe")).await {
-        *applied.entry(r).or_default() += 1;
+    for r in effects(&store).await {
+        if r.starts_with(&prefix) {
+            *applied.entry(r).or_default() += 1;
+        }
     }
     assert!(applied.values().all(|n| *n == 1), "nothing doubled");
     let log = store_pool(&format!("sqlite:{}", engine.state.join("log.db").display())).await;

@@ -37,6 +37,8 @@ pub(crate) enum Chaos {
 #[derive(Clone, Debug)]
 pub(crate) struct Options {
     pub(crate) state_dir: PathBuf,
+    /// The store of every replica (`--store`); each function's SQLite file when `None`.
+    pub(crate) store: Option<String>,
     pub(crate) start_timeout: Duration,
     pub(crate) stop_grace: Duration,
     pub(crate) chaos: Vec<Chaos>,
@@ -453,6 +455,7 @@ impl Engine {
         let data_dir = self.opts.state_dir.join("functions").join(&f.name);
         let pid_dir = self.opts.state_dir.join(PID_DIR);
         let spec = Spec {
+            store: self.opts.store.as_deref(),
             pid_dir: &pid_dir,
             function: &f.name,
             binary: &f.binary,

@@ -45,6 +45,10 @@ pub(crate) struct Dev {
     /// The engine's state: the log, and each function's store under `functions/<name>/`.
     #[arg(long, env = "ZEROFN_DATA_DIR", default_value = ".zerofn")]
     state_dir: PathBuf,
+    /// One store for every function's replicas instead of each function's SQLite file under
+    /// the state dir: e.g. `postgres://…`, to run the engine against the production store.
+    #[arg(long)]
+    store: Option<String>,
     /// Partitions of each new topic.
     #[arg(long, default_value_t = 4)]
     partitions: u32,
@@ -209,6 +213,7 @@ impl Dev {
             functions,
             Options {
                 state_dir: self.state_dir.clone(),
+                store: self.store.clone(),
                 start_timeout: self.start_timeout,
                 stop_grace: self.stop_grace,
                 chaos: self.chaos.clone(),

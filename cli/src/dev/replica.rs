@@ -84,6 +84,8 @@ pub(crate) struct Spec<'a> {
     pub(crate) data_dir: &'a Path,
     /// Where the engine notes each replica's pid, for the next engine to sweep.
     pub(crate) pid_dir: &'a Path,
+    /// The store every replica uses (`--store`), else the function's SQLite file.
+    pub(crate) store: Option<&'a str>,
     pub(crate) start_timeout: Duration,
 }
 
@@ -152,7 +154,10 @@ impl Replica {
         let port = free_port().map_err(|e| StartError(format!("no free port: {e}")))?;
         std::fs::create_dir_all(spec.data_dir)
             .map_err(|e| StartError(format!("cannot create {}: {e}", spec.data_dir.display())))?;
-        let store = format!("sqlite:{}", spec.data_dir.join("zerofn.db").display());
+        let store = spec.store.map_or_else(
+            || format!("sqlite:{}", spec.data_dir.join("zerofn.db").display()),
+            str::to_string,
+        );
         let mut cmd = Command::new(spec.binary);
         cmd.env("PORT", port.to_string())
             .env("ZEROFN_BIND_ADDR", "127.0.0.1")
@@ -269,10 +274,12 @@ impl Replica {
 }
 
 /// Poll `GET url` until it answers 2xx, failing if the process exits first.
+/// `identify`: the answer must come from `child` (its `/healthz` names its pid).
 async fn poll_until_ok(
     child: &mut Child,
     client: &reqwest::Client,
     url: &str,
+    identify: bool,
     tail: &Tail,
 ) -> Result<(), StartError> {
     loop {
@@ -287,6 +294,9 @@ async fn poll_until_ok(
         if let Ok(r) = client.get(url).send().await
             && r.status().is_success()
         {
+            if !identify {
+                return Ok(());
+            }
             let body: serde_json::Value = r.json().await.unwrap_or_default();
             match child.id() {
                 Some(pid) if answered_by(&body, pid) => return Ok(()),
@@ -313,7 +323,7 @@ async fn wait_ready(
     tail: &Tail,
 ) -> Result<HashMap<String, Route>, StartError> {
     // 1. Listening.
-    poll_until_ok(child, client, &format!("http://{addr}/healthz"), tail).await?;
+    poll_until_ok(child, client, &format!("http://{addr}/healthz"), true, tail).await?;
     // 2. Subscriptions, as daprd reads them.
     let subs: Vec<DaprSubscription> = match client
         .get(format!("http://{addr}/dapr/subscribe"))
@@ -358,7 +368,7 @@ async fn wait_ready(
         })
         .collect();
     // 3. Ready.
-    poll_until_ok(child, client, &format!("http://{addr}/readyz"), tail).await?;
+    poll_until_ok(child, client, &format!("http://{addr}/readyz"), false, tail).await?;
     Ok(routes)
 }
 
