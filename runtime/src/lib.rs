@@ -64,6 +64,7 @@ mod publish;
 mod shutdown;
 mod telemetry;
 mod transport;
+mod write;
 
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -74,6 +75,7 @@ pub use event::{Context, Event, EventData, KafkaCoordinates};
 pub use handler::{Handler, HandlerFn, handler_fn};
 pub use idempotency::{Transaction, TransactionGuard};
 pub use manifest::{Manifest, ManifestSource, Routes};
+pub use write::{Write, WriteError};
 
 /// What a handler module needs: `use zerofn::prelude::*;`.
 pub mod prelude {

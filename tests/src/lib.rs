@@ -177,6 +177,7 @@ fn probe_routes(db: Option<sqlx::AnyPool>) -> axum::Router {
             }),
         )
         .route("/echo", post(|body: axum::body::Bytes| async move { body }))
+        .route("/write/{id}", post(probe_write))
         .route(
             "/slow/{ms}",
             get(|Path(ms): Path<u64>| async move {
@@ -202,6 +203,33 @@ fn probe_routes(db: Option<sqlx::AnyPool>) -> axum::Router {
                 }
             }),
         )
+}
+
+/// `POST /write/{id}[?emit=invalid]`: a `probe_effects` row and a `todo.notification.sent`
+/// event, committed together through `zerofn::Write` (an invalid event rolls both back).
+async fn probe_write(
+    mut write: zerofn::Write,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<(axum::http::StatusCode, axum::Json<Value>), zerofn::WriteError> {
+    {
+        let mut conn = write.conn().await?;
+        record_effect(&mut conn, &id, 1)
+            .await
+            .map_err(zerofn::WriteError::internal)?;
+    }
+    let data = if q.get("emit").map(String::as_str) == Some("invalid") {
+        json!({"user_id": "u-w"})
+    } else {
+        notification("u-w")
+    };
+    write.emit(Emit::new("todo.notification.sent", &data)?.partition_key("u-w"));
+    let write_id = write.id().to_string();
+    write.commit().await?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        axum::Json(json!({"id": id, "write": write_id})),
+    ))
 }
 
 /// A pool on the SQL store at `url` as the runtime spells it (`sqlite:PATH` or `postgres://…`).

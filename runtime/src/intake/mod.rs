@@ -18,6 +18,7 @@ mod outbox;
 mod policy;
 #[cfg(test)]
 mod tests;
+mod write;
 
 use serde_json::Value;
 use std::{sync::Arc, time::Instant};

@@ -90,9 +90,12 @@ pub(crate) fn router(state: AppState) -> Router {
 /// one arriving during shutdown gets a 503 to retry elsewhere.
 async fn own_route(
     axum::extract::State(state): axum::extract::State<AppState>,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    request
+        .extensions_mut()
+        .insert(crate::write::Writes(state.intake.clone()));
     use tracing::Instrument as _;
     let Some(_in_flight) = state.drain.enter() else {
         return error_response(

@@ -1,0 +1,140 @@
+//! HTTP writes with `zerofn::Write`: the rows and the events they emit commit together and the
+//! events are published after the commit — a crash between the write and its event leaves both
+//! or neither (the finance companion's ledger relies on it).
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use serde_json::Value;
+use zerofn::testing::Recorder;
+use zerofn_tests::{FnProcess, client, effect_rows, fresh_id, service, sqlite_url};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_probe");
+
+fn sql_stores() -> Vec<(&'static str, String)> {
+    vec![
+        ("sqlite", sqlite_url()),
+        ("postgres", service("ZEROFN_TEST_POSTGRES")),
+    ]
+}
+
+async fn write(p: &FnProcess, id: &str, query: &str) -> Result<reqwest::Response, reqwest::Error> {
+    client()
+        .post(format!("{}/write/{id}{query}", p.url()))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+}
+
+/// The published events caused by write `write_id`.
+fn published(sink: &Recorder, write_id: &str) -> usize {
+    sink.requests()
+        .iter()
+        .filter(|r| r.json()["causationid"] == write_id)
+        .count()
+}
+
+/// Published events of type todo.notification.sent, after `before` of them.
+fn notifications(sink: &Recorder) -> usize {
+    sink.requests()
+        .iter()
+        .filter(|r| r.json()["type"] == "todo.notification.sent")
+        .count()
+}
+
+#[tokio::test]
+async fn a_write_and_its_event_commit_together_and_publish_once() {
+    for (name, store) in sql_stores() {
+        let sink = Recorder::start().await.unwrap();
+        let sink_url = sink.url();
+        let p = FnProcess::start(PROBE, &[("K_SINK", &sink_url), ("ZEROFN_STORE", &store)]).await;
+        let id = fresh_id("write");
+        let r = write(&p, &id, "").await.unwrap();
+        assert_eq!(r.status(), 201, "{name}");
+        let body: Value = r.json().await.unwrap();
+        let write_id = body["write"].as_str().unwrap().to_string();
+        assert_eq!(effect_rows(&store, &id).await, 1, "{name}");
+        assert_eq!(published(&sink, &write_id), 1, "{name}");
+        let event = sink.requests().last().unwrap().json();
+        assert_eq!(event["source"], "/zerofn/probe", "{name}");
+        assert_eq!(event["partitionkey"], "u-w", "{name}");
+        // An event that breaks its contract rolls the row back too: a bug, a 500.
+        let bad = fresh_id("bad");
+        let r = write(&p, &bad, "?emit=invalid").await.unwrap();
+        assert_eq!(r.status(), 500, "{name}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "handler_permanent", "{name}: {body}");
+        assert_eq!(effect_rows(&store, &bad).await, 0, "{name}: rolled back");
+        assert_eq!(notifications(&sink), 1, "{name}: nothing more published");
+    }
+}
+
+#[tokio::test]
+async fn a_crash_between_the_write_and_its_event_leaves_both_or_neither() {
+    for (name, store) in sql_stores() {
+        for (point, both) in [("after_handler", false), ("after_commit", true)] {
+            let sink = Recorder::start().await.unwrap();
+            let sink_url = sink.url();
+            let env = |crash: Option<&'static str>| {
+                let mut env = vec![
+                    ("K_SINK", sink_url.clone()),
+                    ("ZEROFN_STORE", store.clone()),
+                    ("ZEROFN_LEASE", "1s".into()),
+                    ("ZEROFN_RELAY_INTERVAL", "1s".into()),
+                ];
+                if let Some(c) = crash {
+                    env.push(("ZEROFN_CRASH_AT", c.into()));
+                }
+                env
+            };
+            let crashing_env = env(Some(point));
+            let pairs: Vec<(&str, &str)> =
+                crashing_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let mut crashing = FnProcess::start(PROBE, &pairs).await;
+            let id = fresh_id(point);
+            assert!(
+                write(&crashing, &id, "").await.is_err(),
+                "{name} {point}: no answer"
+            );
+            assert_ne!(crashing.wait_exit(Duration::from_secs(10)).await, Some(0));
+            // A healthy replica on the same store: its relay publishes what the commit left.
+            let healthy_env = env(None);
+            let pairs: Vec<(&str, &str)> =
+                healthy_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let healthy = FnProcess::start(PROBE, &pairs).await;
+            let want = usize::from(both);
+            for _ in 0..100 {
+                if notifications(&sink) >= want && want > 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(2500)).await; // relay rounds more
+            assert_eq!(
+                effect_rows(&store, &id).await,
+                i64::from(both),
+                "{name} {point}: the row"
+            );
+            assert_eq!(notifications(&sink), want, "{name} {point}: the event");
+            drop(healthy);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_write_needs_a_sql_store() {
+    let sink = Recorder::start().await.unwrap();
+    let sink_url = sink.url();
+    let p = FnProcess::start(PROBE, &[("K_SINK", &sink_url), ("ZEROFN_STORE", "memory")]).await;
+    let r = write(&p, &fresh_id("mem"), "").await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("needs a SQL store"),
+        "{body}"
+    );
+}
