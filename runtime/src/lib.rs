@@ -75,7 +75,7 @@ pub use event::{Context, Event, EventData, KafkaCoordinates};
 pub use handler::{Handler, HandlerFn, handler_fn};
 pub use idempotency::{Transaction, TransactionGuard};
 pub use manifest::{Manifest, ManifestSource, Routes};
-pub use write::{Write, WriteError};
+pub use write::{IDEMPOTENCY_KEY, Write, WriteError, WriteRejection};
 
 /// What a handler module needs: `use zerofn::prelude::*;`.
 pub mod prelude {

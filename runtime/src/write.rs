@@ -11,7 +11,12 @@ use axum::{
 };
 use serde_json::json;
 
-use crate::{Emit, HandlerError, Transaction, TransactionGuard, event::Context, intake::Intake};
+use crate::{
+    Emit, HandlerError, Transaction, TransactionGuard,
+    event::Context,
+    idempotency::StoredResponse,
+    intake::{Intake, Started},
+};
 
 /// In a function's own routes: the write of this request. Take the transaction with
 /// [`Write::conn`], add events with [`Write::emit`], then [`Write::commit`]: the rows and the
@@ -42,13 +47,20 @@ use crate::{Emit, HandlerError, Transaction, TransactionGuard, event::Context, i
 ///     Router::new().route("/tasks", post(create))
 /// }
 /// ```
+///
+/// With an `Idempotency-Key` header (1 to 255 printable ASCII characters), a request repeated
+/// after its write committed is answered with the first response ([`Write::respond`]) and the
+/// handler does not run again: nothing is written or emitted twice. While the first is still
+/// running, a repeat gets `409`.
 pub struct Write {
     intake: Arc<Intake>,
     key: String,
     owner: String,
     cause: Context,
-    tx: Transaction,
+    tx: Option<Transaction>,
     emits: Vec<Emit>,
+    /// Keep the response: the request came with an `Idempotency-Key`.
+    keyed: bool,
 }
 
 impl std::fmt::Debug for Write {
@@ -64,28 +76,109 @@ impl std::fmt::Debug for Write {
 #[derive(Clone)]
 pub(crate) struct Writes(pub(crate) Arc<Intake>);
 
+/// The name of the header that makes a write idempotent.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Why the handler of a write does not run: an error, or the first response to the same
+/// `Idempotency-Key` (marked `idempotent-replayed: true`).
+#[derive(Debug)]
+pub struct WriteRejection(Response);
+
+impl IntoResponse for WriteRejection {
+    fn into_response(self) -> Response {
+        self.0
+    }
+}
+
+impl From<WriteError> for WriteRejection {
+    fn from(e: WriteError) -> Self {
+        WriteRejection(e.into_response())
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Write {
-    type Rejection = WriteError;
+    type Rejection = WriteRejection;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let Some(Writes(intake)) = parts.extensions.get::<Writes>().cloned() else {
             return Err(WriteError::internal(
                 "zerofn::Write is available in a function's own routes only",
-            ));
+            )
+            .into());
         };
-        let begun = intake.begin_write().await.map_err(|f| WriteError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: f.kind.code(),
-            message: f.message,
-        })?;
-        Ok(Write {
-            intake,
-            key: begun.key,
-            owner: begun.owner,
-            cause: begun.cause,
-            tx: begun.tx,
-            emits: Vec::new(),
-        })
+        let key = match parts.headers.get(IDEMPOTENCY_KEY) {
+            None => None,
+            Some(v) => match v.to_str() {
+                Ok(k)
+                    if (1..=255).contains(&k.len())
+                        && k.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
+                {
+                    Some(k.to_string())
+                }
+                _ => {
+                    return Err(WriteError {
+                        status: StatusCode::BAD_REQUEST,
+                        code: "bad_idempotency_key",
+                        message:
+                            "header Idempotency-Key must be 1 to 255 printable ASCII characters"
+                                .into(),
+                    }
+                    .into());
+                }
+            },
+        };
+        let request = format!("{} {}", parts.method, parts.uri.path());
+        let started = intake
+            .begin_write(key.as_deref().map(|k| (request.as_str(), k)))
+            .await
+            .map_err(|f| WriteError {
+                status: if f.kind == crate::outcome::FailureKind::InFlight {
+                    StatusCode::CONFLICT
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                },
+                code: f.kind.code(),
+                message: f.message,
+            })?;
+        match started {
+            Started::Begun(begun) => Ok(Write {
+                intake,
+                key: begun.key,
+                owner: begun.owner,
+                cause: begun.cause,
+                tx: Some(begun.tx),
+                emits: Vec::new(),
+                keyed: key.is_some(),
+            }),
+            Started::Replay(first) => {
+                let status = StatusCode::from_u16(first.status).unwrap_or(StatusCode::OK);
+                let mut response = if first.body.is_empty() {
+                    status.into_response()
+                } else {
+                    (
+                        status,
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        first.body,
+                    )
+                        .into_response()
+                };
+                response.headers_mut().insert(
+                    "idempotent-replayed",
+                    axum::http::HeaderValue::from_static("true"),
+                );
+                Err(WriteRejection(response))
+            }
+        }
+    }
+}
+
+impl Drop for Write {
+    fn drop(&mut self) {
+        // Not committed: release the record now, so a retry runs at once.
+        if self.tx.is_some() {
+            let (intake, key, owner) = (self.intake.clone(), self.key.clone(), self.owner.clone());
+            tokio::spawn(async move { intake.abandon_write(&key, &owner).await });
+        }
     }
 }
 
@@ -99,7 +192,10 @@ impl Write {
     /// Exclusive use of the transaction for queries (`.execute(&mut **conn)`); drop the guard
     /// before the next call.
     pub async fn conn(&self) -> Result<TransactionGuard, WriteError> {
-        self.tx.conn().await.map_err(WriteError::from)
+        match &self.tx {
+            Some(tx) => tx.conn().await.map_err(WriteError::from),
+            None => Err(WriteError::internal("the write has ended")),
+        }
     }
 
     /// Publish `event` if, and once, the write commits.
@@ -111,18 +207,67 @@ impl Write {
     /// event that breaks its contract or is not declared under `[[publishes]]` rolls it all
     /// back (a 500: a bug). A publish that fails after the commit is left to the outbox relay.
     pub async fn commit(self) -> Result<(), WriteError> {
-        self.intake
-            .commit_write(&self.key, &self.owner, &self.cause, self.emits, self.tx)
-            .await
-            .map_err(|f| WriteError {
-                status: if f.kind.is_retryable() {
-                    StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                },
-                code: f.kind.code(),
-                message: f.message,
-            })
+        self.finish(None).await
+    }
+
+    /// [`Write::commit`], then answer `status` with `body` as JSON. With an `Idempotency-Key`,
+    /// this response is kept in the same transaction and is the answer to every repeat.
+    pub async fn respond(
+        self,
+        status: StatusCode,
+        body: &impl serde::Serialize,
+    ) -> Result<Response, WriteError> {
+        let body = serde_json::to_string(body).map_err(WriteError::internal)?;
+        let kept = StoredResponse {
+            status: status.as_u16(),
+            body,
+        };
+        let body = kept.body.clone();
+        self.finish(Some(kept)).await?;
+        Ok((
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response())
+    }
+
+    async fn finish(mut self, response: Option<StoredResponse>) -> Result<(), WriteError> {
+        let Some(tx) = self.tx.take() else {
+            return Err(WriteError::internal("the write has ended"));
+        };
+        let response = response
+            .filter(|_| self.keyed)
+            .or(self.keyed.then(|| StoredResponse {
+                status: 204,
+                body: String::new(),
+            }));
+        let emits = std::mem::take(&mut self.emits);
+        let result = self
+            .intake
+            .commit_write(
+                &self.key,
+                &self.owner,
+                &self.cause,
+                emits,
+                tx,
+                response.as_ref(),
+            )
+            .await;
+        if result.is_err() {
+            // Rolled back: release the record like an uncommitted write.
+            let (intake, key, owner) = (self.intake.clone(), self.key.clone(), self.owner.clone());
+            tokio::spawn(async move { intake.abandon_write(&key, &owner).await });
+        }
+        result.map_err(|f| WriteError {
+            status: if f.kind.is_retryable() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            },
+            code: f.kind.code(),
+            message: f.message,
+        })
     }
 }
 

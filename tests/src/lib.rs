@@ -206,12 +206,13 @@ fn probe_routes(db: Option<sqlx::AnyPool>) -> axum::Router {
 }
 
 /// `POST /write/{id}[?emit=invalid]`: a `probe_effects` row and a `todo.notification.sent`
-/// event, committed together through `zerofn::Write` (an invalid event rolls both back).
+/// event, committed together through `zerofn::Write` (an invalid event rolls both back); 201
+/// with the write's id (kept for an `Idempotency-Key`).
 async fn probe_write(
     mut write: zerofn::Write,
     axum::extract::Path(id): axum::extract::Path<String>,
     axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
-) -> Result<(axum::http::StatusCode, axum::Json<Value>), zerofn::WriteError> {
+) -> Result<axum::response::Response, zerofn::WriteError> {
     {
         let mut conn = write.conn().await?;
         record_effect(&mut conn, &id, 1)
@@ -225,11 +226,12 @@ async fn probe_write(
     };
     write.emit(Emit::new("todo.notification.sent", &data)?.partition_key("u-w"));
     let write_id = write.id().to_string();
-    write.commit().await?;
-    Ok((
-        axum::http::StatusCode::CREATED,
-        axum::Json(json!({"id": id, "write": write_id})),
-    ))
+    write
+        .respond(
+            axum::http::StatusCode::CREATED,
+            &json!({"id": id, "write": write_id}),
+        )
+        .await
 }
 
 /// A pool on the SQL store at `url` as the runtime spells it (`sqlite:PATH` or `postgres://…`).

@@ -138,3 +138,54 @@ async fn a_write_needs_a_sql_store() {
         "{body}"
     );
 }
+
+async fn keyed(p: &FnProcess, id: &str, key: &str, query: &str) -> reqwest::Response {
+    client()
+        .post(format!("{}/write/{id}{query}", p.url()))
+        .header("idempotency-key", key)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_idempotency_key_makes_a_retried_write_answer_the_first_response_and_emit_nothing_new() {
+    for (name, store) in sql_stores() {
+        let sink = Recorder::start().await.unwrap();
+        let sink_url = sink.url();
+        let p = FnProcess::start(PROBE, &[("K_SINK", &sink_url), ("ZEROFN_STORE", &store)]).await;
+        let id = fresh_id("keyed");
+        let key = fresh_id("key");
+        let first = keyed(&p, &id, &key, "").await;
+        assert_eq!(first.status(), 201, "{name}");
+        assert!(first.headers().get("idempotent-replayed").is_none());
+        let first: Value = first.json().await.unwrap();
+        for _ in 0..3 {
+            let again = keyed(&p, &id, &key, "").await;
+            assert_eq!(again.status(), 201, "{name}");
+            assert_eq!(again.headers()["idempotent-replayed"], "true", "{name}");
+            let again: Value = again.json().await.unwrap();
+            assert_eq!(again, first, "{name}: the first response");
+        }
+        assert_eq!(effect_rows(&store, &id).await, 1, "{name}: written once");
+        assert_eq!(notifications(&sink), 1, "{name}: emitted once");
+        // Another key is another write.
+        let other = keyed(&p, &id, &fresh_id("key"), "").await;
+        assert_eq!(other.status(), 201, "{name}");
+        assert_eq!(effect_rows(&store, &id).await, 2, "{name}");
+        // A write that failed (rolled back) did not happen: the same key runs again at once.
+        let failing = fresh_id("failing");
+        let key = fresh_id("key");
+        assert_eq!(
+            keyed(&p, &failing, &key, "?emit=invalid").await.status(),
+            500,
+            "{name}"
+        );
+        assert_eq!(keyed(&p, &failing, &key, "").await.status(), 201, "{name}");
+        assert_eq!(effect_rows(&store, &failing).await, 1, "{name}");
+        // A key that is not a key.
+        let bad = keyed(&p, &id, &"k".repeat(256), "").await;
+        assert_eq!(bad.status(), 400, "{name}");
+    }
+}

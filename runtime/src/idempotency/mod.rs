@@ -57,6 +57,14 @@ pub(crate) struct StoredOutput {
     pub(crate) partition_key: Option<String>,
 }
 
+/// The first response to an HTTP write with an `Idempotency-Key`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct StoredResponse {
+    pub(crate) status: u16,
+    /// JSON.
+    pub(crate) body: String,
+}
+
 /// Failure facts after an attempt failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Attempts {
@@ -261,6 +269,25 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// Forget records whose TTL has passed; how many.
     fn purge_expired(&self) -> BoxFut<'_, Result<u64, StoreError>>;
+
+    /// Keep the response to an HTTP write in its transaction `tx` (SQL stores only), so that a
+    /// retry with the same `Idempotency-Key` gets it again.
+    fn save_response<'a>(
+        &'a self,
+        _tx: &'a Transaction,
+        _key: &'a str,
+        _response: &'a StoredResponse,
+    ) -> BoxFut<'a, Result<(), StoreError>> {
+        Box::pin(async { Err(StoreError("responses are kept by SQL stores only".into())) })
+    }
+
+    /// The response kept for `key`, if any.
+    fn response<'a>(
+        &'a self,
+        _key: &'a str,
+    ) -> BoxFut<'a, Result<Option<StoredResponse>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
 
     /// The SQL pool, for a function's own routes (SQL stores only).
     fn pool(&self) -> Option<sqlx::AnyPool> {

@@ -7,8 +7,8 @@ use std::{path::Path, time::Duration};
 use sqlx::{Row, any::AnyPoolOptions};
 
 use super::{
-    Attempts, BoxFut, Claim, DeadLetterFilter, Store, StoreError, StoredOutput, Transaction,
-    memory::LEASE_EXPIRED, ms, now_ms,
+    Attempts, BoxFut, Claim, DeadLetterFilter, Store, StoreError, StoredOutput, StoredResponse,
+    Transaction, memory::LEASE_EXPIRED, ms, now_ms,
 };
 use crate::dead_letter::DeadLetter;
 
@@ -325,6 +325,53 @@ pub(crate) fn redact(url: &str) -> String {
 impl Store for SqlStore {
     fn pool(&self) -> Option<sqlx::AnyPool> {
         Some(self.pool.clone())
+    }
+
+    fn save_response<'a>(
+        &'a self,
+        tx: &'a Transaction,
+        key: &'a str,
+        response: &'a StoredResponse,
+    ) -> BoxFut<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut conn = tx.conn().await.map_err(|e| StoreError(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO zerofn_responses (function, key, status, body, created_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&self.function)
+            .bind(key)
+            .bind(i64::from(response.status))
+            .bind(&response.body)
+            .bind(now_ms())
+            .execute(&mut **conn)
+            .await
+            .map_err(StoreError::from)?;
+            Ok(())
+        })
+    }
+
+    fn response<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFut<'a, Result<Option<StoredResponse>, StoreError>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT status, body FROM zerofn_responses WHERE function = $1 AND key = $2",
+            )
+            .bind(&self.function)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::from)?;
+            row.map(|r| {
+                Ok(StoredResponse {
+                    status: u16::try_from(r.try_get::<i64, _>("status")?).unwrap_or(200),
+                    body: r.try_get("body")?,
+                })
+            })
+            .transpose()
+            .map_err(|e: sqlx::Error| StoreError::from(e))
+        })
     }
 
     fn claim<'a>(
@@ -657,6 +704,14 @@ impl Store for SqlStore {
                     .await
                     .map_err(StoreError::from)?
                     .rows_affected();
+            sqlx::query(
+                "DELETE FROM zerofn_responses WHERE function = $1 AND NOT EXISTS \
+                 (SELECT 1 FROM zerofn_inbox i WHERE i.function = zerofn_responses.function AND i.key = zerofn_responses.key)",
+            )
+            .bind(&self.function)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::from)?;
             sqlx::query(
                 "DELETE FROM zerofn_outbox WHERE function = $1 AND sent_at IS NOT NULL AND NOT EXISTS \
                  (SELECT 1 FROM zerofn_inbox i WHERE i.function = zerofn_outbox.function AND i.key = zerofn_outbox.key)",

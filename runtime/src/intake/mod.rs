@@ -20,6 +20,8 @@ mod policy;
 mod tests;
 mod write;
 
+pub(crate) use write::Started;
+
 use serde_json::Value;
 use std::{sync::Arc, time::Instant};
 use tokio::sync::watch;

@@ -6,7 +6,7 @@ use crate::{
     Emit, Transaction,
     config::CrashPoint,
     event::Context,
-    idempotency::StoredOutput,
+    idempotency::{Claim, StoredOutput, StoredResponse},
     outcome::{Failure, FailureKind},
     telemetry::TraceContext,
 };
@@ -19,19 +19,53 @@ pub(crate) struct Begun {
     pub(crate) tx: Transaction,
 }
 
+/// What a write's start found.
+pub(crate) enum Started {
+    /// A new write (or one whose earlier try never committed).
+    Begun(Box<Begun>),
+    /// The same `Idempotency-Key` was committed before: its first response.
+    Replay(StoredResponse),
+}
+
 impl Intake {
-    /// Claim a record for a new write and open its transaction.
-    pub(crate) async fn begin_write(&self) -> Result<Begun, Failure> {
+    /// Claim a record for a write and open its transaction. With `idempotency` (the request's
+    /// method and path, and its `Idempotency-Key`), a write committed before is not run again.
+    pub(crate) async fn begin_write(
+        &self,
+        idempotency: Option<(&str, &str)>,
+    ) -> Result<Started, Failure> {
         let id = uuid::Uuid::now_v7().to_string();
-        let key = super::key::hashed(&format!("write:{id}"), None);
+        let key = match idempotency {
+            Some((request, k)) => {
+                super::key::hashed(&format!("write-key:{request}\u{1f}{k}"), None)
+            }
+            None => super::key::hashed(&format!("write:{id}"), None),
+        };
         let owner = uuid::Uuid::new_v4().to_string();
         let store_down = |e: crate::idempotency::StoreError| {
             Failure::new(FailureKind::StoreUnavailable, e.to_string())
         };
-        self.store
+        let claim = self
+            .store
             .claim(&key, &owner, self.config.lease, self.config.idempotency_ttl)
             .await
             .map_err(store_down)?;
+        match claim {
+            Claim::Acquired { .. } => {}
+            Claim::Done { .. } | Claim::Dead { .. } => {
+                let kept = self.store.response(&key).await.map_err(store_down)?;
+                return Ok(Started::Replay(kept.unwrap_or(StoredResponse {
+                    status: 204,
+                    body: String::new(),
+                })));
+            }
+            Claim::InFlight { .. } => {
+                return Err(Failure::new(
+                    FailureKind::InFlight,
+                    "a request with this Idempotency-Key is being handled right now; retry later",
+                ));
+            }
+        }
         let tx = self
             .store
             .begin()
@@ -62,12 +96,24 @@ impl Intake {
             attempt: 1,
             kafka: None,
         };
-        Ok(Begun {
+        Ok(Started::Begun(Box::new(Begun {
             key,
             owner,
             cause,
             tx,
-        })
+        })))
+    }
+
+    /// A write dropped without a commit: its record is released at once (a retry with the same
+    /// `Idempotency-Key` runs again instead of waiting for the lease).
+    pub(crate) async fn abandon_write(&self, key: &str, owner: &str) {
+        if let Err(e) = self
+            .store
+            .fail(key, owner, "the request ended without committing its write")
+            .await
+        {
+            tracing::debug!(error = %e, "could not release an uncommitted write");
+        }
     }
 
     /// Commit the write's rows with its events in the outbox, then publish them.
@@ -78,6 +124,7 @@ impl Intake {
         cause: &Context,
         emits: Vec<Emit>,
         tx: Transaction,
+        response: Option<&StoredResponse>,
     ) -> Result<(), Failure> {
         let outputs = emits
             .into_iter()
@@ -85,6 +132,12 @@ impl Intake {
             .map(|(seq, e)| self.outgoing(cause, u32::try_from(seq).unwrap_or(u32::MAX), e))
             .collect::<Result<Vec<StoredOutput>, _>>()?;
         self.crash_point(CrashPoint::AfterHandler);
+        if let Some(r) = response {
+            self.store
+                .save_response(&tx, key, r)
+                .await
+                .map_err(|e| Failure::new(FailureKind::StoreUnavailable, e.to_string()))?;
+        }
         let committed = self
             .store
             .complete(key, owner, &outputs, Some(tx), self.config.idempotency_ttl)
