@@ -240,6 +240,19 @@ async fn purge_expired(store: Arc<dyn idempotency::Store>) {
 /// scale to zero, and each replica would keep its own, so a redelivery after a rebalance
 /// would be applied twice. Refused (exit 64) unless allowed for a demo.
 fn check_store_is_shared(config: &Config, manifest: &Manifest) -> Result<(), Error> {
+    let sql = config.store.starts_with("sqlite:") || config.store.starts_with("postgres");
+    if manifest.needs_sql && !sql {
+        return Err(ConfigError::new(
+            crate::config::ENV_STORE,
+            crate::idempotency::sql::redact(&config.store),
+            format!(
+                "function {} keeps its data in SQL (function.toml [store] sql = true): set \
+                 ZEROFN_STORE to sqlite:<path> or postgres://…",
+                manifest.name
+            ),
+        )
+        .into());
+    }
     let ephemeral = config.store == "memory" || config.store.starts_with("sqlite:");
     if config.in_kubernetes
         && ephemeral

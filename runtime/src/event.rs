@@ -31,6 +31,19 @@ impl<T> Event<T> {
     pub fn transaction(&self) -> Option<&crate::Transaction> {
         self.tx.as_ref()
     }
+
+    /// The delivery's transaction for queries, for a function that declares `[store] sql =
+    /// true` (the runtime then always has one; `zerofn::testing::TestDb` gives tests one).
+    /// Without one this is a permanent error that says so, never a silent fallback.
+    pub async fn conn(&self) -> Result<crate::TransactionGuard, crate::HandlerError> {
+        match &self.tx {
+            Some(tx) => tx.conn().await,
+            None => Err(crate::HandlerError::permanent(
+                "this event has no SQL transaction: declare [store] sql = true in function.toml (the \
+                 runtime then needs a SQL store), and test with zerofn::testing::TestDb",
+            )),
+        }
+    }
 }
 
 /// The CloudEvent attributes and delivery facts of one event.

@@ -118,6 +118,15 @@ struct RawManifest {
     #[serde(default)]
     idempotency: RawIdempotency,
     http: Option<RawHttp>,
+    #[serde(default)]
+    store: RawStore,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    #[serde(default)]
+    sql: bool,
 }
 
 #[derive(Deserialize)]
@@ -288,6 +297,10 @@ pub struct Manifest {
     pub delivery: Delivery,
     /// How an event's idempotency key is formed.
     pub idempotency_key: KeyStrategy,
+    /// `[store] sql = true`: the function keeps its own data in SQL (the delivery's
+    /// transaction, `zerofn::Write`), so it refuses to start on a store without SQL, and
+    /// `zerofn::testing` gives it a temporary SQLite database.
+    pub needs_sql: bool,
     /// Present when the function serves HTTP requests routed by the gateway
     /// (`/fn/{name}/...`): its own routes ([`ManifestSource::routes`]).
     pub http: Option<Http>,
@@ -576,6 +589,7 @@ impl Manifest {
         Ok(Manifest {
             http,
             idempotency_key,
+            needs_sql: raw.store.sql,
             name,
             version: crate_version.to_string(),
             description: raw.function.description,

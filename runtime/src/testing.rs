@@ -51,28 +51,106 @@ impl Context {
     }
 }
 
-fn config(env: &[(&str, &str)]) -> Result<Config, Error> {
+/// `env` as a configuration; the store is `memory`, or a fresh SQLite file for a function that
+/// declares `[store] sql = true`, unless `ZEROFN_STORE` says otherwise.
+fn config(env: &[(&str, &str)], sql: bool) -> Result<Config, Error> {
     let mut map: HashMap<String, String> = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     map.entry(crate::config::ENV_STORE.to_string())
-        .or_insert_with(|| "memory".to_string());
+        .or_insert_with(|| {
+            if sql {
+                temp_sqlite()
+            } else {
+                "memory".to_string()
+            }
+        });
     Ok(Config::from_source(&map)?)
 }
 
+/// A store URL for a new SQLite file in the temporary directory.
+fn temp_sqlite() -> String {
+    let dir = std::env::temp_dir().join(format!("zerofn-test-{}", uuid::Uuid::new_v4()));
+    format!("sqlite:{}", dir.join("zerofn.db").display())
+}
+
+/// A temporary SQLite database with the runtime's tables and the function's migrations, to
+/// run a handler that writes through its event's transaction ([`Event::conn`]) in a unit test.
+pub struct TestDb {
+    store: std::sync::Arc<dyn crate::idempotency::Store>,
+}
+
+impl std::fmt::Debug for TestDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TestDb")
+    }
+}
+
+impl TestDb {
+    /// A fresh database for the function `manifest` describes (with its migrations).
+    pub async fn open(manifest: ManifestSource) -> Result<TestDb, Error> {
+        let url = temp_sqlite();
+        let name = manifest.parse()?.name;
+        let store = crate::idempotency::open(&url, &name, manifest.function_migrations())
+            .await
+            .map_err(|e| Error::Store {
+                url: url.clone(),
+                reason: e.0,
+            })?;
+        Ok(TestDb { store })
+    }
+
+    /// Run `handler` on `event` in a transaction of this database, as the runtime does:
+    /// committed when it succeeds, rolled back when it fails.
+    pub async fn run<T, F, Fut, R>(
+        &self,
+        mut event: Event<T>,
+        handler: F,
+    ) -> Result<R, crate::HandlerError>
+    where
+        F: FnOnce(Event<T>) -> Fut,
+        Fut: std::future::Future<Output = Result<R, crate::HandlerError>>,
+    {
+        let tx = self
+            .store
+            .begin()
+            .await
+            .map_err(|e| crate::HandlerError::retryable(e.0))?
+            .ok_or_else(|| crate::HandlerError::permanent("not a SQL store"))?;
+        event.tx = Some(tx.clone());
+        let result = handler(event).await;
+        let Some(open) = tx.take().await else {
+            return Err(crate::HandlerError::permanent(
+                "the handler kept its transaction guard beyond its end",
+            ));
+        };
+        let ended = if result.is_ok() {
+            open.commit().await
+        } else {
+            open.rollback().await
+        };
+        ended.map_err(crate::HandlerError::retryable)?;
+        result
+    }
+
+    /// A pool on the database, to look at what handlers wrote.
+    pub fn pool(&self) -> sqlx::AnyPool {
+        self.store.pool().expect("a SQL store")
+    }
+}
+
 /// The function's whole HTTP app, configured from `env` instead of the process environment
-/// (the idempotency store is `memory` unless `ZEROFN_STORE` says otherwise).
+/// (the store is `memory`, or a fresh SQLite file for `[store] sql = true`, unless
+/// `ZEROFN_STORE` says otherwise).
 pub async fn router<H: Handler>(
     manifest: ManifestSource,
     handler: H,
     env: &[(&str, &str)],
 ) -> Result<axum::Router, Error> {
-    Ok(
-        App::build(config(env)?, manifest, manifest.parse()?, handler)
-            .await?
-            .router(),
-    )
+    let parsed = manifest.parse()?;
+    let cfg = config(env, parsed.needs_sql)?;
+    Ok(App::build(cfg, manifest, parsed, handler).await?.router())
 }
 
 /// A function served on an ephemeral port of 127.0.0.1.
@@ -90,8 +168,9 @@ impl TestServer {
         handler: H,
         env: &[(&str, &str)],
     ) -> Result<TestServer, Error> {
-        let cfg = config(env)?;
-        let app = App::build(cfg, manifest, manifest.parse()?, handler).await?;
+        let parsed = manifest.parse()?;
+        let cfg = config(env, parsed.needs_sql)?;
+        let app = App::build(cfg, manifest, parsed, handler).await?;
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(Error::Serve)?;

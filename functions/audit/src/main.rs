@@ -81,13 +81,9 @@ impl Entry {
 }
 
 async fn handle(event: Event<Value>) -> Result<(), HandlerError> {
-    let tx = event.transaction().ok_or_else(|| {
-        HandlerError::permanent(
-            "audit keeps its log in the SQL store: set ZEROFN_STORE to sqlite:… or postgres://…",
-        )
-    })?;
     let entry = Entry::from_event(&event);
-    let mut conn = tx.conn().await?;
+    // `[store] sql = true`: the runtime always has a transaction for audit.
+    let mut conn = event.conn().await?;
     let seq = append(&mut conn, &entry).await?;
     tracing::info!(seq, action = %entry.action, resource = %entry.resource, "audit row appended");
     Ok(())

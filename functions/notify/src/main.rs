@@ -1,8 +1,6 @@
 //! notify: budget, insight and reminder events become an in-app notification plus a
 //! `finance.alert.sent` / `todo.notification.sent` event.
 
-use std::sync::Mutex;
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use zerofn::{EventData, prelude::*};
@@ -94,9 +92,6 @@ struct Notification {
     body: String,
     cause_event_id: String,
 }
-
-/// Notifications of handlers run without a SQL store (unit tests, the memory store).
-static NOTIFICATIONS: Mutex<Vec<Notification>> = Mutex::new(Vec::new());
 
 /// notify's own table.
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -202,7 +197,7 @@ async fn handle(event: Event<Notice>) -> Result<Emit, HandlerError> {
                 body: body.clone(),
                 cause_event_id: ctx.id.clone(),
             };
-            store(event.transaction(), n).await?;
+            store(&event, n).await?;
             let sent = NotificationSent {
                 notification_id: id,
                 user_id: &r.user_id,
@@ -226,7 +221,7 @@ async fn handle(event: Event<Notice>) -> Result<Emit, HandlerError> {
         body: body.clone(),
         cause_event_id: ctx.id.clone(),
     };
-    store(event.transaction(), n).await?;
+    store(&event, n).await?;
     let alert = AlertSent {
         alert_id: id,
         user_id,
@@ -241,23 +236,11 @@ async fn handle(event: Event<Notice>) -> Result<Emit, HandlerError> {
     Ok(Emit::new("finance.alert.sent", &alert)?.partition_key(user_id))
 }
 
-/// Keep the notification: in the delivery's transaction with a SQL store (so it commits
-/// exactly once, with the idempotency record and the emitted event), in memory otherwise.
-async fn store(tx: Option<&zerofn::Transaction>, n: Notification) -> Result<(), HandlerError> {
-    match tx {
-        Some(tx) => {
-            let mut conn = tx.conn().await?;
-            insert(&mut conn, &n).await?;
-        }
-        None => {
-            let mut all = NOTIFICATIONS
-                .lock()
-                .map_err(|_| HandlerError::retryable("notification store lock poisoned"))?;
-            if !all.iter().any(|m| m.id == n.id) {
-                all.push(n);
-            }
-        }
-    }
+/// Keep the notification in the delivery's transaction: it commits exactly once, with the
+/// idempotency record and the emitted event (`[store] sql = true`).
+async fn store<T>(event: &Event<T>, n: Notification) -> Result<(), HandlerError> {
+    let mut conn = event.conn().await?;
+    insert(&mut conn, &n).await?;
     Ok(())
 }
 
@@ -319,9 +302,27 @@ mod tests {
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 
+    async fn db() -> testing::TestDb {
+        testing::TestDb::open(zerofn::manifest!().migrations(&MIGRATIONS))
+            .await
+            .unwrap()
+    }
+
     async fn run(ty: &str, data: Value) -> Result<Emit, HandlerError> {
+        run_in(&db().await, ty, data).await
+    }
+
+    async fn run_in(db: &testing::TestDb, ty: &str, data: Value) -> Result<Emit, HandlerError> {
         let notice = Notice::from_event(ty, data).unwrap();
-        handle(Event::test(notice).with_type(ty)).await
+        db.run(Event::test(notice).with_type(ty), handle).await
+    }
+
+    async fn rows_with_id(db: &testing::TestDb, id: &str) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM notifications WHERE id = $1")
+            .bind(id)
+            .fetch_one(&db.pool())
+            .await
+            .unwrap()
     }
 
     fn assert_valid(emit: &Emit) {
@@ -336,7 +337,9 @@ mod tests {
 
     #[tokio::test]
     async fn budget_exceeded_becomes_a_finance_alert() {
-        let emit = run(
+        let db = db().await;
+        let emit = run_in(
+            &db,
             "finance.budget.exceeded",
             example("finance.budget.exceeded", "groceries-over"),
         )
@@ -350,12 +353,7 @@ mod tests {
         );
         assert_valid(&emit);
         let id = emit.data()["alert_id"].as_str().unwrap().to_string();
-        let stored = NOTIFICATIONS
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|n| n.id.to_string() == id);
-        assert!(stored, "notification {id} was not stored");
+        assert_eq!(rows_with_id(&db, &id).await, 1, "notification {id} stored");
     }
 
     #[tokio::test]
@@ -393,23 +391,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn it_refuses_to_start_without_a_sql_store() {
+        for store in ["memory", "redis://127.0.0.1:9"] {
+            let err = testing::router(
+                zerofn::manifest!().migrations(&MIGRATIONS),
+                handler_fn(handle),
+                &[("ZEROFN_STORE", store), ("DAPR_HTTP_PORT", "9")],
+            )
+            .await
+            .unwrap_err();
+            assert!(err.is_usage(), "{store}: exit 64");
+            assert!(
+                err.to_string()
+                    .contains("function notify keeps its data in SQL"),
+                "{store}: {err}"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn same_event_gives_same_notification_id() {
         let data = example("finance.budget.exceeded", "groceries-over");
         let notice = || Notice::from_event("finance.budget.exceeded", data.clone()).unwrap();
         let first = Event::test(notice()).with_type("finance.budget.exceeded");
         let mut again = Event::test(notice()).with_type("finance.budget.exceeded");
         again.ctx = first.ctx.clone();
-        let a = handle(first).await.unwrap();
-        let b = handle(again).await.unwrap();
+        let db = db().await;
+        let a = db.run(first, handle).await.unwrap();
+        let b = db.run(again, handle).await.unwrap();
         assert_eq!(a.data()["alert_id"], b.data()["alert_id"]);
         let id = a.data()["alert_id"].as_str().unwrap().to_string();
-        let count = NOTIFICATIONS
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|n| n.id.to_string() == id)
-            .count();
-        assert_eq!(count, 1);
+        assert_eq!(rows_with_id(&db, &id).await, 1);
     }
 
     #[tokio::test]
@@ -442,7 +454,7 @@ mod tests {
     #[tokio::test]
     async fn dapr_subscribe_matches_golden() {
         let app = testing::router(
-            zerofn::manifest!(),
+            zerofn::manifest!().migrations(&MIGRATIONS),
             handler_fn(handle),
             &[("DAPR_HTTP_PORT", "3500")],
         )
@@ -474,7 +486,7 @@ mod tests {
         let sidecar = testing::Recorder::start().await.unwrap();
         let port = sidecar.port().to_string();
         let server = testing::TestServer::start(
-            zerofn::manifest!(),
+            zerofn::manifest!().migrations(&MIGRATIONS),
             handler_fn(handle),
             &[
                 ("DAPR_HTTP_PORT", &port),
