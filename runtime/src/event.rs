@@ -142,6 +142,30 @@ impl KafkaCoordinates {
 ///     }
 /// }
 /// ```
+///
+/// Or, without writing that match, a serde enum tagged by the type inside [`Typed`]:
+///
+/// ```
+/// # use serde::Deserialize;
+/// # #[derive(Deserialize)] struct Warning { percent: u8 }
+/// # #[derive(Deserialize)] struct Exceeded { over_by: u64 }
+/// #[derive(Deserialize)]
+/// #[serde(tag = "type", content = "data")]
+/// enum Budget {
+///     #[serde(rename = "finance.budget.warning")]
+///     Warning(Warning),
+///     #[serde(rename = "finance.budget.exceeded")]
+///     Exceeded(Exceeded),
+/// }
+///
+/// async fn handle(event: zerofn::Event<zerofn::Typed<Budget>>) -> Result<(), zerofn::HandlerError> {
+///     match &*event.data {
+///         Budget::Warning(w) => tracing::info!(w.percent, "warned"),
+///         Budget::Exceeded(e) => tracing::info!(e.over_by, "exceeded"),
+///     }
+///     Ok(())
+/// }
+/// ```
 pub trait EventData: Sized + Send + 'static {
     /// Decode `data` of an event of type `ty`.
     fn from_event(ty: &str, data: Value) -> Result<Self, serde_json::Error>;
@@ -153,10 +177,53 @@ impl<T: DeserializeOwned + Send + 'static> EventData for T {
     }
 }
 
+/// The input of a handler that consumes several event types: `T` is a serde enum with
+/// `#[serde(tag = "type", content = "data")]` and one variant per type, renamed to the
+/// CloudEvent type, so that the type picks the variant (see [`EventData`]). An event of a type
+/// the enum lacks is a permanent failure (`undecodable_data`) naming it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Typed<T>(pub T);
+
+impl<T> std::ops::Deref for Typed<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> EventData for Typed<T> {
+    fn from_event(ty: &str, data: Value) -> Result<Self, serde_json::Error> {
+        serde_json::from_value(serde_json::json!({"type": ty, "data": data})).map(Typed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn typed_picks_the_variant_by_the_event_type() {
+        #[derive(Debug, PartialEq, serde::Deserialize)]
+        #[serde(tag = "type", content = "data")]
+        enum Two {
+            #[serde(rename = "a.created")]
+            Created { id: String },
+            #[serde(rename = "a.deleted")]
+            Deleted { id: String },
+        }
+        let got = Typed::<Two>::from_event("a.deleted", serde_json::json!({"id": "7"})).unwrap();
+        assert_eq!(*got, Two::Deleted { id: "7".into() });
+        let err =
+            Typed::<Two>::from_event("a.renamed", serde_json::json!({"id": "7"})).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown variant `a.renamed`"),
+            "{err}"
+        );
+        let err =
+            Typed::<Two>::from_event("a.created", serde_json::json!({"name": 1})).unwrap_err();
+        assert!(err.to_string().contains("missing field `id`"), "{err}");
+    }
 
     #[test]
     fn kafka_coordinates_need_topic_partition_offset() {

@@ -71,7 +71,7 @@ pub mod testing;
 
 pub use emit::{Emit, IntoEmits};
 pub use error::{BoxError, Error, ErrorKind, HandlerError, ResultExt};
-pub use event::{Context, Event, EventData, KafkaCoordinates};
+pub use event::{Context, Event, EventData, KafkaCoordinates, Typed};
 pub use handler::{Handler, HandlerFn, handler_fn};
 pub use idempotency::{Transaction, TransactionGuard};
 pub use manifest::{Manifest, ManifestSource, Routes};

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use zerofn::{EventData, prelude::*};
+use zerofn::{Typed, prelude::*};
 
 /// What `finance.budget.warning` and `finance.budget.exceeded` share.
 #[derive(Debug, Deserialize)]
@@ -58,27 +58,18 @@ struct ReminderDue {
     channel: String,
 }
 
-/// The four event types notify consumes, chosen by CloudEvent type.
-#[derive(Debug)]
+/// The four event types notify consumes; the CloudEvent type picks the variant.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", content = "data")]
 enum Notice {
+    #[serde(rename = "finance.budget.warning")]
     BudgetWarning(BudgetWarning),
+    #[serde(rename = "finance.budget.exceeded")]
     BudgetExceeded(BudgetExceeded),
+    #[serde(rename = "finance.insight.generated")]
     Insight(InsightGenerated),
+    #[serde(rename = "todo.reminder.due")]
     ReminderDue(ReminderDue),
-}
-
-impl EventData for Notice {
-    fn from_event(ty: &str, data: serde_json::Value) -> Result<Self, serde_json::Error> {
-        match ty {
-            "finance.budget.warning" => serde_json::from_value(data).map(Notice::BudgetWarning),
-            "finance.budget.exceeded" => serde_json::from_value(data).map(Notice::BudgetExceeded),
-            "finance.insight.generated" => serde_json::from_value(data).map(Notice::Insight),
-            "todo.reminder.due" => serde_json::from_value(data).map(Notice::ReminderDue),
-            other => Err(serde::de::Error::custom(format!(
-                "notify does not handle {other}"
-            ))),
-        }
-    }
 }
 
 /// A stored in-app notification.
@@ -126,7 +117,7 @@ struct NotificationSent<'a> {
     sent_at: DateTime<Utc>,
 }
 
-async fn handle(event: Event<Notice>) -> Result<Emit, HandlerError> {
+async fn handle(event: Event<Typed<Notice>>) -> Result<Emit, HandlerError> {
     let ctx = &event.ctx;
     // Same event (source + id) → same notification id, however often it is delivered.
     let id = uuid::Uuid::new_v5(
@@ -137,7 +128,7 @@ async fn handle(event: Event<Notice>) -> Result<Emit, HandlerError> {
         event_id: &ctx.id,
         event_type: &ctx.ty,
     };
-    let (kind, user_id, title, body) = match &event.data {
+    let (kind, user_id, title, body) = match &*event.data {
         Notice::BudgetWarning(BudgetWarning {
             budget: b,
             percent_used,
@@ -292,7 +283,7 @@ mod tests {
     use http_body_util::BodyExt;
     use serde_json::{Value, json};
     use tower::ServiceExt;
-    use zerofn::{contract::Contracts, testing};
+    use zerofn::{EventData, contract::Contracts, testing};
 
     fn example(ty: &str, name: &str) -> Value {
         let path = format!(
@@ -313,7 +304,7 @@ mod tests {
     }
 
     async fn run_in(db: &testing::TestDb, ty: &str, data: Value) -> Result<Emit, HandlerError> {
-        let notice = Notice::from_event(ty, data).unwrap();
+        let notice = Typed::<Notice>::from_event(ty, data).unwrap();
         db.run(Event::test(notice).with_type(ty), handle).await
     }
 
@@ -412,7 +403,8 @@ mod tests {
     #[tokio::test]
     async fn same_event_gives_same_notification_id() {
         let data = example("finance.budget.exceeded", "groceries-over");
-        let notice = || Notice::from_event("finance.budget.exceeded", data.clone()).unwrap();
+        let notice =
+            || Typed::<Notice>::from_event("finance.budget.exceeded", data.clone()).unwrap();
         let first = Event::test(notice()).with_type("finance.budget.exceeded");
         let mut again = Event::test(notice()).with_type("finance.budget.exceeded");
         again.ctx = first.ctx.clone();
