@@ -83,7 +83,15 @@ impl App {
                 url: crate::idempotency::sql::redact(&config.store),
                 reason: e.0,
             })?;
-        let extra = source.function_routes().map(|routes| routes(store.pool()));
+        let extra = source
+            .own_routes(&manifest.name, store.pool())
+            .map_err(|reason| {
+                Error::from(ConfigError::new(
+                    crate::config::ENV_STORE,
+                    &config.store,
+                    reason,
+                ))
+            })?;
         let intake = Intake::new(
             manifest.clone(),
             contracts,

@@ -28,8 +28,14 @@ pub(crate) async fn run(manifest: ManifestSource) -> Result<(), Error> {
         None => None,
     };
     let router = manifest
-        .function_routes()
-        .map(|routes| routes(pool))
+        .own_routes(&parsed.name, pool)
+        .map_err(|reason| {
+            Error::from(crate::config::ConfigError::new(
+                crate::config::ENV_STORE,
+                &config.store,
+                reason,
+            ))
+        })?
         .unwrap_or_default();
     tracing::info!(function = %parsed.name, "serving on AWS Lambda");
     let served = lambda_http::run(router)

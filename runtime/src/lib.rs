@@ -74,7 +74,7 @@ pub use error::{BoxError, Error, ErrorKind, HandlerError, ResultExt};
 pub use event::{Context, Event, EventData, KafkaCoordinates, Typed};
 pub use handler::{Handler, HandlerFn, handler_fn};
 pub use idempotency::{Transaction, TransactionGuard};
-pub use manifest::{Manifest, ManifestSource, Routes};
+pub use manifest::{Manifest, ManifestSource, Routes, SqlRoutes};
 pub use write::{IDEMPOTENCY_KEY, Write, WriteError, WriteRejection};
 
 /// What a handler module needs: `use zerofn::prelude::*;`.

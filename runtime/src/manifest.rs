@@ -28,12 +28,22 @@ pub struct ManifestSource {
     crate_name: &'static str,
     crate_version: &'static str,
     migrations: Option<&'static sqlx::migrate::Migrator>,
-    routes: Option<Routes>,
+    routes: Option<OwnRoutes>,
 }
 
 /// Builds a function's own HTTP routes (e.g. a read endpoint) from the SQL store's pool, when
 /// the store is SQL. They are served next to the runtime's on `$PORT`.
 pub type Routes = fn(Option<sqlx::AnyPool>) -> axum::Router;
+
+/// Builds the own routes of a function that declares `[store] sql = true` from its SQL pool,
+/// which it always has.
+pub type SqlRoutes = fn(sqlx::AnyPool) -> axum::Router;
+
+#[derive(Clone, Copy, Debug)]
+enum OwnRoutes {
+    Any(Routes),
+    Sql(SqlRoutes),
+}
 
 impl ManifestSource {
     /// Wrap a manifest's text; normally called through [`crate::manifest!`].
@@ -55,12 +65,34 @@ impl ManifestSource {
     /// collide with the runtime's (`/`, `/healthz`, `/readyz`, `/dapr/subscribe`, the
     /// subscription routes).
     pub const fn routes(mut self, routes: Routes) -> Self {
-        self.routes = Some(routes);
+        self.routes = Some(OwnRoutes::Any(routes));
         self
     }
 
-    pub(crate) fn function_routes(&self) -> Option<Routes> {
-        self.routes
+    /// The own routes of a function with `[store] sql = true`, built from its SQL pool (no
+    /// `Option` to check: the runtime refuses to start such a function without SQL).
+    pub const fn sql_routes(mut self, routes: SqlRoutes) -> Self {
+        self.routes = Some(OwnRoutes::Sql(routes));
+        self
+    }
+
+    /// The function's own routes on the store's `pool`, if it has any; an error that says what
+    /// to declare when SQL routes meet a store without SQL.
+    pub(crate) fn own_routes(
+        &self,
+        name: &str,
+        pool: Option<sqlx::AnyPool>,
+    ) -> Result<Option<axum::Router>, String> {
+        match (self.routes, pool) {
+            (None, _) => Ok(None),
+            (Some(OwnRoutes::Any(f)), pool) => Ok(Some(f(pool))),
+            (Some(OwnRoutes::Sql(f)), Some(pool)) => Ok(Some(f(pool))),
+            (Some(OwnRoutes::Sql(_)), None) => Err(format!(
+                "function {name} serves SQL routes (ManifestSource::sql_routes) but its store has no \
+                 SQL: declare [store] sql = true in function.toml and set ZEROFN_STORE to sqlite:… or \
+                 postgres://…"
+            )),
+        }
     }
 
     /// The function's own migrations (`static M: Migrator = sqlx::migrate!();`), run on the SQL

@@ -180,19 +180,12 @@ async fn verify(pool: &sqlx::AnyPool) -> Result<Verdict, sqlx::Error> {
 }
 
 /// `GET /audit/verify`.
-fn routes(pool: Option<sqlx::AnyPool>) -> Router {
+fn routes(pool: sqlx::AnyPool) -> Router {
     Router::new().route(
         "/audit/verify",
         get(move || {
             let pool = pool.clone();
             async move {
-                let Some(pool) = pool else {
-                    return (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        Json(json!({"ok": false, "reason": "no SQL store"})),
-                    )
-                        .into_response();
-                };
                 match verify(&pool).await {
                     Ok(Verdict::Intact { rows }) => {
                         Json(json!({"ok": true, "rows": rows})).into_response()
@@ -217,7 +210,9 @@ fn routes(pool: Option<sqlx::AnyPool>) -> Router {
 async fn main() -> Result<(), zerofn::Error> {
     zerofn::run(
         handler_fn(handle),
-        zerofn::manifest!().migrations(&MIGRATIONS).routes(routes),
+        zerofn::manifest!()
+            .migrations(&MIGRATIONS)
+            .sql_routes(routes),
     )
     .await
 }
@@ -297,7 +292,9 @@ mod tests {
     async fn every_event_type_is_appended_once_and_tampering_is_detected() {
         let dir = std::env::temp_dir().join(fresh_id("audit"));
         let store = format!("sqlite:{}/zerofn.db", dir.display());
-        let manifest = zerofn::manifest!().migrations(&MIGRATIONS).routes(routes);
+        let manifest = zerofn::manifest!()
+            .migrations(&MIGRATIONS)
+            .sql_routes(routes);
         let server = TestServer::start(manifest, handler_fn(handle), &[("ZEROFN_STORE", &store)])
             .await
             .unwrap();

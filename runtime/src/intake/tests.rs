@@ -643,3 +643,23 @@ async fn the_dapr_app_records_raw_dead_letters_on_its_own_route() {
         assert_eq!(reply["status"], "SUCCESS", "recorded, then a duplicate");
     }
 }
+
+/// SQL routes need a SQL store: refused at start, naming what to declare.
+#[tokio::test]
+async fn sql_routes_without_a_sql_store_do_not_start() {
+    fn routes(_pool: sqlx::AnyPool) -> axum::Router {
+        axum::Router::new()
+    }
+    let err = crate::testing::router(
+        crate::ManifestSource::new(MANIFEST, "sm", "0.1.0").sql_routes(routes),
+        handler_fn(|_: Event<Value>| async { Ok::<_, HandlerError>(()) }),
+        &[("DAPR_HTTP_PORT", "9"), ("ZEROFN_STORE", "memory")],
+    )
+    .await
+    .unwrap_err();
+    assert!(err.is_usage());
+    assert!(
+        err.to_string().contains("declare [store] sql = true"),
+        "{err}"
+    );
+}
