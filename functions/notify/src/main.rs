@@ -270,11 +270,127 @@ fn money(minor: i64, currency: &str) -> String {
 
 #[tokio::main]
 async fn main() -> Result<(), zerofn::Error> {
-    zerofn::run(
-        handler_fn(handle),
-        zerofn::manifest!().migrations(&MIGRATIONS),
-    )
-    .await
+    zerofn::run(handler_fn(handle), MANIFEST).await
+}
+
+/// The manifest with notify's table and its read routes.
+const MANIFEST: zerofn::ManifestSource = zerofn::manifest!()
+    .migrations(&MIGRATIONS)
+    .sql_routes(routes);
+
+/// What the user reads: `GET /notifications?user_id=…[&unread=true][&limit=50]`, newest
+/// first, each with its `read` flag; `POST /notifications/{id}/read` marks one read.
+fn routes(pool: sqlx::AnyPool) -> axum::Router {
+    use axum::{
+        Json,
+        extract::{Path, Query, State},
+        http::StatusCode,
+        response::{IntoResponse, Response},
+        routing::{get, post},
+    };
+    use serde_json::json;
+
+    #[derive(Deserialize)]
+    struct List {
+        user_id: Option<String>,
+        #[serde(default)]
+        unread: bool,
+        limit: Option<i64>,
+    }
+
+    fn refuse(status: StatusCode, error: &str, message: &str) -> Response {
+        (status, Json(json!({"error": error, "message": message}))).into_response()
+    }
+
+    async fn list(State(pool): State<sqlx::AnyPool>, Query(q): Query<List>) -> Response {
+        let Some(user) = q.user_id.filter(|u| !u.is_empty()) else {
+            return refuse(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_query",
+                "user_id is required: whose notifications to list",
+            );
+        };
+        let limit = q.limit.unwrap_or(50);
+        if !(1..=500).contains(&limit) {
+            return refuse(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_query",
+                "limit must be between 1 and 500",
+            );
+        }
+        let sql = if q.unread {
+            "SELECT id, kind, title, body, channel, cause_event_id, created_at, read_at FROM notifications \
+             WHERE user_id = $1 AND read_at IS NULL ORDER BY created_at DESC, id DESC LIMIT $2"
+        } else {
+            "SELECT id, kind, title, body, channel, cause_event_id, created_at, read_at FROM notifications \
+             WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
+        };
+        let rows = match sqlx::query(sql)
+            .bind(&user)
+            .bind(limit)
+            .fetch_all(&pool)
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                return refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    &e.to_string(),
+                );
+            }
+        };
+        let at = |ms: Option<i64>| {
+            ms.and_then(DateTime::<Utc>::from_timestamp_millis)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        };
+        let items: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                use sqlx::Row;
+                let read_at: Option<i64> = r.get("read_at");
+                json!({
+                    "id": r.get::<String, _>("id"),
+                    "kind": r.get::<String, _>("kind"),
+                    "title": r.get::<String, _>("title"),
+                    "body": r.get::<String, _>("body"),
+                    "channel": r.get::<String, _>("channel"),
+                    "cause_event_id": r.get::<String, _>("cause_event_id"),
+                    "created_at": at(Some(r.get("created_at"))),
+                    "read": read_at.is_some(),
+                    "read_at": at(read_at),
+                })
+            })
+            .collect();
+        Json(json!({"user_id": user, "notifications": items})).into_response()
+    }
+
+    async fn mark_read(State(pool): State<sqlx::AnyPool>, Path(id): Path<String>) -> Response {
+        let marked =
+            sqlx::query("UPDATE notifications SET read_at = COALESCE(read_at, $2) WHERE id = $1")
+                .bind(&id)
+                .bind(Utc::now().timestamp_millis())
+                .execute(&pool)
+                .await;
+        match marked {
+            Ok(r) if r.rows_affected() == 1 => StatusCode::NO_CONTENT.into_response(),
+            Ok(_) => refuse(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("no notification {id}"),
+            ),
+            Err(e) => refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                &e.to_string(),
+            ),
+        }
+    }
+
+    axum::Router::new()
+        .route("/notifications", get(list))
+        .route("/notifications/{id}/read", post(mark_read))
+        .with_state(pool)
 }
 
 #[cfg(test)]
@@ -294,9 +410,7 @@ mod tests {
     }
 
     async fn db() -> testing::TestDb {
-        testing::TestDb::open(zerofn::manifest!().migrations(&MIGRATIONS))
-            .await
-            .unwrap()
+        testing::TestDb::open(MANIFEST).await.unwrap()
     }
 
     async fn run(ty: &str, data: Value) -> Result<Emit, HandlerError> {
@@ -382,10 +496,81 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_user_reads_notifications_newest_first_and_marks_them_read() {
+        let sidecar = testing::Recorder::start().await.unwrap();
+        let port = sidecar.port().to_string();
+        let server =
+            testing::TestServer::start(MANIFEST, handler_fn(handle), &[("DAPR_HTTP_PORT", &port)])
+                .await
+                .unwrap();
+        for (id, ty, example_name) in [
+            ("n-1", "finance.budget.warning", "dining-82"),
+            ("n-2", "finance.budget.exceeded", "groceries-over"),
+        ] {
+            let mut data = example(ty, example_name);
+            data["user_id"] = json!("reader-1");
+            let envelope = json!({
+                "specversion": "1.0", "id": id, "source": "budgets", "type": ty,
+                "datacontenttype": "application/json", "topic": ty, "pubsubname": "kafka-pubsub",
+                "data": data,
+            });
+            let reply = reqwest_post(&format!("{}/events/{ty}", server.url()), &envelope).await;
+            assert_eq!(reply, json!({"status": "SUCCESS"}));
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let get = |q: &str| {
+            let url = format!("{}/notifications{q}", server.url());
+            async move {
+                let r = reqwest::get(url).await.unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            }
+        };
+        let (status, all) = get("?user_id=reader-1").await;
+        assert_eq!(status, 200);
+        let list = all["notifications"].as_array().unwrap();
+        assert_eq!(list.len(), 2, "{all}");
+        assert_eq!(list[0]["kind"], "budget_exceeded", "newest first");
+        assert_eq!(list[1]["kind"], "budget_warning");
+        assert!(list.iter().all(|n| n["read"] == false));
+        let first = list[0]["id"].as_str().unwrap().to_string();
+        let client = reqwest::Client::new();
+        let marked = client
+            .post(format!("{}/notifications/{first}/read", server.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(marked.status(), 204);
+        let (_, unread) = get("?user_id=reader-1&unread=true").await;
+        let unread = unread["notifications"].as_array().unwrap();
+        assert_eq!(unread.len(), 1);
+        assert_eq!(unread[0]["kind"], "budget_warning");
+        let (_, all) = get("?user_id=reader-1").await;
+        assert_eq!(all["notifications"][0]["read"], true);
+        // Nobody else's, and precise refusals.
+        let (_, other) = get("?user_id=someone-else").await;
+        assert_eq!(other["notifications"], json!([]));
+        let (status, body) = get("").await;
+        assert_eq!(status, 422);
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("user_id is required")
+        );
+        let missing = client
+            .post(format!("{}/notifications/nope/read", server.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(missing.status(), 404);
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
     async fn it_refuses_to_start_without_a_sql_store() {
         for store in ["memory", "redis://127.0.0.1:9"] {
             let err = testing::router(
-                zerofn::manifest!().migrations(&MIGRATIONS),
+                MANIFEST,
                 handler_fn(handle),
                 &[("ZEROFN_STORE", store), ("DAPR_HTTP_PORT", "9")],
             )
@@ -445,13 +630,9 @@ mod tests {
 
     #[tokio::test]
     async fn dapr_subscribe_matches_golden() {
-        let app = testing::router(
-            zerofn::manifest!().migrations(&MIGRATIONS),
-            handler_fn(handle),
-            &[("DAPR_HTTP_PORT", "3500")],
-        )
-        .await
-        .unwrap();
+        let app = testing::router(MANIFEST, handler_fn(handle), &[("DAPR_HTTP_PORT", "3500")])
+            .await
+            .unwrap();
         let request = http::Request::get("/dapr/subscribe")
             .body(axum::body::Body::empty())
             .unwrap();
@@ -478,7 +659,7 @@ mod tests {
         let sidecar = testing::Recorder::start().await.unwrap();
         let port = sidecar.port().to_string();
         let server = testing::TestServer::start(
-            zerofn::manifest!().migrations(&MIGRATIONS),
+            MANIFEST,
             handler_fn(handle),
             &[
                 ("DAPR_HTTP_PORT", &port),
@@ -523,7 +704,7 @@ mod tests {
         let sidecar = testing::Recorder::start().await.unwrap();
         let port = sidecar.port().to_string();
         let server = testing::TestServer::start(
-            zerofn::manifest!().migrations(&MIGRATIONS),
+            MANIFEST,
             handler_fn(handle),
             &[("DAPR_HTTP_PORT", &port), ("ZEROFN_STORE", &store)],
         )
