@@ -128,3 +128,31 @@ pub struct DeadLetterError {
 
 /// The CloudEvent type under which dead-letter records are published.
 pub const DEAD_LETTER_TYPE: &str = "zerofn.deadletter.recorded";
+
+#[cfg(test)]
+impl DeadLetter {
+    /// A record for store tests: a permanent failure of function `function`, key `key`.
+    pub(crate) fn sample(id: &str, function: &str, key: &str) -> DeadLetter {
+        DeadLetter {
+            id: id.into(),
+            function: function.into(),
+            function_version: "0".into(),
+            key: key.into(),
+            event_id: None,
+            event_type: None,
+            event_source: None,
+            topic: None,
+            pubsub: None,
+            original: Original::new(None, b"", Default::default()),
+            error: DeadLetterError {
+                kind: "handler_permanent".into(),
+                class: "permanent".into(),
+                messages: vec![],
+            },
+            attempts: 1,
+            first_failure: String::new(),
+            last_failure: String::new(),
+            trace_id: None,
+        }
+    }
+}

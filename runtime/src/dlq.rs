@@ -96,33 +96,13 @@ mod tests {
     #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
     use super::*;
-    use crate::dead_letter::{DeadLetterError, Original};
 
     #[tokio::test]
     async fn all_pages_through_every_dead_letter() {
         let letters = DeadLetters::open("memory").await.unwrap();
         for i in 0..1203 {
-            let record = DeadLetter {
-                id: format!("{i:05}"),
-                function: if i % 2 == 0 { "a" } else { "b" }.into(),
-                function_version: "0".into(),
-                key: String::new(),
-                event_id: None,
-                event_type: None,
-                event_source: None,
-                topic: None,
-                pubsub: None,
-                original: Original::new(None, b"", Default::default()),
-                error: DeadLetterError {
-                    kind: "malformed_event".into(),
-                    class: "permanent".into(),
-                    messages: vec![],
-                },
-                attempts: 1,
-                first_failure: String::new(),
-                last_failure: String::new(),
-                trace_id: None,
-            };
+            let function = if i % 2 == 0 { "a" } else { "b" };
+            let record = DeadLetter::sample(&format!("{i:05}"), function, "");
             assert!(letters.store.dead_letter("", "", &record).await.unwrap());
         }
         let all = letters.all(None, None).await.unwrap();

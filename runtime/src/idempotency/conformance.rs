@@ -7,7 +7,7 @@
 use std::{sync::Arc, time::Duration};
 
 use super::{Claim, Store, StoredOutput};
-use crate::dead_letter::{DeadLetter, DeadLetterError, Original};
+use crate::dead_letter::DeadLetter;
 
 fn service(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
@@ -48,27 +48,7 @@ fn output(id: &str) -> StoredOutput {
 }
 
 fn record(id: &str, key: &str) -> DeadLetter {
-    DeadLetter {
-        id: id.into(),
-        function: "conf".into(),
-        function_version: "0".into(),
-        key: key.into(),
-        event_id: None,
-        event_type: None,
-        event_source: None,
-        topic: None,
-        pubsub: None,
-        original: Original::new(None, b"", Default::default()),
-        error: DeadLetterError {
-            kind: "handler_timeout".into(),
-            class: "retryable".into(),
-            messages: vec![],
-        },
-        attempts: 1,
-        first_failure: String::new(),
-        last_failure: String::new(),
-        trace_id: None,
-    }
+    DeadLetter::sample(id, "conf", key)
 }
 
 const MS: fn(u64) -> Duration = Duration::from_millis;

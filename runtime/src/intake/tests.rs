@@ -468,27 +468,7 @@ async fn dead_lettering_is_fenced_by_the_holder() {
     let o = r.deliver(&event("a-12", "ok")).await;
     assert_eq!(o, Outcome::Duplicate);
     // The stale holder cannot overwrite `done`.
-    let stale = crate::dead_letter::DeadLetter {
-        id: "dl-stale".into(),
-        function: "sm".into(),
-        function_version: "0.1.0".into(),
-        key: key.clone(),
-        event_id: None,
-        event_type: None,
-        event_source: None,
-        topic: None,
-        pubsub: None,
-        original: crate::dead_letter::Original::new(None, b"", Default::default()),
-        error: crate::dead_letter::DeadLetterError {
-            kind: "handler_timeout".into(),
-            class: "retryable".into(),
-            messages: vec![],
-        },
-        attempts: 1,
-        first_failure: String::new(),
-        last_failure: String::new(),
-        trace_id: None,
-    };
+    let stale = crate::dead_letter::DeadLetter::sample("dl-stale", "sm", &key);
     assert!(!r.store.dead_letter(&key, "old", &stale).await.unwrap());
     assert_eq!(
         r.store
