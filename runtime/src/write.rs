@@ -61,6 +61,8 @@ pub struct Write {
     emits: Vec<Emit>,
     /// Keep the response: the request came with an `Idempotency-Key`.
     keyed: bool,
+    /// Renews the write's lease while it is open (dropped with it).
+    _heartbeat: crate::intake::Heartbeat,
 }
 
 impl std::fmt::Debug for Write {
@@ -141,15 +143,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Write {
                 message: f.message,
             })?;
         match started {
-            Started::Begun(begun) => Ok(Write {
-                intake,
-                key: begun.key,
-                owner: begun.owner,
-                cause: begun.cause,
-                tx: Some(begun.tx),
-                emits: Vec::new(),
-                keyed: key.is_some(),
-            }),
+            Started::Begun(begun) => {
+                let begun = *begun;
+                Ok(Write {
+                    intake,
+                    key: begun.key,
+                    owner: begun.owner,
+                    cause: begun.cause,
+                    tx: Some(begun.tx),
+                    emits: Vec::new(),
+                    keyed: key.is_some(),
+                    _heartbeat: begun.heartbeat,
+                })
+            }
             Started::Replay(first) => {
                 let status = StatusCode::from_u16(first.status).unwrap_or(StatusCode::OK);
                 let mut response = if first.body.is_empty() {

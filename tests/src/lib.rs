@@ -205,9 +205,10 @@ fn probe_routes(db: Option<sqlx::AnyPool>) -> axum::Router {
         )
 }
 
-/// `POST /write/{id}[?emit=invalid]`: a `probe_effects` row and a `todo.notification.sent`
-/// event, committed together through `zerofn::Write` (an invalid event rolls both back); 201
-/// with the write's id (kept for an `Idempotency-Key`).
+/// `POST /write/{id}[?emit=invalid][&sleep=MS]`: a `probe_effects` row and a
+/// `todo.notification.sent` event, committed together through `zerofn::Write` (an invalid
+/// event rolls both back; `sleep` holds the write open first); 201 with the write's id (kept
+/// for an `Idempotency-Key`).
 async fn probe_write(
     mut write: zerofn::Write,
     axum::extract::Path(id): axum::extract::Path<String>,
@@ -225,6 +226,9 @@ async fn probe_write(
         notification("u-w")
     };
     write.emit(Emit::new("todo.notification.sent", &data)?.partition_key("u-w"));
+    if let Some(ms) = q.get("sleep").and_then(|ms| ms.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     let write_id = write.id().to_string();
     write
         .respond(

@@ -189,3 +189,59 @@ async fn an_idempotency_key_makes_a_retried_write_answer_the_first_response_and_
         assert_eq!(bad.status(), 400, "{name}");
     }
 }
+
+#[tokio::test]
+async fn a_repeat_while_the_first_write_runs_gets_409_then_the_first_response() {
+    // PostgreSQL: SQLite's write lock would fence the record by itself; here only the lease does.
+    let store = service("ZEROFN_TEST_POSTGRES");
+    let sink = Recorder::start().await.unwrap();
+    let sink_url = sink.url();
+    // A 1 s lease and a 3 s write: only the renewed lease keeps a repeat from taking it over.
+    let p = FnProcess::start(
+        PROBE,
+        &[
+            ("K_SINK", &sink_url),
+            ("ZEROFN_STORE", &store),
+            ("ZEROFN_LEASE", "1s"),
+        ],
+    )
+    .await;
+    let (id, key) = (fresh_id("slow"), fresh_id("key"));
+    let url = p.url();
+    let first = {
+        let (id, key) = (id.clone(), key.clone());
+        tokio::spawn(async move {
+            client()
+                .post(format!("{url}/write/{id}?sleep=3000"))
+                .header("idempotency-key", key)
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    // The first write holds its record (its lease renewed) until it commits: every repeat
+    // meanwhile, past several leases, gets 409, never a second run.
+    tokio::time::sleep(Duration::from_millis(300)).await; // the first has claimed its key
+    let mut conflicts = 0;
+    while !first.is_finished() {
+        let r = keyed(&p, &id, &key, "").await;
+        match r.status().as_u16() {
+            409 => {
+                let body: Value = r.json().await.unwrap();
+                assert_eq!(body["error"], "in_flight", "{body}");
+                conflicts += 1;
+            }
+            201 if first.is_finished() => break, // the first committed just now: a replay
+            other => panic!("a repeat during the first write got {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(conflicts >= 5, "repeats during the 3 s write: {conflicts}");
+    let first = first.await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let again = keyed(&p, &id, &key, "").await;
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    assert_eq!(effect_rows(&store, &id).await, 1);
+}

@@ -20,6 +20,7 @@ mod policy;
 mod tests;
 mod write;
 
+pub(crate) use lease::Heartbeat;
 pub(crate) use write::Started;
 
 use serde_json::Value;
@@ -42,7 +43,6 @@ use crate::{
     telemetry::TraceContext,
 };
 use handler::ErasedHandler;
-use lease::Heartbeat;
 use policy::Next;
 
 /// Facts the transport knows about a delivery besides the event itself.

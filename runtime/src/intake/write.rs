@@ -17,6 +17,8 @@ pub(crate) struct Begun {
     pub(crate) owner: String,
     pub(crate) cause: Context,
     pub(crate) tx: Transaction,
+    /// Renews the write's lease until it ends, so a long write is never taken over by a repeat.
+    pub(crate) heartbeat: super::Heartbeat,
 }
 
 /// What a write's start found.
@@ -96,11 +98,18 @@ impl Intake {
             attempt: 1,
             kafka: None,
         };
+        let heartbeat = super::Heartbeat::start(
+            self.store.clone(),
+            key.clone(),
+            owner.clone(),
+            self.config.lease,
+        );
         Ok(Started::Begun(Box::new(Begun {
             key,
             owner,
             cause,
             tx,
+            heartbeat,
         })))
     }
 
