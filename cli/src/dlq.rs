@@ -96,7 +96,11 @@ impl Dlq {
                 json,
             } => {
                 let list = letters
-                    .list(function.as_deref(), since_time(since.as_deref())?, limit)
+                    .list(
+                        function.as_deref(),
+                        since_time(since.as_deref())?,
+                        Some(limit),
+                    )
                     .await?;
                 if json {
                     writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
@@ -135,7 +139,7 @@ impl Dlq {
                     ],
                     (None, true) => {
                         letters
-                            .all(function.as_deref(), since_time(since.as_deref())?)
+                            .list(function.as_deref(), since_time(since.as_deref())?, None)
                             .await?
                     }
                     (None, false) => bail!("name a dead letter id or --all"),
@@ -227,16 +231,20 @@ impl Letters {
         })
     }
 
-    /// Newest first, over every source.
+    /// Newest first, over every source: at most `limit`, or every one (paged from each store)
+    /// when `limit` is `None`.
     async fn list(
         &self,
         function: Option<&str>,
         since: Option<chrono::DateTime<chrono::Utc>>,
-        limit: usize,
+        limit: Option<usize>,
     ) -> anyhow::Result<Vec<DeadLetter>> {
         let mut all = Vec::new();
         for store in &self.stores {
-            all.extend(store.list(function, since, limit).await?);
+            all.extend(match limit {
+                Some(n) => store.list(function, since, n).await?,
+                None => store.all(function, since).await?,
+            });
         }
         if function.is_none_or(|f| f == "gateway") {
             all.extend(self.gateway(since).await?);
@@ -244,25 +252,9 @@ impl Letters {
         // Record ids are UUID v7: their order is the order they were recorded in.
         all.sort_by(|a, b| b.id.cmp(&a.id));
         all.dedup_by(|a, b| a.id == b.id);
-        all.truncate(limit);
-        Ok(all)
-    }
-
-    /// Every dead letter, paged from each source, newest first.
-    async fn all(
-        &self,
-        function: Option<&str>,
-        since: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> anyhow::Result<Vec<DeadLetter>> {
-        let mut all = Vec::new();
-        for store in &self.stores {
-            all.extend(store.all(function, since).await?);
+        if let Some(n) = limit {
+            all.truncate(n);
         }
-        if function.is_none_or(|f| f == "gateway") {
-            all.extend(self.gateway(since).await?);
-        }
-        all.sort_by(|a, b| b.id.cmp(&a.id));
-        all.dedup_by(|a, b| a.id == b.id);
         Ok(all)
     }
 

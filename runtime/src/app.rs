@@ -76,7 +76,7 @@ impl App {
                 .into());
             }
         };
-        check_store_is_shared(&config, &manifest)?;
+        check_store(&config, &manifest)?;
         let store = idempotency::open(&config.store, &manifest.name, source.function_migrations())
             .await
             .map_err(|e| Error::Store {
@@ -243,11 +243,12 @@ async fn purge_expired(store: Arc<dyn idempotency::Store>) {
     }
 }
 
-/// In Kubernetes, an event function's store must be shared by its replicas and outlive them:
+/// A function that declares `[store] sql = true` needs a SQL store. And in Kubernetes, an
+/// event function's store must be shared by its replicas and outlive them:
 /// an in-memory store or an SQLite file in the pod would forget what was applied on every
 /// scale to zero, and each replica would keep its own, so a redelivery after a rebalance
 /// would be applied twice. Refused (exit 64) unless allowed for a demo.
-fn check_store_is_shared(config: &Config, manifest: &Manifest) -> Result<(), Error> {
+fn check_store(config: &Config, manifest: &Manifest) -> Result<(), Error> {
     let sql = config.store.starts_with("sqlite:") || config.store.starts_with("postgres");
     if manifest.needs_sql && !sql {
         return Err(ConfigError::new(

@@ -57,7 +57,10 @@ pub struct Write {
     key: String,
     owner: String,
     cause: Context,
+    /// Taken by `finish`, which consumes the write (`Write` has a `Drop`, so it moves out).
     tx: Option<Transaction>,
+    /// Set once the commit succeeded; otherwise the drop releases the record.
+    committed: bool,
     emits: Vec<Emit>,
     /// Keep the response: the request came with an `Idempotency-Key`.
     keyed: bool,
@@ -151,6 +154,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Write {
                     owner: begun.owner,
                     cause: begun.cause,
                     tx: Some(begun.tx),
+                    committed: false,
                     emits: Vec::new(),
                     keyed: key.is_some(),
                     _heartbeat: begun.heartbeat,
@@ -180,8 +184,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Write {
 
 impl Drop for Write {
     fn drop(&mut self) {
-        // Not committed: release the record now, so a retry runs at once.
-        if self.tx.is_some() {
+        // Not committed (dropped, or the commit failed and rolled back): release the record
+        // now, so a retry with the same key runs at once.
+        if !self.committed {
             let (intake, key, owner) = (self.intake.clone(), self.key.clone(), self.owner.clone());
             tokio::spawn(async move { intake.abandon_write(&key, &owner).await });
         }
@@ -242,12 +247,13 @@ impl Write {
         let Some(tx) = self.tx.take() else {
             return Err(WriteError::internal("the write has ended"));
         };
-        let response = response
-            .filter(|_| self.keyed)
-            .or(self.keyed.then(|| StoredResponse {
+        // Kept only for an `Idempotency-Key`; a plain `commit()` is answered 204 on a repeat.
+        let response = self.keyed.then(|| {
+            response.unwrap_or(StoredResponse {
                 status: 204,
                 body: String::new(),
-            }));
+            })
+        });
         let emits = std::mem::take(&mut self.emits);
         let result = self
             .intake
@@ -260,11 +266,7 @@ impl Write {
                 response.as_ref(),
             )
             .await;
-        if result.is_err() {
-            // Rolled back: release the record like an uncommitted write.
-            let (intake, key, owner) = (self.intake.clone(), self.key.clone(), self.owner.clone());
-            tokio::spawn(async move { intake.abandon_write(&key, &owner).await });
-        }
+        self.committed = result.is_ok();
         result.map_err(|f| WriteError {
             status: if f.kind.is_retryable() {
                 StatusCode::SERVICE_UNAVAILABLE

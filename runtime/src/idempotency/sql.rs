@@ -131,10 +131,12 @@ impl SqlStore {
             "done" => {
                 // A duplicate. Outputs not yet published belong to whoever holds the publish
                 // right: the completing worker while its lease lives, else this delivery.
-                if lease_until > now || self.unsent(key).await?.is_empty() {
+                if lease_until > now {
                     return Ok(Some(Claim::Done { unsent: Vec::new() }));
                 }
-                return Ok(Some(Claim::Done { unsent: self.take_publish_right(key, owner, lease, now).await? }));
+                let unsent = self.unsent(key).await?;
+                let took = !unsent.is_empty() && self.take_publish_right(key, owner, lease, now).await?;
+                return Ok(Some(Claim::Done { unsent: if took { unsent } else { Vec::new() } }));
             }
             "dead" => {
                 let id: Option<String> = row.try_get("dead_letter_id").map_err(StoreError::from)?;
@@ -180,15 +182,15 @@ impl SqlStore {
         }
     }
 
-    /// Take the publish right of a done, unexpired record whose lease lapsed; its unsent
-    /// outputs, or none when someone else holds the right (or the record is gone).
+    /// Take the publish right of a done, unexpired record whose lease lapsed; `false` when
+    /// someone else holds it (or the record is gone).
     async fn take_publish_right(
         &self,
         key: &str,
         owner: &str,
         lease: Duration,
         now: i64,
-    ) -> Result<Vec<StoredOutput>, StoreError> {
+    ) -> Result<bool, StoreError> {
         let took = sqlx::query(
             "UPDATE zerofn_inbox SET owner = $3, lease_until = $4 \
              WHERE function = $1 AND key = $2 AND state = 'done' AND lease_until <= $5 AND expires_at > $5",
@@ -201,11 +203,7 @@ impl SqlStore {
         .execute(&self.pool)
         .await
         .map_err(StoreError::from)?;
-        if took.rows_affected() == 1 {
-            self.unsent(key).await
-        } else {
-            Ok(Vec::new())
-        }
+        Ok(took.rows_affected() == 1)
     }
 
     async fn unsent(&self, key: &str) -> Result<Vec<StoredOutput>, StoreError> {
@@ -504,7 +502,13 @@ impl Store for SqlStore {
         owner: &'a str,
         lease: Duration,
     ) -> BoxFut<'a, Result<Vec<StoredOutput>, StoreError>> {
-        Box::pin(async move { self.take_publish_right(key, owner, lease, now_ms()).await })
+        Box::pin(async move {
+            if self.take_publish_right(key, owner, lease, now_ms()).await? {
+                self.unsent(key).await
+            } else {
+                Ok(Vec::new())
+            }
+        })
     }
 
     fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFut<'a, Result<(), StoreError>> {

@@ -35,10 +35,7 @@ impl Intake {
         let copy = match (&meta.kafka, &decoded) {
             (Some(k), _) => format!("rawdl:kafka:{}/{}/{}", k.topic, k.partition, k.offset),
             (None, Some(d)) => format!("rawdl:ce:{}\u{1f}{}", d.ctx.source, d.ctx.id),
-            (None, None) => format!(
-                "rawdl:bytes:{}",
-                key::hashed(&String::from_utf8_lossy(body), None)
-            ),
+            (None, None) => format!("rawdl:bytes:{}", String::from_utf8_lossy(body)),
         };
         let copy_key = key::hashed(&copy, None);
         let owner = uuid::Uuid::new_v4().to_string();

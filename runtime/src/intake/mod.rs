@@ -282,9 +282,8 @@ impl Intake {
                 // Handled before. Outputs its worker could not publish are published here when
                 // the publish right came with the claim; if that fails, the relay's job.
                 if !unsent.is_empty()
-                    && let Err(f) = self.publish_outputs(&key, &unsent).await
+                    && let Err(f) = self.publish_or_release(&key, &owner, &unsent).await
                 {
-                    let _ = self.store.release(&key, &owner).await;
                     tracing::warn!(reason = %f.message, "a duplicate could not publish outputs left unsent; the outbox relay will");
                 }
                 return Outcome::Duplicate;
@@ -332,18 +331,10 @@ impl Intake {
             Ok(outputs) => {
                 self.crash_point(CrashPoint::AfterCommit);
                 // The heartbeat keeps the publish right while publishing.
-                let published = self.publish_outputs(&key, &outputs).await;
+                let published = self.publish_or_release(&key, &owner, &outputs).await;
                 drop(heartbeat);
-                return match published {
-                    Ok(()) => Outcome::Success,
-                    // The record is done: a redelivery or the relay publishes what is unsent.
-                    Err(f) => {
-                        if let Err(e) = self.store.release(&key, &owner).await {
-                            tracing::warn!(error = %e, "could not release the publish right; the relay waits for the lease");
-                        }
-                        Outcome::Retry(f)
-                    }
-                };
+                // The record is done: a redelivery or the relay publishes what is unsent.
+                return published.map_or_else(Outcome::Retry, |()| Outcome::Success);
             }
             Err(f) => f,
         };
@@ -413,11 +404,7 @@ impl Intake {
         let emits = self
             .call_handler(handled.clone(), data, tx.clone(), handler_span)
             .await?;
-        let outputs = emits
-            .into_iter()
-            .enumerate()
-            .map(|(seq, e)| self.outgoing(&handled, u32::try_from(seq).unwrap_or(u32::MAX), e))
-            .collect::<Result<Vec<_>, _>>()?;
+        let outputs = self.outputs_of(&handled, emits)?;
         self.crash_point(CrashPoint::AfterHandler);
         let completing = Instant::now();
         let completed = self

@@ -17,12 +17,7 @@ use crate::{
 impl Intake {
     /// Turn an [`Emit`] into the CloudEvent to publish, checking it against the manifest and
     /// its contract first: an emitted event that breaks its contract is a handler bug.
-    pub(super) fn outgoing(
-        &self,
-        cause: &Context,
-        seq: u32,
-        e: Emit,
-    ) -> Result<StoredOutput, Failure> {
+    fn outgoing(&self, cause: &Context, seq: u32, e: Emit) -> Result<StoredOutput, Failure> {
         let bug = |msg: String| Failure::new(FailureKind::HandlerPermanent, msg);
         let target = self.manifest.publish_for(&e.ty).ok_or_else(|| {
             bug(format!(
@@ -95,12 +90,40 @@ impl Intake {
         })
     }
 
-    /// Publish outbox entries in order, marking each sent.
-    pub(super) async fn publish_outputs(
+    /// The stored outputs of what a handler (or an HTTP write) caused by `cause` emitted, in
+    /// order: checked against the manifest and the contracts, ids derived from the cause.
+    pub(super) fn outputs_of(
+        &self,
+        cause: &Context,
+        emits: Vec<Emit>,
+    ) -> Result<Vec<StoredOutput>, Failure> {
+        emits
+            .into_iter()
+            .enumerate()
+            .map(|(seq, e)| self.outgoing(cause, u32::try_from(seq).unwrap_or(u32::MAX), e))
+            .collect()
+    }
+
+    /// Publish `outputs` of `key` with the publish right `owner` holds; when a publish fails,
+    /// give the right up at once, so the next delivery (or the relay) publishes the rest
+    /// instead of waiting for the lease.
+    pub(super) async fn publish_or_release(
         &self,
         key: &str,
+        owner: &str,
         outputs: &[StoredOutput],
     ) -> Result<(), Failure> {
+        let published = self.publish_outputs(key, outputs).await;
+        if published.is_err()
+            && let Err(e) = self.store.release(key, owner).await
+        {
+            tracing::warn!(error = %e, "could not release the publish right; the relay waits for the lease");
+        }
+        published
+    }
+
+    /// Publish outbox entries in order, marking each sent.
+    async fn publish_outputs(&self, key: &str, outputs: &[StoredOutput]) -> Result<(), Failure> {
         for o in outputs {
             let publish_span = tracing::info_span!(
                 "zerofn.publish",
@@ -152,7 +175,7 @@ impl Intake {
                 .await
             {
                 Ok(unsent) if unsent.is_empty() => {}
-                Ok(unsent) => match self.publish_outputs(&key, &unsent).await {
+                Ok(unsent) => match self.publish_or_release(&key, &owner, &unsent).await {
                     Ok(()) => {
                         published += unsent.len();
                         tracing::info!(
@@ -161,7 +184,6 @@ impl Intake {
                         );
                     }
                     Err(f) => {
-                        let _ = self.store.release(&key, &owner).await;
                         tracing::warn!(reason = %f.message, "outbox relay could not publish; will try again");
                     }
                 },

@@ -153,6 +153,18 @@ impl Rig {
         )
     }
 
+    /// `key` completed by `owner` with one unsent output, as a worker that died after its
+    /// commit leaves it (its lease, the publish right, ends after `lease`).
+    async fn done_unpublished(&self, key: &str, owner: &str, lease: Duration, ttl: Duration) {
+        self.store.claim(key, owner, lease, ttl).await.unwrap();
+        let completed = self
+            .store
+            .complete(key, owner, &[output("out-1")], None, ttl)
+            .await
+            .unwrap();
+        assert!(completed);
+    }
+
     fn published(&self) -> usize {
         self.publisher.sent.lock().unwrap().len()
     }
@@ -361,17 +373,8 @@ async fn a_done_record_with_unsent_outputs_is_a_duplicate_and_the_relays_job() {
     let r = rig("1s");
     let key = r.key_of("a-8");
     let ttl = Duration::from_secs(60);
-    r.store
-        .claim(&key, "dead", Duration::from_millis(400), ttl)
-        .await
-        .unwrap();
-    let output = output("out-1");
-    assert!(
-        r.store
-            .complete(&key, "dead", &[output], None, ttl)
-            .await
-            .unwrap()
-    );
+    r.done_unpublished(&key, "dead", Duration::from_millis(400), ttl)
+        .await;
     assert_eq!(r.deliver(&event("a-8", "emit")).await, Outcome::Duplicate);
     assert_eq!(
         r.published(),
@@ -405,17 +408,8 @@ async fn the_relay_never_revives_an_expired_record() {
     let r = rig("1s");
     let key = r.key_of("a-10");
     let short = Duration::from_millis(100);
-    r.store
-        .claim(&key, "w", Duration::from_millis(10), short)
-        .await
-        .unwrap();
-    let output = output("out-2");
-    assert!(
-        r.store
-            .complete(&key, "w", &[output], None, short)
-            .await
-            .unwrap()
-    );
+    r.done_unpublished(&key, "w", Duration::from_millis(10), short)
+        .await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(r.intake.relay_once().await, 0);
     assert_eq!(
@@ -425,28 +419,6 @@ async fn the_relay_never_revives_an_expired_record() {
             .unwrap(),
         Claim::Acquired { attempt: 1 },
         "no in-flight row left behind"
-    );
-}
-
-#[tokio::test]
-async fn the_ttl_counts_from_completion() {
-    let r = rig("1s");
-    let key = r.key_of("a-11");
-    let ttl = Duration::from_millis(300);
-    r.store
-        .claim(&key, "w", Duration::from_secs(1), ttl)
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(r.store.complete(&key, "w", &[], None, ttl).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // 400 ms after the claim, 200 ms after completion: still remembered.
-    assert_eq!(
-        r.store
-            .claim(&key, "x", Duration::from_secs(1), ttl)
-            .await
-            .unwrap(),
-        Claim::Done { unsent: vec![] }
     );
 }
 

@@ -6,7 +6,7 @@ use crate::{
     Emit, Transaction,
     config::CrashPoint,
     event::Context,
-    idempotency::{Claim, StoredOutput, StoredResponse},
+    idempotency::{Claim, StoredResponse},
     outcome::{Failure, FailureKind},
     telemetry::TraceContext,
 };
@@ -135,11 +135,7 @@ impl Intake {
         tx: Transaction,
         response: Option<&StoredResponse>,
     ) -> Result<(), Failure> {
-        let outputs = emits
-            .into_iter()
-            .enumerate()
-            .map(|(seq, e)| self.outgoing(cause, u32::try_from(seq).unwrap_or(u32::MAX), e))
-            .collect::<Result<Vec<StoredOutput>, _>>()?;
+        let outputs = self.outputs_of(cause, emits)?;
         self.crash_point(CrashPoint::AfterHandler);
         if let Some(r) = response {
             self.store
@@ -159,8 +155,7 @@ impl Intake {
             ));
         }
         self.crash_point(CrashPoint::AfterCommit);
-        if let Err(f) = self.publish_outputs(key, &outputs).await {
-            let _ = self.store.release(key, owner).await;
+        if let Err(f) = self.publish_or_release(key, owner, &outputs).await {
             tracing::warn!(reason = %f.message, "committed, but publishing failed; the outbox relay will publish");
         }
         Ok(())
