@@ -1009,7 +1009,7 @@ async fn chaos_kill_replica_loses_nothing_and_doubles_nothing() {
 
 #[tokio::test]
 async fn chaos_kill_replica_loses_nothing_and_doubles_nothing_on_postgres() {
-    chaos_kill_replica(Some(zerofn_tests::service("ZEROFN_TEST_POSTGRES"))).await;
+    chaos_kill_replica(Some(zerofn_tests::fresh_postgres().await)).await;
 }
 
 /// `store`: every replica's store (`--store`), else each function's SQLite file.

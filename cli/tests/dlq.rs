@@ -153,7 +153,7 @@ async fn a_dead_letter_is_listed_shown_and_replayed_once_after_the_fix() {
 
 #[tokio::test]
 async fn replay_all_works_on_every_store() {
-    for (name, store) in zerofn_tests::stores() {
+    for (name, store) in zerofn_tests::stores().await {
         let sink = Recorder::start().await.unwrap();
         let calls = Calls::default();
         calls.set_broken(true);

@@ -736,11 +736,29 @@ pub fn sqlite_url() -> String {
     format!("sqlite:{}/zerofn.db", dir.display())
 }
 
-/// Every store the runtime supports, by name and URL.
-pub fn stores() -> Vec<(&'static str, String)> {
+/// A new, empty PostgreSQL database on the test server (`ZEROFN_TEST_POSTGRES`), so a test's
+/// records, outbox and relay never meet another test's: functions are keyed by name, and
+/// every suite's function is `probe`.
+pub async fn fresh_postgres() -> String {
+    let admin = service("ZEROFN_TEST_POSTGRES");
+    let db = format!("zerofn_{}", uuid::Uuid::new_v4().simple());
+    let pool = store_pool(&admin).await;
+    // A name of our own making (a UUID), not input: safe to splice.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&pool)
+        .await
+        .expect("CREATE DATABASE");
+    pool.close().await;
+    let (base, _) = admin.rsplit_once('/').expect("a database URL");
+    format!("{base}/{db}")
+}
+
+/// Every store the runtime supports, by name and URL (SQLite and PostgreSQL fresh for the
+/// caller; Redis shared).
+pub async fn stores() -> Vec<(&'static str, String)> {
     vec![
         ("sqlite", sqlite_url()),
-        ("postgres", service("ZEROFN_TEST_POSTGRES")),
+        ("postgres", fresh_postgres().await),
         ("redis", service("ZEROFN_TEST_REDIS")),
     ]
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use zerofn::{dlq::DeadLetters, testing::Recorder};
-use zerofn_tests::{FnProcess, client, effect_rows, fresh_id, service, stores, structured, task};
+use zerofn_tests::{
+    FnProcess, client, effect_rows, fresh_id, fresh_postgres, stores, structured, task,
+};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_probe");
 
@@ -42,7 +44,7 @@ async fn deliver(
 async fn a_replica_stopped_past_its_grace_hands_the_event_over_at_once() {
     let sink = Recorder::start().await.unwrap();
     let sink_url = sink.url();
-    for (name, store) in stores() {
+    for (name, store) in stores().await {
         // A lease far longer than the test: without the release on drain timeout, the next
         // replica would wait for it (and the 20 s client timeout below would fire).
         let env = [
@@ -109,7 +111,7 @@ async fn a_handler_that_kills_its_process_every_time_is_dead_lettered_after_max_
     // The probe's delivery.max_attempts is 3.
     let sink = Recorder::start().await.unwrap();
     let sink_url = sink.url();
-    for (name, store) in stores() {
+    for (name, store) in stores().await {
         let env = [
             ("K_SINK", sink_url.as_str()),
             ("ZEROFN_STORE", store.as_str()),
@@ -152,7 +154,7 @@ async fn a_handler_that_kills_its_process_every_time_is_dead_lettered_after_max_
 
 #[tokio::test]
 async fn a_5kb_event_id_is_refused_as_malformed_not_retried_on_postgres() {
-    let store = service("ZEROFN_TEST_POSTGRES");
+    let store = fresh_postgres().await;
     let sink = Recorder::start().await.unwrap();
     let sink_url = sink.url();
     let p = FnProcess::start(
@@ -206,7 +208,7 @@ fn runs_of(p: &FnProcess, id: &str) -> usize {
 async fn a_forged_replayof_is_not_applied_again_and_a_genuine_replay_applies_once() {
     let sink = Recorder::start().await.unwrap();
     let sink_url = sink.url();
-    for (name, store) in stores() {
+    for (name, store) in stores().await {
         let env = [
             ("K_SINK", sink_url.as_str()),
             ("ZEROFN_STORE", store.as_str()),

@@ -12,8 +12,8 @@ use zerofn::{
     testing::{Recorder, TestServer},
 };
 use zerofn_tests::{
-    Calls, FnProcess, MANIFEST, client, effect_rows, fresh_id, probe, service, sqlite_url, stores,
-    structured, task,
+    Calls, FnProcess, MANIFEST, client, effect_rows, fresh_id, fresh_postgres, probe, sqlite_url,
+    stores, structured, task,
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_probe");
@@ -59,7 +59,7 @@ fn published_for(sink: &Recorder, id: &str) -> usize {
 
 #[tokio::test]
 async fn the_same_event_50_times_sequentially_and_concurrently_runs_once_on_every_store() {
-    for (name, url) in stores() {
+    for (name, url) in stores().await {
         let sink = Recorder::start().await.unwrap();
         let calls = Calls::default();
         let sink_url = sink.url();
@@ -340,7 +340,7 @@ async fn crash_and_recover(store: &str, point: &str) {
 
 #[tokio::test]
 async fn a_crash_at_any_point_gives_one_effect_and_one_output() {
-    for store in [sqlite_url(), service("ZEROFN_TEST_POSTGRES")] {
+    for store in [sqlite_url(), fresh_postgres().await] {
         for point in ["after_claim", "after_handler", "after_commit"] {
             crash_and_recover(&store, point).await;
         }
@@ -490,7 +490,7 @@ async fn a_business_key_from_data_and_the_record_ttl() {
 
 #[tokio::test]
 async fn the_outbox_relay_publishes_what_a_failed_publish_left_behind() {
-    for (name, url) in stores() {
+    for (name, url) in stores().await {
         let sink = Recorder::start().await.unwrap();
         sink.respond_with(500);
         let calls = Calls::default();

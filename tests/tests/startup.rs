@@ -131,19 +131,6 @@ async fn replicas_starting_together_on_a_fresh_store_all_start() {
     let sqlite = format!("sqlite:{}/zerofn.db", dir.display());
     assert_eq!(start_together(&sqlite, 6).await, 6, "sqlite");
     // PostgreSQL: a database of its own, so the migrations really run for the first time.
-    let admin = zerofn_tests::service("ZEROFN_TEST_POSTGRES");
-    let db = format!("zerofn_migrate_{}", uuid::Uuid::new_v4().simple());
-    let pool = zerofn_tests::store_pool(&admin).await;
-    // A fresh name of our own making (a UUID), not input: safe to splice.
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    assert_eq!(
-        start_together(&format!("{base}/{db}"), 6).await,
-        6,
-        "postgres"
-    );
+    let fresh = zerofn_tests::fresh_postgres().await;
+    assert_eq!(start_together(&fresh, 6).await, 6, "postgres");
 }

@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 use zerofn::testing::Recorder;
-use zerofn_tests::{FnProcess, client, effect_rows, fresh_id, service, sqlite_url};
+use zerofn_tests::{FnProcess, client, effect_rows, fresh_id, fresh_postgres, sqlite_url};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_probe");
 
-fn sql_stores() -> Vec<(&'static str, String)> {
+async fn sql_stores() -> Vec<(&'static str, String)> {
     vec![
         ("sqlite", sqlite_url()),
-        ("postgres", service("ZEROFN_TEST_POSTGRES")),
+        ("postgres", fresh_postgres().await),
     ]
 }
 
@@ -45,7 +45,7 @@ fn notifications(sink: &Recorder) -> usize {
 
 #[tokio::test]
 async fn a_write_and_its_event_commit_together_and_publish_once() {
-    for (name, store) in sql_stores() {
+    for (name, store) in sql_stores().await {
         let sink = Recorder::start().await.unwrap();
         let sink_url = sink.url();
         let p = FnProcess::start(PROBE, &[("K_SINK", &sink_url), ("ZEROFN_STORE", &store)]).await;
@@ -72,7 +72,7 @@ async fn a_write_and_its_event_commit_together_and_publish_once() {
 
 #[tokio::test]
 async fn a_crash_between_the_write_and_its_event_leaves_both_or_neither() {
-    for (name, store) in sql_stores() {
+    for (name, store) in sql_stores().await {
         for (point, both) in [("after_handler", false), ("after_commit", true)] {
             let sink = Recorder::start().await.unwrap();
             let sink_url = sink.url();
@@ -127,16 +127,20 @@ async fn a_write_needs_a_sql_store() {
     let sink = Recorder::start().await.unwrap();
     let sink_url = sink.url();
     let p = FnProcess::start(PROBE, &[("K_SINK", &sink_url), ("ZEROFN_STORE", "memory")]).await;
-    let r = write(&p, &fresh_id("mem"), "").await.unwrap();
-    assert_eq!(r.status(), 503);
-    let body: Value = r.json().await.unwrap();
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("needs a SQL store"),
-        "{body}"
-    );
+    let id = fresh_id("mem");
+    // Twice with one key: the refused write does not leave its key claimed (no 409).
+    for _ in 0..2 {
+        let r = keyed(&p, &id, "k-mem", "").await;
+        assert_eq!(r.status(), 503);
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("needs a SQL store"),
+            "{body}"
+        );
+    }
 }
 
 async fn keyed(p: &FnProcess, id: &str, key: &str, query: &str) -> reqwest::Response {
@@ -151,7 +155,7 @@ async fn keyed(p: &FnProcess, id: &str, key: &str, query: &str) -> reqwest::Resp
 
 #[tokio::test]
 async fn an_idempotency_key_makes_a_retried_write_answer_the_first_response_and_emit_nothing_new() {
-    for (name, store) in sql_stores() {
+    for (name, store) in sql_stores().await {
         let sink = Recorder::start().await.unwrap();
         let sink_url = sink.url();
         let p = FnProcess::start(PROBE, &[("K_SINK", &sink_url), ("ZEROFN_STORE", &store)]).await;
@@ -193,7 +197,7 @@ async fn an_idempotency_key_makes_a_retried_write_answer_the_first_response_and_
 #[tokio::test]
 async fn a_repeat_while_the_first_write_runs_gets_409_then_the_first_response() {
     // PostgreSQL: SQLite's write lock would fence the record by itself; here only the lease does.
-    let store = service("ZEROFN_TEST_POSTGRES");
+    let store = fresh_postgres().await;
     let sink = Recorder::start().await.unwrap();
     let sink_url = sink.url();
     // A 1 s lease and a 3 s write: only the renewed lease keeps a repeat from taking it over.

@@ -175,7 +175,9 @@ impl Intake {
                 .await
             {
                 Ok(unsent) if unsent.is_empty() => {}
-                Ok(unsent) => match self.publish_or_release(&key, &owner, &unsent).await {
+                // On a failure the relay keeps the right until its lease ends: that key waits a
+                // lease (a back-off) while the next rounds reach the others.
+                Ok(unsent) => match self.publish_outputs(&key, &unsent).await {
                     Ok(()) => {
                         published += unsent.len();
                         tracing::info!(
@@ -184,7 +186,7 @@ impl Intake {
                         );
                     }
                     Err(f) => {
-                        tracing::warn!(reason = %f.message, "outbox relay could not publish; will try again");
+                        tracing::warn!(reason = %f.message, "outbox relay could not publish; will try again after a lease");
                     }
                 },
                 Err(e) => tracing::warn!(error = %e, "outbox relay could not take a record"),

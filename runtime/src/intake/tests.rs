@@ -404,6 +404,27 @@ async fn a_duplicate_publishes_unsent_outputs_once_the_right_is_free() {
 }
 
 #[tokio::test]
+async fn the_relay_backs_off_a_key_it_could_not_publish() {
+    let r = rig("1s");
+    let key = r.key_of("a-13");
+    r.done_unpublished(
+        &key,
+        "dead",
+        Duration::from_millis(10),
+        Duration::from_secs(60),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    r.publisher.failing.store(true, Ordering::SeqCst);
+    assert_eq!(r.intake.relay_once().await, 0, "the broker is down");
+    r.publisher.failing.store(false, Ordering::SeqCst);
+    // It keeps the right for a lease: the next rounds reach other keys first.
+    assert_eq!(r.intake.relay_once().await, 0, "backing off");
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    assert_eq!(r.intake.relay_once().await, 1);
+}
+
+#[tokio::test]
 async fn the_relay_never_revives_an_expired_record() {
     let r = rig("1s");
     let key = r.key_of("a-10");

@@ -68,22 +68,23 @@ impl Intake {
                 ));
             }
         }
-        let tx = self
-            .store
-            .begin()
-            .await
-            .map_err(store_down)?
-            .ok_or_else(|| {
-                Failure::new(
-                    FailureKind::StoreUnavailable,
-                    format!(
-                        "function {} writes through zerofn::Write, which needs a SQL store \
+        // Claimed first (on SQLite the transaction below holds the write lock); released again
+        // when no transaction can be had, so a retry of the same key is not answered 409.
+        let begun = self.store.begin().await;
+        if !matches!(begun, Ok(Some(_))) {
+            self.abandon_write(&key, &owner).await;
+        }
+        let tx = begun.map_err(store_down)?.ok_or_else(|| {
+            Failure::new(
+                FailureKind::StoreUnavailable,
+                format!(
+                    "function {} writes through zerofn::Write, which needs a SQL store \
                      (ZEROFN_STORE=sqlite:… or postgres://…), not {}",
-                        self.manifest.name,
-                        crate::idempotency::sql::redact(&self.config.store)
-                    ),
-                )
-            })?;
+                    self.manifest.name,
+                    crate::idempotency::sql::redact(&self.config.store)
+                ),
+            )
+        })?;
         let cause = Context {
             id,
             source: format!("{}/http", self.source),
