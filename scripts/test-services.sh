@@ -60,7 +60,7 @@ up() {
   as_postgres "'$bin/psql' -h 127.0.0.1 -p $PG_PORT -U postgres -q -c 'CREATE DATABASE zerofn' >/dev/null"
 
   mkdir -p "$ROOT/redis"
-  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no --dir "$ROOT/redis" \
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no --databases 1024 --dir "$ROOT/redis" \
     --daemonize yes --pidfile "$ROOT/redis/redis.pid" --logfile "$ROOT/redis/redis.log"
   for _ in $(seq 1 100); do
     redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1 && break

@@ -421,8 +421,40 @@ fn key_of(source: &str, id: &str) -> String {
 
 #[tokio::test]
 async fn raw_dead_letters_of_the_transport_are_listed_and_replayed_once() {
-    let engine = Engine::start(&[probe_fn()], None, &[], &[]).await;
-    let store = engine.store("probe");
+    raw_dead_letters(None).await;
+}
+
+#[tokio::test]
+async fn raw_dead_letters_of_the_transport_are_listed_and_replayed_once_on_postgres() {
+    raw_dead_letters(Some(zerofn_tests::fresh_postgres().await)).await;
+}
+
+#[tokio::test]
+async fn raw_dead_letters_of_the_transport_are_listed_and_replayed_once_on_redis() {
+    raw_dead_letters(Some(zerofn_tests::fresh_redis().await)).await;
+}
+
+/// How many times the probe's handler ran for event `id`, by the replicas' logs (which the
+/// engine passes through).
+fn handler_runs(engine: &Engine, id: &str) -> usize {
+    engine
+        .process
+        .log_lines()
+        .iter()
+        .filter(|l| l["message"] == "probe handler invoked" && l["event_id"] == id)
+        .count()
+}
+
+/// `store`: every replica's store (`--store`), else each function's SQLite file in the state
+/// dir (where `zerofn dlq` then finds every function's dead letters without flags).
+async fn raw_dead_letters(shared: Option<String>) {
+    let mut args = Vec::new();
+    if let Some(url) = &shared {
+        args.extend(["--store", url.as_str()]);
+    }
+    let engine = Engine::start(&[probe_fn()], None, &[], &args).await;
+    let store = shared.clone().unwrap_or_else(|| engine.store("probe"));
+    let sql = !store.starts_with("redis");
     // Warm up: the replica creates the store.
     engine
         .post_events(&[task_event(&fresh_id("warm"), "record", "u-1")])
@@ -436,19 +468,7 @@ async fn raw_dead_letters_of_the_transport_are_listed_and_replayed_once() {
     // than leases are): every delivery is answered RETRY until the engine's budget (10
     // retries, as Dapr's) runs out and it dead-letters the record raw.
     let id = fresh_id("stuck");
-    let pool = store_pool(&store).await;
-    let now = chrono::Utc::now().timestamp_millis();
-    sqlx::query(
-        "INSERT INTO zerofn_inbox (function, key, state, owner, lease_until, attempts, created_at, expires_at) \
-         VALUES ('probe', $1, 'in_flight', 'stuck', $2, 0, $3, $2)",
-    )
-    .bind(key_of("/tests/dev", &id))
-    .bind(now + 3_600_000)
-    .bind(now)
-    .execute(&pool)
-    .await
-    .unwrap();
-    pool.close().await;
+    zerofn_tests::stick_claim(&store, "probe", &key_of("/tests/dev", &id)).await;
     engine
         .post_events(&[task_event(&id, "record", "u-2")])
         .await;
@@ -499,12 +519,58 @@ async fn raw_dead_letters_of_the_transport_are_listed_and_replayed_once() {
         record["original"]["body"].as_str().unwrap().contains(&id),
         "the original bytes: {record}"
     );
-    assert!(
-        effects(&store).await.iter().all(|e| *e != id),
-        "not applied"
-    );
-    // Without --store, `zerofn dlq` in the engine's state dir lists every function's dead
-    // letters and the gateway's, each with its function; --fn filters.
+    assert_eq!(handler_runs(&engine, &id), 0, "not applied");
+    if shared.is_none() {
+        state_dir_listing(&engine, &record).await;
+    }
+    // Replay through the function's sidecar, as `--dapr` does in a cluster: applied once.
+    let sidecar = engine
+        .process
+        .log_lines()
+        .into_iter()
+        .find(|l| l["message"] == "function registered (0 replicas)" && l["function"] == "probe")
+        .unwrap()["sidecar_port"]
+        .as_u64()
+        .unwrap();
+    let dl = record["id"].as_str().unwrap().to_string();
+    let replay = || {
+        zerofn(vec![
+            "dlq".into(),
+            "replay".into(),
+            dl.clone(),
+            "--store".into(),
+            store.clone(),
+            "--dapr".into(),
+            format!("http://127.0.0.1:{sidecar}"),
+        ])
+    };
+    replay().await;
+    for _ in 0..300 {
+        if handler_runs(&engine, &id) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    replay().await;
+    engine
+        .wait_for("probe", 60, "both replays handled", |s| s["total_lag"] == 0)
+        .await;
+    assert_eq!(handler_runs(&engine, &id), 1, "replayed twice, run once");
+    if sql {
+        let applied = effects(&store)
+            .await
+            .into_iter()
+            .filter(|e| *e == id)
+            .count();
+        assert_eq!(applied, 1, "replayed twice, applied once");
+    }
+    engine.stop().await;
+}
+
+/// Without `--store`, `zerofn dlq` in the engine's state dir lists every function's dead
+/// letters and the gateway's, each with its function; `--fn` filters. `record`: a dead
+/// letter of `probe` already listed.
+async fn state_dir_listing(engine: &Engine, record: &Value) {
     let refused = client()
         .post(engine.url("/events"))
         .header("content-type", "application/cloudevents+json")
@@ -558,45 +624,6 @@ async fn raw_dead_letters_of_the_transport_are_listed_and_replayed_once() {
         probe_only.iter().any(|(i, _)| *i == dl_id),
         "{probe_only:?}"
     );
-    // Replay through the function's sidecar, as `--dapr` does in a cluster: applied once.
-    let sidecar = engine
-        .process
-        .log_lines()
-        .into_iter()
-        .find(|l| l["message"] == "function registered (0 replicas)" && l["function"] == "probe")
-        .unwrap()["sidecar_port"]
-        .as_u64()
-        .unwrap();
-    let dl = record["id"].as_str().unwrap().to_string();
-    let replay = || {
-        zerofn(vec![
-            "dlq".into(),
-            "replay".into(),
-            dl.clone(),
-            "--store".into(),
-            store.clone(),
-            "--dapr".into(),
-            format!("http://127.0.0.1:{sidecar}"),
-        ])
-    };
-    replay().await;
-    for _ in 0..300 {
-        if effects(&store).await.contains(&id) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    replay().await;
-    engine
-        .wait_for("probe", 60, "both replays handled", |s| s["total_lag"] == 0)
-        .await;
-    let applied = effects(&store)
-        .await
-        .into_iter()
-        .filter(|e| *e == id)
-        .count();
-    assert_eq!(applied, 1, "replayed twice, applied once");
-    engine.stop().await;
 }
 
 #[tokio::test]
@@ -1013,6 +1040,11 @@ async fn chaos_kill_replica_loses_nothing_and_doubles_nothing_on_postgres() {
 }
 
 /// `store`: every replica's store (`--store`), else each function's SQLite file.
+#[tokio::test]
+async fn chaos_kill_replica_loses_nothing_and_doubles_nothing_on_redis() {
+    chaos_kill_replica(Some(zerofn_tests::fresh_redis().await)).await;
+}
+
 async fn chaos_kill_replica(store: Option<String>) {
     // Kills a replica every second while 2 000 events are handled, with the default lease and
     // retry policy. A delivery cut off by a kill is redelivered; the dead holder's lease (6 s,
@@ -1024,15 +1056,15 @@ async fn chaos_kill_replica(store: Option<String>) {
     }
     let engine = Engine::start(&[probe_fn()], None, &[], &args).await;
     let store = store.unwrap_or_else(|| engine.store("probe"));
+    // On a SQL store each event writes an effect row in its delivery's transaction. Redis
+    // holds no handler transaction, so there each event emits a notification instead: its
+    // output is stored with the completion, so one application means one stored output,
+    // published (perhaps more than once, as the same bytes) and never a second, different one.
+    let sql = !store.starts_with("redis");
+    let title = if sql { "record-slow:5" } else { "emit" };
     let prefix = fresh_id("chaos");
     let events: Vec<Value> = (0..2000)
-        .map(|i| {
-            task_event(
-                &format!("{prefix}-{i:03}"),
-                "record-slow:5",
-                &format!("k{}", i % 8),
-            )
-        })
+        .map(|i| task_event(&format!("{prefix}-{i:03}"), title, &format!("k{}", i % 8)))
         .collect();
     engine.post_events(&events).await;
     let s = engine
@@ -1042,14 +1074,45 @@ async fn chaos_kill_replica(store: Option<String>) {
                     >= 2000
         })
         .await;
+    let log = store_pool(&format!("sqlite:{}", engine.state.join("log.db").display())).await;
     let mut applied: HashMap<String, usize> = HashMap::new();
-    for r in effects(&store).await {
-        if r.starts_with(&prefix) {
-            *applied.entry(r).or_default() += 1;
+    if sql {
+        for r in effects(&store).await {
+            if r.starts_with(&prefix) {
+                *applied.entry(r).or_default() += 1;
+            }
+        }
+    } else {
+        // Every event is acknowledged, so done; an output whose publish a kill cut off is
+        // published by the next delivery, the relay or the replica's flush on its way out.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let published: Vec<Vec<u8>> = sqlx::query_scalar(
+                "SELECT value FROM records WHERE topic = 'todo.notification.sent'",
+            )
+            .fetch_all(&log)
+            .await
+            .unwrap();
+            let mut outputs: HashMap<String, std::collections::HashSet<Vec<u8>>> = HashMap::new();
+            for bytes in published {
+                let event: Value = serde_json::from_slice(&bytes).unwrap();
+                let cause = event["causationid"].as_str().unwrap().to_string();
+                if cause.starts_with(&prefix) {
+                    outputs.entry(cause).or_default().insert(bytes);
+                }
+            }
+            applied = outputs.into_iter().map(|(k, v)| (k, v.len())).collect();
+            if applied.len() == 2000 || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    assert!(applied.values().all(|n| *n == 1), "nothing doubled");
-    let log = store_pool(&format!("sqlite:{}", engine.state.join("log.db").display())).await;
+    assert!(
+        applied.values().all(|n| *n == 1),
+        "nothing doubled: {:?}",
+        applied.iter().filter(|(_, n)| **n != 1).collect::<Vec<_>>()
+    );
     let dead: Vec<Vec<u8>> =
         sqlx::query_scalar("SELECT value FROM records WHERE topic = 'deadletter.probe'")
             .fetch_all(&log)
@@ -1066,7 +1129,11 @@ async fn chaos_kill_replica(store: Option<String>) {
         })
         .collect();
     assert_eq!(dead, Vec::<String>::new(), "nothing dead-lettered: {s}");
-    assert_eq!(applied.len(), 2000, "nothing lost: {s}");
+    let missing: Vec<String> = (0..2000)
+        .map(|i| format!("{prefix}-{i:03}"))
+        .filter(|id| !applied.contains_key(id))
+        .collect();
+    assert_eq!(missing, Vec::<String>::new(), "nothing lost: {s}");
     let kills = engine
         .process
         .log_lines()
@@ -1074,6 +1141,61 @@ async fn chaos_kill_replica(store: Option<String>) {
         .filter(|l| l["message"] == "chaos: SIGKILL")
         .count();
     assert!(kills >= 1, "the chaos actually struck");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn outputs_a_dead_replica_left_unsent_are_published_though_no_event_comes() {
+    // Every replica aborts right after it commits (so its output is stored, unsent, under its
+    // lease); the redelivery finds the record done and the publish right still the dead
+    // worker's, so it acknowledges without publishing. Then that replica is SIGKILLed too, so
+    // no replica is left to flush its outbox on the way out, and no event will come. The
+    // engine sees the function at zero with a backlog and wakes it to publish.
+    let env = [
+        ("ZEROFN_CRASH_AT", "after_commit"),
+        ("ZEROFN_RELAY_INTERVAL", "1h"),
+    ];
+    let engine = Engine::start(&[probe_fn()], None, &env, &[]).await;
+    let id = fresh_id("orphan");
+    engine.post_events(&[task_event(&id, "emit", "u-9")]).await;
+    let s = engine
+        .wait_for("probe", 60, "acknowledged as a duplicate", |s| {
+            s["lag"]["todo.task.created"] == 0 && s["processed"].as_u64() >= Some(1)
+        })
+        .await;
+    assert_eq!(s["published"], 0, "nothing published yet: {s}");
+    for pid in s["pids"].as_array().unwrap() {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    let log = store_pool(&format!("sqlite:{}", engine.state.join("log.db").display())).await;
+    let published = || async {
+        let rows: Vec<Vec<u8>> =
+            sqlx::query_scalar("SELECT value FROM records WHERE topic = 'todo.notification.sent'")
+                .fetch_all(&log)
+                .await
+                .unwrap();
+        rows.iter()
+            .filter(|v| serde_json::from_slice::<Value>(v).unwrap()["causationid"] == id.as_str())
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while published().await == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        published().await,
+        1,
+        "published once, with no event to wake the function"
+    );
+    assert!(
+        engine.process.log_lines().iter().any(
+            |l| l["message"] == "outputs left unsent at zero: waking a replica to publish them"
+        ),
+        "the backlog woke it"
+    );
+    log.close().await;
     engine.stop().await;
 }
 

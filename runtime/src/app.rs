@@ -148,6 +148,7 @@ impl App {
                 () = crate::shutdown::parent_gone(parent) => std::time::Duration::ZERO,
             };
             tracing::info!(in_flight = drain.in_flight(), grace = ?grace, "draining");
+            let deadline = std::time::Instant::now() + grace;
             let mut result = drain.drain(grace).await;
             if let Err(in_flight) = result {
                 // Give up on what is still running: each attempt stops, records itself as
@@ -161,7 +162,7 @@ impl App {
                 let _ = drain.drain(RELEASE_CLAIMS).await;
                 result = Err(in_flight);
             }
-            let _ = done_tx.send(result);
+            let _ = done_tx.send((result, deadline));
         };
         // hyper-util rather than `axum::serve`, for HTTP/1 half-close: a client that shuts its
         // write side after sending still gets its response.
@@ -177,7 +178,7 @@ impl App {
                 // The shutdown sequence: drain runs while the listener still answers (503 to new
                 // deliveries, probes served); once drained, stop accepting.
                 () = &mut graceful, if !begun => begun = true,
-                drained = &mut done_rx => break drained.unwrap_or(Ok(())),
+                drained = &mut done_rx => break drained.unwrap_or((Ok(()), std::time::Instant::now())),
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
                         let service = TowerToHyperService::new(router.clone());
@@ -195,15 +196,18 @@ impl App {
                 },
             }
         };
+        let (drained, deadline) = drained;
         drop(listener);
+        purge.abort();
+        relay.abort();
         if drained.is_ok() {
-            // Nothing is in flight: close idle keep-alive connections.
+            // Nothing is in flight: publish what a dead worker left unsent (once its right
+            // lapses, within the grace), then close idle keep-alive connections.
+            state.intake.flush_outbox(deadline).await;
             let _ = tokio::time::timeout(CLOSE_CONNECTIONS, connections.shutdown()).await;
         }
         // On a drain timeout the stuck deliveries' connections are not waited for: they were
         // never acknowledged, so the broker delivers them again.
-        purge.abort();
-        relay.abort();
         match drained {
             Err(in_flight) => Err(Error::DrainTimeout { grace, in_flight }),
             Ok(()) => {

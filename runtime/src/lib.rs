@@ -43,6 +43,7 @@
 #![deny(missing_docs)]
 
 mod app;
+pub mod backlog;
 mod codec;
 pub mod config;
 pub mod contract;

@@ -753,12 +753,86 @@ pub async fn fresh_postgres() -> String {
     format!("{base}/{db}")
 }
 
-/// Every store the runtime supports, by name and URL (SQLite and PostgreSQL fresh for the
-/// caller; Redis shared).
+/// An empty Redis database of its own on the test server (`ZEROFN_TEST_REDIS`, started with
+/// 1 024 databases): a counter in database 0 hands out databases 1..=1023 in turn, each
+/// flushed before use, so a test's records and relay never meet another test's (as
+/// [`fresh_postgres`] does for PostgreSQL).
+pub async fn fresh_redis() -> String {
+    let base = service("ZEROFN_TEST_REDIS");
+    let base = base.trim_end_matches('/');
+    let client = redis::Client::open(base).expect("a Redis URL");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis is up");
+    let n: u64 = redis::cmd("INCR")
+        .arg("zerofn-tests:next-db")
+        .query_async(&mut conn)
+        .await
+        .expect("INCR");
+    let db = 1 + (n - 1) % 1023;
+    let url = format!("{base}/{db}");
+    let mut fresh = redis::Client::open(url.as_str())
+        .expect("a Redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis is up");
+    let () = redis::cmd("FLUSHDB")
+        .query_async(&mut fresh)
+        .await
+        .expect("FLUSHDB");
+    url
+}
+
+/// Leaves the claim of `key` (a record of `function`) with a holder that never lets go (an
+/// hour's lease, far longer than leases are), on any store: every delivery of that event is
+/// answered "in flight" until the transport's retries run out. The SQL stores need their
+/// tables, so a replica must have started on `store` first.
+pub async fn stick_claim(store: &str, function: &str, key: &str) {
+    let now = chrono::Utc::now().timestamp_millis();
+    let hour = 3_600_000_i64;
+    if store.starts_with("redis") {
+        let mut conn = redis::Client::open(store)
+            .expect("a Redis URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis is up");
+        let () = redis::cmd("HSET")
+            .arg(format!("zerofn:{function}:rec:{key}"))
+            .arg(&["state", "in_flight", "owner", "stuck", "attempts", "0"][..])
+            .query_async(&mut conn)
+            .await
+            .expect("HSET");
+        let () = redis::cmd("SET")
+            .arg(format!("zerofn:{function}:lease:{key}"))
+            .arg("stuck")
+            .arg("PX")
+            .arg(hour)
+            .query_async(&mut conn)
+            .await
+            .expect("SET");
+        return;
+    }
+    let pool = store_pool(store).await;
+    sqlx::query(
+        "INSERT INTO zerofn_inbox (function, key, state, owner, lease_until, attempts, created_at, expires_at) \
+         VALUES ($1, $2, 'in_flight', 'stuck', $3, 0, $4, $3)",
+    )
+    .bind(function)
+    .bind(key)
+    .bind(now + hour)
+    .bind(now)
+    .execute(&pool)
+    .await
+    .expect("the store has its tables");
+    pool.close().await;
+}
+
+/// Every store the runtime supports, by name and URL, each fresh for the caller.
 pub async fn stores() -> Vec<(&'static str, String)> {
     vec![
         ("sqlite", sqlite_url()),
         ("postgres", fresh_postgres().await),
-        ("redis", service("ZEROFN_TEST_REDIS")),
+        ("redis", fresh_redis().await),
     ]
 }

@@ -382,13 +382,22 @@ impl Engine {
             .iter()
             .map(|sub| self.log.topics().get(&sub.topic).copied().unwrap_or(1))
             .sum();
+        let mut backlog = BacklogWatch::default();
         loop {
             let lags = self.log.lags(&f.name, &f.topics);
             let total: i64 = lags.iter().map(|l| l.2).sum();
+            let total = u64::try_from(total).unwrap_or(0);
+            let idle = {
+                let st = f.st();
+                total == 0 && st.starting == 0 && !st.replicas.iter().any(|r| r.serving())
+            };
+            // At zero, outputs a dead replica left unsent count as work: only a replica's
+            // relay (or its flush on the way out) publishes them.
+            let unsent = idle && backlog.pending(&self.store_of(&f), &f.name).await;
             let inputs = {
                 let st = f.st();
                 Inputs {
-                    total_lag: u64::try_from(total).unwrap_or(0),
+                    total_lag: total + u64::from(unsent),
                     partitions: (partitions > 0).then_some(partitions),
                     http: f
                         .manifest
@@ -450,12 +459,26 @@ impl Engine {
         }
     }
 
+    /// Where `f`'s replicas keep their data (`ZEROFN_DATA_DIR`).
+    fn data_dir(&self, f: &Function) -> PathBuf {
+        self.opts.state_dir.join("functions").join(&f.name)
+    }
+
+    /// The store `f`'s replicas use: `--store`, else the function's SQLite file.
+    fn store_of(&self, f: &Function) -> String {
+        self.opts
+            .store
+            .clone()
+            .unwrap_or_else(|| format!("sqlite:{}", self.data_dir(f).join("zerofn.db").display()))
+    }
+
     async fn start_replica(self: Arc<Self>, f: Arc<Function>, id: u64) {
         let began = Instant::now();
-        let data_dir = self.opts.state_dir.join("functions").join(&f.name);
+        let data_dir = self.data_dir(&f);
         let pid_dir = self.opts.state_dir.join(PID_DIR);
+        let store = self.store_of(&f);
         let spec = Spec {
-            store: self.opts.store.as_deref(),
+            store: &store,
             pid_dir: &pid_dir,
             function: &f.name,
             binary: &f.binary,
@@ -591,5 +614,55 @@ impl Engine {
             "topics": self.log.topics(),
             "retention_dropped_unread": self.log.dropped_unread(),
         })
+    }
+}
+
+/// A function's outbox backlog, looked at every [`BACKLOG_POLL`] while the function is at zero.
+#[derive(Default)]
+struct BacklogWatch {
+    backlog: Option<zerofn::backlog::Backlog>,
+    checked: Option<Instant>,
+    pending: bool,
+}
+
+/// How often a function at zero is checked for outputs left unsent.
+const BACKLOG_POLL: Duration = Duration::from_secs(2);
+
+impl BacklogWatch {
+    async fn pending(&mut self, store: &str, function: &str) -> bool {
+        if self.checked.is_some_and(|at| at.elapsed() < BACKLOG_POLL) {
+            return self.pending;
+        }
+        self.checked = Some(Instant::now());
+        // A SQLite file no replica has created yet holds nothing: do not create it here.
+        if let Some(path) = store.strip_prefix("sqlite:")
+            && !std::path::Path::new(path).exists()
+        {
+            self.pending = false;
+            return false;
+        }
+        if self.backlog.is_none() {
+            match zerofn::backlog::Backlog::open(store, function).await {
+                Ok(b) => self.backlog = Some(b),
+                Err(e) => {
+                    tracing::debug!(function, error = %e, "cannot look at the outbox backlog");
+                    return false;
+                }
+            }
+        }
+        self.pending = match &self.backlog {
+            Some(b) => b.pending().await.unwrap_or_else(|e| {
+                tracing::debug!(function, error = %e, "cannot look at the outbox backlog");
+                false
+            }),
+            None => false,
+        };
+        if self.pending {
+            tracing::info!(
+                function,
+                "outputs left unsent at zero: waking a replica to publish them"
+            );
+        }
+        self.pending
     }
 }

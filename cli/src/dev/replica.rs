@@ -84,8 +84,8 @@ pub(crate) struct Spec<'a> {
     pub(crate) data_dir: &'a Path,
     /// Where the engine notes each replica's pid, for the next engine to sweep.
     pub(crate) pid_dir: &'a Path,
-    /// The store every replica uses (`--store`), else the function's SQLite file.
-    pub(crate) store: Option<&'a str>,
+    /// The store every replica uses (`--store`, else the function's SQLite file).
+    pub(crate) store: &'a str,
     pub(crate) start_timeout: Duration,
 }
 
@@ -154,17 +154,13 @@ impl Replica {
         let port = free_port().map_err(|e| StartError(format!("no free port: {e}")))?;
         std::fs::create_dir_all(spec.data_dir)
             .map_err(|e| StartError(format!("cannot create {}: {e}", spec.data_dir.display())))?;
-        let store = spec.store.map_or_else(
-            || format!("sqlite:{}", spec.data_dir.join("zerofn.db").display()),
-            str::to_string,
-        );
         let mut cmd = Command::new(spec.binary);
         cmd.env("PORT", port.to_string())
             .env("ZEROFN_BIND_ADDR", "127.0.0.1")
             .env("DAPR_HTTP_PORT", spec.sidecar_port.to_string())
             .env("ZEROFN_TRANSPORT", "dapr")
             .env("ZEROFN_DATA_DIR", spec.data_dir)
-            .env("ZEROFN_STORE", store)
+            .env("ZEROFN_STORE", spec.store)
             .env("ZEROFN_REPLICA", spec.id.to_string())
             // The replica exits when the engine is gone, even SIGKILLed.
             .env(

@@ -34,13 +34,15 @@ async fn stores() -> Vec<(&'static str, Arc<dyn Store>)> {
     all
 }
 
-fn output(id: &str) -> StoredOutput {
+/// An outbox entry, as a worker that completed would have stored it (shared by the tests of
+/// the intake and the backlog).
+pub(crate) fn output(id: &str) -> StoredOutput {
     StoredOutput {
         seq: 0,
         event_id: id.into(),
         event_type: "todo.notification.sent".into(),
-        pubsub: "p".into(),
-        topic: "t".into(),
+        pubsub: "kafka-pubsub".into(),
+        topic: "todo.notification.sent".into(),
         body: "{}".into(),
         traceparent: String::new(),
         partition_key: None,
@@ -152,6 +154,10 @@ async fn the_relay_takes_only_lapsed_publish_rights_and_never_revives_a_record()
             vec![],
             "{name}: w still holds it"
         );
+        assert!(
+            s.has_unsent().await.unwrap(),
+            "{name}: held, still a backlog"
+        );
         tokio::time::sleep(MS(350)).await;
         assert_eq!(
             s.take_unsent(&k, "relay", MS(300)).await.unwrap(),
@@ -164,6 +170,7 @@ async fn the_relay_takes_only_lapsed_publish_rights_and_never_revives_a_record()
             "{name}: one holder"
         );
         s.mark_sent(&k, 0).await.unwrap();
+        assert!(!s.has_unsent().await.unwrap(), "{name}: no backlog");
         tokio::time::sleep(MS(350)).await;
         assert_eq!(
             s.take_unsent(&k, "other", MS(300)).await.unwrap(),

@@ -243,6 +243,19 @@ impl Store for MemoryStore {
         })
     }
 
+    fn has_unsent(&self) -> BoxFut<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let now = now_ms();
+            self.with(|inner| {
+                inner.records.values().any(|r| {
+                    r.state == State::Done
+                        && r.expires_at > now
+                        && r.outputs.iter().any(|(_, sent)| !sent)
+                })
+            })
+        })
+    }
+
     fn mark_sent<'a>(&'a self, key: &'a str, seq: u32) -> BoxFut<'a, Result<(), StoreError>> {
         Box::pin(async move {
             self.with(|inner| {

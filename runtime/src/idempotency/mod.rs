@@ -18,7 +18,7 @@
 //! Records expire `ttl` after their last state change (claim, completion).
 
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
@@ -227,6 +227,10 @@ pub(crate) trait Store: Send + Sync + 'static {
         before_ms: i64,
         limit: usize,
     ) -> BoxFut<'a, Result<Vec<String>, StoreError>>;
+
+    /// Whether any completed, unexpired record has outputs still unsent, whoever holds its
+    /// publish right: the backlog a scaler wakes a function at zero for.
+    fn has_unsent(&self) -> BoxFut<'_, Result<bool, StoreError>>;
 
     /// Record that output `seq` of `key` was published.
     fn mark_sent<'a>(&'a self, key: &'a str, seq: u32) -> BoxFut<'a, Result<(), StoreError>>;

@@ -354,6 +354,20 @@ impl Store for RedisStore {
         })
     }
 
+    fn has_unsent(&self) -> BoxFut<'_, Result<bool, StoreError>> {
+        // The set may still name an expired record (the relay drops those when it meets
+        // them): at worst one wake-up with nothing to publish.
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let n: i64 = redis::cmd("SCARD")
+                .arg(self.unsent_set())
+                .query_async(&mut con)
+                .await
+                .map_err(StoreError::from)?;
+            Ok(n > 0)
+        })
+    }
+
     fn mark_sent<'a>(&'a self, key: &'a str, seq: u32) -> BoxFut<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let mut con = self.con.clone();

@@ -549,6 +549,21 @@ impl Store for SqlStore {
         })
     }
 
+    fn has_unsent(&self) -> BoxFut<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT COUNT(*) AS n FROM (SELECT 1 FROM zerofn_outbox o JOIN zerofn_inbox i ON i.function = o.function AND i.key = o.key \
+                 WHERE o.function = $1 AND o.sent_at IS NULL AND i.state = 'done' AND i.expires_at > $2 LIMIT 1) AS any_unsent",
+            )
+            .bind(&self.function)
+            .bind(now_ms())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::from)?;
+            Ok(row.try_get::<i64, _>("n").map_err(StoreError::from)? > 0)
+        })
+    }
+
     fn mark_sent<'a>(&'a self, key: &'a str, seq: u32) -> BoxFut<'a, Result<(), StoreError>> {
         Box::pin(async move {
             sqlx::query("UPDATE zerofn_outbox SET sent_at = $4 WHERE function = $1 AND key = $2 AND seq = $3")

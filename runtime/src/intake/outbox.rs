@@ -159,14 +159,54 @@ impl Intake {
     /// a live worker is never raced and no record is created or revived. Returns how many
     /// outputs were published.
     pub(crate) async fn relay_once(&self) -> usize {
-        let keys = match self.store.keys_with_unsent(now_ms() - 1000, 100).await {
+        // A second's slack: an event just completed is its own worker's to publish.
+        self.relay_round(now_ms() - 1000).await.published
+    }
+
+    /// Before a replica exits: relay until no output is left unsent, a publish fails (the
+    /// broker is down; the next replica's relay retries), or `deadline`. A dead worker's
+    /// publish right lapses within a lease, shorter than the shutdown grace, so a replica
+    /// scaled to zero does not leave behind outputs it could have published: nothing else
+    /// would wake the function to publish them.
+    pub(crate) async fn flush_outbox(&self, deadline: std::time::Instant) {
+        loop {
+            let round = self.relay_round(now_ms()).await;
+            if round.failed {
+                tracing::warn!(
+                    "exiting with outputs unsent (a publish failed); the next replica's relay publishes them"
+                );
+                return;
+            }
+            match self.store.has_unsent().await {
+                Ok(false) => return,
+                Ok(true) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not list unsent outputs before exiting");
+                    return;
+                }
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                tracing::warn!(
+                    "exiting with outputs unsent (their publish right is still held); the next replica's relay publishes them"
+                );
+                return;
+            }
+            tokio::time::sleep(FLUSH_POLL.min(deadline - now)).await;
+        }
+    }
+
+    /// One relay round over keys completed before `before_ms`.
+    async fn relay_round(&self, before_ms: i64) -> Relayed {
+        let mut round = Relayed::default();
+        let keys = match self.store.keys_with_unsent(before_ms, 100).await {
             Ok(keys) => keys,
             Err(e) => {
                 tracing::warn!(error = %e, "outbox relay could not list unsent outputs");
-                return 0;
+                round.failed = true;
+                return round;
             }
         };
-        let mut published = 0;
         for key in keys {
             let owner = uuid::Uuid::new_v4().to_string();
             match self
@@ -179,19 +219,34 @@ impl Intake {
                 // lease (a back-off) while the next rounds reach the others.
                 Ok(unsent) => match self.publish_outputs(&key, &unsent).await {
                     Ok(()) => {
-                        published += unsent.len();
+                        round.published += unsent.len();
                         tracing::info!(
                             outputs = unsent.len(),
                             "outbox relay published outputs left unsent"
                         );
                     }
                     Err(f) => {
+                        round.failed = true;
                         tracing::warn!(reason = %f.message, "outbox relay could not publish; will try again after a lease");
                     }
                 },
-                Err(e) => tracing::warn!(error = %e, "outbox relay could not take a record"),
+                Err(e) => {
+                    round.failed = true;
+                    tracing::warn!(error = %e, "outbox relay could not take a record");
+                }
             }
         }
-        published
+        round
     }
 }
+
+/// What one relay round did.
+#[derive(Default)]
+struct Relayed {
+    published: usize,
+    /// A list, a take or a publish failed.
+    failed: bool,
+}
+
+/// How often [`Intake::flush_outbox`] looks again for a publish right to lapse.
+const FLUSH_POLL: std::time::Duration = std::time::Duration::from_millis(200);

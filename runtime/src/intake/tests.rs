@@ -23,7 +23,7 @@ use crate::{
     config::Config,
     contract::Contracts,
     handler_fn,
-    idempotency::{Claim, Store, StoredOutput, memory::MemoryStore},
+    idempotency::{Claim, Store, StoredOutput, conformance::output, memory::MemoryStore},
     manifest::{KeyStrategy, Manifest},
     outcome::{FailureKind, Outcome},
     publish::Publisher,
@@ -167,20 +167,6 @@ impl Rig {
 
     fn published(&self) -> usize {
         self.publisher.sent.lock().unwrap().len()
-    }
-}
-
-/// An outbox entry, as a worker that completed would have stored it.
-fn output(event_id: &str) -> StoredOutput {
-    StoredOutput {
-        seq: 0,
-        event_id: event_id.into(),
-        event_type: "todo.notification.sent".into(),
-        pubsub: "kafka-pubsub".into(),
-        topic: "todo.notification.sent".into(),
-        body: "{}".into(),
-        traceparent: String::new(),
-        partition_key: None,
     }
 }
 
@@ -422,6 +408,55 @@ async fn the_relay_backs_off_a_key_it_could_not_publish() {
     assert_eq!(r.intake.relay_once().await, 0, "backing off");
     tokio::time::sleep(Duration::from_millis(1050)).await;
     assert_eq!(r.intake.relay_once().await, 1);
+}
+
+#[tokio::test]
+async fn a_replica_flushes_its_outbox_before_it_exits() {
+    // A dead worker's completed event with its output unsent: the exiting replica waits for
+    // the right to lapse and publishes it, since nothing would wake the function later.
+    let r = rig("1s");
+    let key = r.key_of("a-14");
+    let ttl = Duration::from_secs(60);
+    r.done_unpublished(&key, "dead", Duration::from_millis(300), ttl)
+        .await;
+    r.intake
+        .flush_outbox(std::time::Instant::now() + Duration::from_secs(30))
+        .await;
+    assert_eq!(r.published(), 1, "published before exiting");
+    // Nothing left: a second flush returns with nothing to do.
+    r.intake
+        .flush_outbox(std::time::Instant::now() + Duration::from_secs(30))
+        .await;
+    assert_eq!(r.published(), 1, "once");
+}
+
+#[tokio::test]
+async fn a_replica_does_not_wait_on_a_broker_that_is_down() {
+    // The publish fails: the flush gives up at once (the next replica's relay retries)
+    // rather than holding the replica for its whole grace.
+    let r = rig("1s");
+    let key = r.key_of("a-15");
+    let ttl = Duration::from_secs(60);
+    r.done_unpublished(&key, "dead", Duration::from_millis(10), ttl)
+        .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    r.publisher.failing.store(true, Ordering::SeqCst);
+    let flushed = tokio::time::timeout(
+        Duration::from_secs(60),
+        r.intake
+            .flush_outbox(std::time::Instant::now() + Duration::from_secs(600)),
+    )
+    .await;
+    assert!(
+        flushed.is_ok(),
+        "returned on the failure, not at the deadline"
+    );
+    assert_eq!(r.published(), 0);
+    assert_eq!(
+        r.store.keys_with_unsent(i64::MAX, 10).await.unwrap(),
+        vec![key],
+        "still unsent, for the next relay"
+    );
 }
 
 #[tokio::test]
