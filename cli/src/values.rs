@@ -77,6 +77,7 @@ pub(crate) fn function_values(m: &Manifest) -> anyhow::Result<Value> {
             "name": m.name,
             "description": m.description,
             "kind": if m.http.is_some() && m.subscriptions.is_empty() { "http" } else { "events" },
+            "sql": m.needs_sql,
         },
         "subscriptions": m.subscriptions.iter().map(|s| json!({"topic": s.topic, "pubsub": s.pubsub, "route": s.route})).collect::<Vec<_>>(),
         "publishes": m.publishes.iter().map(|p| json!({"type": p.ty, "topic": p.topic})).collect::<Vec<_>>(),

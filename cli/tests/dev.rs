@@ -6,142 +6,21 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod engine;
+
 use std::{
     collections::{BTreeMap, HashMap},
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
+use engine::{Engine, ZEROFN, manifest, sibling};
 use serde_json::{Value, json};
 use zerofn_tests::{
     FnProcess, OtlpReceiver, ReceivedSpan, client, fresh_id, get_json, one_span as one, store_pool,
 };
 
-const ZEROFN: &str = env!("CARGO_BIN_EXE_zerofn");
-
-fn sibling(name: &str) -> String {
-    let path = PathBuf::from(ZEROFN).with_file_name(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: build the function binaries first (cargo build --workspace --bins; make test does)",
-        path.display()
-    );
-    path.display().to_string()
-}
-
-fn manifest(rel: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(rel)
-        .display()
-        .to_string()
-}
-
 fn probe_fn() -> String {
     format!("{}={}", manifest("tests/function.toml"), sibling("probe"))
-}
-
-struct Engine {
-    process: FnProcess,
-    state: PathBuf,
-}
-
-impl Engine {
-    /// `zerofn dev` with `fns` (`--fn` values) on a fresh (or given) state directory.
-    async fn start(
-        fns: &[String],
-        state: Option<PathBuf>,
-        env: &[(&str, &str)],
-        extra: &[&str],
-    ) -> Engine {
-        let state = state.unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("zerofn-dev-test-{}", uuid::Uuid::new_v4()))
-        });
-        let state_arg = state.display().to_string();
-        let mut args: Vec<&str> = vec![
-            "dev",
-            "--listen",
-            "127.0.0.1:{port}",
-            "--state-dir",
-            &state_arg,
-        ];
-        for f in fns {
-            args.extend(["--fn", f.as_str()]);
-        }
-        args.extend(extra);
-        let process = FnProcess::start_with_args(ZEROFN, &args, env).await;
-        Engine { process, state }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.process.url())
-    }
-
-    async fn status(&self, function: &str) -> Value {
-        let all = get_json(&self.url("/_zerofn/status")).await;
-        all["functions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["name"] == function)
-            .cloned()
-            .unwrap_or_else(|| panic!("{function} not in {all}"))
-    }
-
-    /// Poll the status of `function` until `done` holds (at most `secs`), returning it.
-    async fn wait_for(
-        &self,
-        function: &str,
-        secs: u64,
-        what: &str,
-        done: impl Fn(&Value) -> bool,
-    ) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let s = self.status(function).await;
-            if done(&s) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: not within {secs} s; status {s}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn post_events(&self, events: &[Value]) -> Value {
-        let r = client()
-            .post(self.url("/events"))
-            .header("content-type", "application/cloudevents-batch+json")
-            .json(&events)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202, "{:?}", r.text().await);
-        r.json().await.unwrap()
-    }
-
-    fn store(&self, function: &str) -> String {
-        format!(
-            "sqlite:{}",
-            self.state
-                .join("functions")
-                .join(function)
-                .join("zerofn.db")
-                .display()
-        )
-    }
-
-    async fn stop(mut self) -> PathBuf {
-        self.process.sigterm();
-        assert_eq!(
-            self.process.wait_exit(Duration::from_secs(60)).await,
-            Some(0),
-            "engine exits cleanly"
-        );
-        self.state.clone()
-    }
 }
 
 fn task_event(id: &str, title: &str, key: &str) -> Value {

@@ -80,6 +80,9 @@ pub const ENV_RUST_LOG: &str = "RUST_LOG";
 pub const ENV_ALLOW_EPHEMERAL_STORE: &str = "ZEROFN_ALLOW_EPHEMERAL_STORE";
 /// Set by Kubernetes in every pod (not a setting): the runtime is in a cluster.
 pub const ENV_KUBERNETES_SERVICE_HOST: &str = "KUBERNETES_SERVICE_HOST";
+/// The platform's gateway (`http://host:port`), for a function that calls another at
+/// `{url}/fn/{name}/…`. The local engine sets it for its replicas; the runtime only passes it on.
+pub const ENV_GATEWAY_URL: &str = "ZEROFN_GATEWAY_URL";
 /// The process id of the engine that started this replica (`zerofn dev` sets it): when that
 /// process is gone (even SIGKILLed), the replica drains and exits instead of living on.
 pub const ENV_PARENT_PID: &str = "ZEROFN_PARENT_PID";
@@ -111,6 +114,7 @@ pub const ALL_KEYS: &[&str] = &[
     ENV_LOG,
     ENV_RUST_LOG,
     ENV_PARENT_PID,
+    ENV_GATEWAY_URL,
     ENV_ALLOW_EPHEMERAL_STORE,
 ];
 

@@ -138,13 +138,17 @@ pub async fn serve(manifest: ManifestSource) -> Result<(), Error> {
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
         return lambda::run(manifest).await;
     }
-    let no_events = handler_fn(|event: Event<serde_json::Value>| async move {
+    run(no_events(), manifest).await
+}
+
+/// The handler of an HTTP function ([`serve`]): it has no subscriptions, so an event is refused.
+pub(crate) fn no_events() -> impl Handler {
+    handler_fn(|event: Event<serde_json::Value>| async move {
         Err::<(), _>(HandlerError::permanent(format!(
             "event {} ({}): this HTTP function has no subscriptions",
             event.ctx.id, event.ctx.ty
         )))
-    });
-    run(no_events, manifest).await
+    })
 }
 
 fn usage_exit(e: Error) -> ! {

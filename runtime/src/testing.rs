@@ -153,6 +153,14 @@ pub async fn router<H: Handler>(
     Ok(App::build(cfg, manifest, parsed, handler).await?.router())
 }
 
+/// [`router`] for an HTTP function ([`crate::serve`]): its routes and the runtime's.
+pub async fn http_router(
+    manifest: ManifestSource,
+    env: &[(&str, &str)],
+) -> Result<axum::Router, Error> {
+    router(manifest, crate::no_events(), env).await
+}
+
 /// A function served on an ephemeral port of 127.0.0.1.
 #[derive(Debug)]
 pub struct TestServer {

@@ -201,6 +201,13 @@ def golden_fields(fn, manifest, docs):
                 fail(f"{fn}: {k} = {ann.get(k)}, function.toml says {v}")
         if ks["spec"]["template"]["spec"]["timeoutSeconds"] != int(timeout[:-1]):
             fail(f"{fn}: timeoutSeconds != [http] timeout {timeout}")
+        # An HTTP function that emits events publishes through a Dapr sidecar; one that does not has none.
+        env = {e["name"]: e.get("value") for e in ks["spec"]["template"]["spec"]["containers"][0]["env"]}
+        publishes = bool(manifest.get("publishes"))
+        if publishes != (ann.get("dapr.io/enabled") == "true") or env["ZEROFN_TRANSPORT"] != ("dapr" if publishes else "http"):
+            fail(f"{fn}: publishes={publishes} but dapr.io/enabled={ann.get('dapr.io/enabled')}, ZEROFN_TRANSPORT={env['ZEROFN_TRANSPORT']}")
+        if publishes and ann.get("dapr.io/app-id") != name:
+            fail(f"{fn}: Dapr app id {ann.get('dapr.io/app-id')} != {name}")
 
 
 def env_of(docs):
@@ -221,18 +228,19 @@ def render_fails(chart, expected, *values):
 
 
 def shared_store(fn, manifest, values):
-    """An event function gets the platform's shared store by default; without one it does not render."""
+    """An event function, or one with [store] sql = true, gets the platform's shared store by default;
+    without one it does not render."""
     defaults = yaml.safe_load((ROOT / "helm" / "zerofn-function" / "values.yaml").read_text())["store"]
     _, docs = render("zerofn-function", values)
     env = env_of(docs)
-    if not manifest.get("subscriptions"):
+    if not manifest.get("subscriptions") and not manifest.get("store", {}).get("sql"):
         if "ZEROFN_STORE" in env:
-            fail(f"{fn}: an HTTP function was given the event store")
+            fail(f"{fn}: an HTTP function without SQL was given the store")
         return
     ref = env.get("ZEROFN_STORE", {}).get("valueFrom", {}).get("secretKeyRef")
     if ref != {"name": defaults["secretName"], "key": defaults["key"]}:
         fail(f"{fn}: ZEROFN_STORE is not the platform's shared store: {env.get('ZEROFN_STORE')}")
-    render_fails("zerofn-function", "store.secretName is required for an event function", values, {"store": {"secretName": ""}})
+    render_fails("zerofn-function", "store.secretName is required for an event function or one with [store] sql = true", values, {"store": {"secretName": ""}})
     _, docs = render("zerofn-function", values, {"store": {"ephemeralForDemoOnly": True}})
     env = env_of(docs)
     if "ZEROFN_STORE" in env or env.get("ZEROFN_ALLOW_EPHEMERAL_STORE", {}).get("value") != "true":

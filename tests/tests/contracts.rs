@@ -11,9 +11,10 @@ use std::{
 
 use zerofn::contract::Contracts;
 
-const TYPES: [&str; 13] = [
+const TYPES: [&str; 14] = [
     "finance.transaction.created",
     "finance.transaction.updated",
+    "finance.budget.created",
     "finance.budget.warning",
     "finance.budget.exceeded",
     "finance.insight.generated",

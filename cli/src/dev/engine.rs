@@ -43,6 +43,8 @@ pub(crate) struct Options {
     pub(crate) stop_grace: Duration,
     pub(crate) chaos: Vec<Chaos>,
     pub(crate) chaos_interval: Duration,
+    /// The gateway's URL, given to replicas (`ZEROFN_GATEWAY_URL`) so a function can call another.
+    pub(crate) gateway_url: String,
 }
 
 /// A function the engine runs.
@@ -479,6 +481,7 @@ impl Engine {
         let store = self.store_of(&f);
         let spec = Spec {
             store: &store,
+            gateway_url: &self.opts.gateway_url,
             pid_dir: &pid_dir,
             function: &f.name,
             binary: &f.binary,

@@ -67,9 +67,23 @@ pub(crate) struct Dev {
     /// How often `--chaos kill-replica` strikes.
     #[arg(long, default_value = "5s", value_parser = duration)]
     chaos_interval: Duration,
+    /// Keep at least N replicas of function NAME (`NAME=N`, overriding its `[scaling] min`),
+    /// e.g. to see two replicas share its partitions. Repeatable.
+    #[arg(long = "min", value_name = "NAME=N", value_parser = min_replicas)]
+    min: Vec<(String, u32)>,
     /// Largest request body the gateway accepts.
     #[arg(long, default_value_t = 1 << 20)]
     max_body_bytes: usize,
+}
+
+fn min_replicas(v: &str) -> Result<(String, u32), String> {
+    let (name, n) = v
+        .split_once('=')
+        .ok_or_else(|| format!("{v:?}: expected NAME=N, e.g. budget=2"))?;
+    let n = n
+        .parse::<u32>()
+        .map_err(|e| format!("{v:?}: N is not a number of replicas ({e})"))?;
+    Ok((name.to_string(), n))
 }
 
 fn duration(v: &str) -> Result<Duration, String> {
@@ -145,6 +159,19 @@ impl Dev {
                 bail!("function name {:?} is used twice", s.manifest.name);
             }
         }
+        for (name, n) in &self.min {
+            let Some(spec) = specs.iter_mut().find(|s| &s.manifest.name == name) else {
+                bail!("--min {name}={n}: no function {name} is running");
+            };
+            let scaling = &mut spec.manifest.scaling;
+            if *n > scaling.max {
+                bail!(
+                    "--min {name}={n}: more than its [scaling] max ({})",
+                    scaling.max
+                );
+            }
+            scaling.min = *n;
+        }
         Ok(specs)
     }
 
@@ -208,6 +235,10 @@ impl Dev {
             );
             functions.insert(function.name.clone(), function);
         }
+        let listener = tokio::net::TcpListener::bind(self.listen)
+            .await
+            .with_context(|| format!("--listen {}: cannot bind", self.listen))?;
+        let gateway_url = format!("http://{}", listener.local_addr()?);
         let engine = Engine::new(
             log.clone(),
             functions,
@@ -218,6 +249,7 @@ impl Dev {
                 stop_grace: self.stop_grace,
                 chaos: self.chaos.clone(),
                 chaos_interval: self.chaos_interval,
+                gateway_url,
             },
         );
         let mut loops = Vec::new();
@@ -250,9 +282,6 @@ impl Dev {
             engine: engine.clone(),
         });
         let app = gateway::router(backend, self.max_body_bytes)?;
-        let listener = tokio::net::TcpListener::bind(self.listen)
-            .await
-            .with_context(|| format!("--listen {}: cannot bind", self.listen))?;
         tracing::info!(addr = %listener.local_addr()?, functions = engine.functions.len(), chaos = ?self.chaos, "gateway listening");
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {

@@ -86,6 +86,8 @@ pub(crate) struct Spec<'a> {
     pub(crate) pid_dir: &'a Path,
     /// The store every replica uses (`--store`, else the function's SQLite file).
     pub(crate) store: &'a str,
+    /// `ZEROFN_GATEWAY_URL`: where the replica reaches other functions.
+    pub(crate) gateway_url: &'a str,
     pub(crate) start_timeout: Duration,
 }
 
@@ -162,6 +164,7 @@ impl Replica {
             .env("ZEROFN_DATA_DIR", spec.data_dir)
             .env("ZEROFN_STORE", spec.store)
             .env("ZEROFN_REPLICA", spec.id.to_string())
+            .env(zerofn::config::ENV_GATEWAY_URL, spec.gateway_url)
             // The replica exits when the engine is gone, even SIGKILLed.
             .env(
                 zerofn::config::ENV_PARENT_PID,

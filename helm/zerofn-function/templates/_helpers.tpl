@@ -53,6 +53,10 @@ seccompProfile:
       key: {{ $ref.key }}
 {{- end }}
 {{- include "zerofn.storeEnv" . }}
+{{- if not (hasKey .Values.env "ZEROFN_GATEWAY_URL") }}
+- name: ZEROFN_GATEWAY_URL
+  value: {{ printf "http://zerofn-gateway.%s.svc.cluster.local" .Values.networkPolicy.gatewayNamespace | quote }}
+{{- end }}
 - name: ZEROFN_DATA_DIR
   value: /tmp/zerofn
 {{- end -}}
@@ -72,9 +76,10 @@ startupProbe:
   failureThreshold: 30
 {{- end -}}
 
-{{/* An event function's shared store: from the platform's Secret, unless set explicitly or a demo. */}}
+{{/* The shared store of an event function or of one with [store] sql = true: from the platform's Secret,
+unless set explicitly or a demo. */}}
 {{- define "zerofn.storeEnv" -}}
-{{- if and (eq .Values.function.kind "events") (not (hasKey .Values.env "ZEROFN_STORE")) (not (hasKey .Values.secretEnv "ZEROFN_STORE")) }}
+{{- if and (or (eq .Values.function.kind "events") .Values.function.sql) (not (hasKey .Values.env "ZEROFN_STORE")) (not (hasKey .Values.secretEnv "ZEROFN_STORE")) }}
 {{- if .Values.store.ephemeralForDemoOnly }}
 - name: ZEROFN_ALLOW_EPHEMERAL_STORE
   value: "true"
@@ -82,8 +87,24 @@ startupProbe:
 - name: ZEROFN_STORE
   valueFrom:
     secretKeyRef:
-      name: {{ required "store.secretName is required for an event function: the Secret holding the shared PostgreSQL URL (the platform chart's store.cloudnativepg creates zerofn-store-app, key uri; with store.external use that Secret's name and key). Or set secretEnv.ZEROFN_STORE, or store.ephemeralForDemoOnly=true for a demo that may apply events twice" .Values.store.secretName }}
+      name: {{ required "store.secretName is required for an event function or one with [store] sql = true: the Secret holding the shared PostgreSQL URL (the platform chart's store.cloudnativepg creates zerofn-store-app, key uri; with store.external use that Secret's name and key). Or set secretEnv.ZEROFN_STORE, or store.ephemeralForDemoOnly=true for a demo that may apply events twice" .Values.store.secretName }}
       key: {{ required "store.key is required: the key of store.secretName that holds the URL" .Values.store.key }}
 {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/* The Dapr sidecar: an event function's intake and publishing, an HTTP function's publishing. */}}
+{{- define "zerofn.daprAnnotations" -}}
+dapr.io/enabled: "true"
+dapr.io/app-id: {{ include "zerofn.name" . | quote }}
+dapr.io/app-port: {{ .Values.dapr.appPort | quote }}
+dapr.io/app-protocol: "http"
+dapr.io/api-token-secret: {{ .Values.dapr.apiTokenSecret | quote }}
+dapr.io/app-token-secret: {{ .Values.dapr.appTokenSecret | quote }}
+dapr.io/graceful-shutdown-seconds: {{ .Values.dapr.gracefulShutdownSeconds | quote }}
+dapr.io/enable-metrics: "true"
+dapr.io/sidecar-cpu-request: {{ .Values.dapr.sidecar.cpuRequest | quote }}
+dapr.io/sidecar-memory-request: {{ .Values.dapr.sidecar.memoryRequest | quote }}
+dapr.io/sidecar-cpu-limit: {{ .Values.dapr.sidecar.cpuLimit | quote }}
+dapr.io/sidecar-memory-limit: {{ .Values.dapr.sidecar.memoryLimit | quote }}
 {{- end -}}
