@@ -1013,12 +1013,7 @@ async fn chaos_kill_replica(store: Option<String>) {
         .filter(|id| !applied.contains_key(id))
         .collect();
     assert_eq!(missing, Vec::<String>::new(), "nothing lost: {s}");
-    let kills = engine
-        .process
-        .log_lines()
-        .iter()
-        .filter(|l| l["message"] == "chaos: SIGKILL")
-        .count();
+    let kills = engine.chaos_kills();
     assert!(kills >= 1, "the chaos actually struck");
     engine.stop().await;
 }

@@ -1,5 +1,5 @@
 //! The finance companion end to end, through the real engine and gateway: ledger (HTTP),
-//! categorize (HTTP), budget, notify and audit as replica processes. A budget and three
+//! categorize (HTTP), budget, insights, notify and audit as replica processes. A budget and three
 //! transactions become exactly one warning and one exceeded alert the user reads from notify,
 //! and the audit chain stays intact: with every POST sent twice under one `Idempotency-Key`,
 //! with replicas SIGKILLed as it runs, and with budget at two replicas.
@@ -17,12 +17,19 @@ use serde_json::{Value, json};
 use zerofn::testing::Recorder;
 use zerofn_tests::{FnProcess, client, fresh_id, sqlite_url};
 
-/// The five functions of the finance companion, by directory.
+/// The six functions of the finance companion, by directory.
 fn finance() -> Vec<String> {
-    ["ledger", "categorize", "budget", "notify", "audit"]
-        .iter()
-        .map(|f| manifest(&format!("functions/{f}")))
-        .collect()
+    [
+        "ledger",
+        "categorize",
+        "budget",
+        "insights",
+        "notify",
+        "audit",
+    ]
+    .iter()
+    .map(|f| manifest(&format!("functions/{f}")))
+    .collect()
 }
 
 /// POST `body` to `path` under `key` until the gateway answers with the function's own answer
@@ -205,12 +212,7 @@ async fn the_story_holds_while_replicas_are_killed() {
     )
     .await;
     story(&engine).await;
-    let kills = engine
-        .process
-        .log_lines()
-        .iter()
-        .filter(|l| l["message"] == "chaos: SIGKILL")
-        .count();
+    let kills = engine.chaos_kills();
     assert!(kills >= 3, "the chaos struck: {kills} kills");
     engine.stop().await;
 }

@@ -349,6 +349,12 @@ def main():
         policies(f"{fn} (auth)", docs, text)
         if manifest.get("subscriptions") and not any(d["kind"] == "TriggerAuthentication" for d in docs):
             fail(f"{fn}: kafka.auth.enabled renders no TriggerAuthentication")
+        # The function's own settings, plain and from a Secret; never a runtime key by that door.
+        _, docs = render("zerofn-function", values, {"settings": {"MY_FN_URL": "http://x"}, "secretSettings": {"MY_FN_KEY": {"name": "s", "key": "k"}}})
+        env = env_of(docs)
+        if env.get("MY_FN_URL", {}).get("value") != "http://x" or env.get("MY_FN_KEY", {}).get("valueFrom", {}).get("secretKeyRef") != {"name": "s", "key": "k"}:
+            fail(f"{fn}: settings/secretSettings do not render as the function's environment")
+        render_fails("zerofn-function", "invalid propertyName 'ZEROFN_STORE'", values, {"settings": {"ZEROFN_STORE": "memory"}})
         print(f"ok   {fn}: {len(docs)} objects rendered and validated", file=sys.stderr)
 
     # A missing required value is a render error naming it.

@@ -132,4 +132,13 @@ impl Engine {
         );
         self.state.clone()
     }
+
+    /// How many replicas `--chaos kill-replica` has SIGKILLed so far.
+    pub(crate) fn chaos_kills(&self) -> usize {
+        self.process
+            .log_lines()
+            .iter()
+            .filter(|l| l["message"] == "chaos: SIGKILL")
+            .count()
+    }
 }

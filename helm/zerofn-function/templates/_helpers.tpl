@@ -52,6 +52,17 @@ seccompProfile:
       name: {{ $ref.name }}
       key: {{ $ref.key }}
 {{- end }}
+{{- range $k, $v := .Values.settings }}
+- name: {{ $k }}
+  value: {{ $v | toString | quote }}
+{{- end }}
+{{- range $k, $ref := .Values.secretSettings }}
+- name: {{ $k }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $ref.name }}
+      key: {{ $ref.key }}
+{{- end }}
 {{- include "zerofn.storeEnv" . }}
 {{- if not (hasKey .Values.env "ZEROFN_GATEWAY_URL") }}
 - name: ZEROFN_GATEWAY_URL
