@@ -6,7 +6,7 @@ CARGO_TARGET_DIR_OR_DEFAULT := $(or $(CARGO_TARGET_DIR),target)
 export ZEROFN_BIN := $(abspath $(CARGO_TARGET_DIR_OR_DEFAULT))/debug/zerofn
 need-fn = $(if $(fn),,$(error fn=NAME is required, e.g. make $@ fn=notify))
 
-.PHONY: help run status build test test-fast test-deploy test-image services-up services-down bench lint fmt doc clean values render image deploy rollback deploy-platform
+.PHONY: help run status build new test test-fast test-deploy test-image test-new services-up services-down bench lint fmt doc clean values render image deploy rollback deploy-platform
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ status: ## What the running engine is doing: replicas, lag, processed, retries, 
 build: ## Build every crate (runtime, functions, test harness)
 	$(CARGO) build --workspace --all-targets --locked
 
-test: lint test-fast test-deploy test-image ## Lint, then every test: unit, doc, contracts, transports, processes, the engine, charts, image
+test: lint test-fast test-deploy test-image test-new ## Lint, then every test: unit, doc, contracts, transports, processes, the engine, charts, image, scaffolding
 
 test-fast: ## Run every test without the lint step (starts PostgreSQL and Redis on 127.0.0.1)
 	@set -e; env_file=$$(scripts/test-services.sh up); \
@@ -36,8 +36,18 @@ test-deploy: ## Render every chart with real Helm (no cluster) and validate: sch
 	@venv=$$(scripts/deploy/venv.sh) && $$venv/bin/python scripts/deploy/test_charts.py
 	@scripts/check_yaml.sh
 
+test-new: ## make new end to end: each kind's crate builds, passes its own tests, renders as a chart and runs in the engine
+	$(CARGO) build --locked -p zerofn-cli
+	scripts/test_new.sh
+
 test-image: ## Build notify's image (podman/buildah, installed if missing), run it, expect /healthz 200
 	scripts/deploy/test_image.sh notify
+
+new: ## A new function crate, fn=NAME [kind=event|http]: it builds, passes its tests and runs in `make run` at once
+	$(need-fn)
+	@$(CARGO) build --locked -q -p zerofn-cli >&2
+	@$(ZEROFN_BIN) new $(fn) --kind $(or $(kind),event)
+	@$(CARGO) update --workspace --offline -q   # the new crate joins Cargo.lock; no dependency moves
 
 values: ## Helm values generated from functions/$(fn)/function.toml (fn=NAME)
 	$(need-fn)

@@ -5,6 +5,7 @@
 //! zerofn status [--gateway URL] [--json]
 //! zerofn gateway --function NAME=URL... [--dapr-http-port 3500]
 //! zerofn values (functions/NAME [--image REPOSITORY:TAG] | --platform)
+//! zerofn new NAME [--kind event|http] [--description TEXT]
 //! zerofn dlq ls [--fn NAME] [--since 1h] [--limit N] [--json]
 //! zerofn dlq show ID [--json]
 //! zerofn dlq replay (ID | --all [--fn NAME] [--since 1h]) [--rate N/s] [--dry-run] (--dapr URL | --sink URL)
@@ -15,6 +16,7 @@ mod cluster;
 mod dev;
 mod dlq;
 mod gateway;
+mod new;
 mod status;
 mod values;
 
@@ -44,6 +46,8 @@ enum Command {
     Gateway(cluster::Gateway),
     /// Helm values generated from function.toml (for helm/zerofn-function, or --platform).
     Values(values::Values),
+    /// A new function crate: function.toml, a handler with its unit tests, a README.
+    New(new::New),
 }
 
 #[tokio::main]
@@ -55,6 +59,7 @@ async fn main() -> std::process::ExitCode {
         Command::Status(status) => status.run(&mut std::io::stdout()).await,
         Command::Gateway(gateway) => gateway.run().await,
         Command::Values(values) => values.run(&mut std::io::stdout()),
+        Command::New(new) => new.run(&mut std::io::stdout()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
