@@ -6,7 +6,7 @@ CARGO_TARGET_DIR_OR_DEFAULT := $(or $(CARGO_TARGET_DIR),target)
 export ZEROFN_BIN := $(abspath $(CARGO_TARGET_DIR_OR_DEFAULT))/debug/zerofn
 need-fn = $(if $(fn),,$(error fn=NAME is required, e.g. make $@ fn=notify))
 
-.PHONY: help run status build new test test-fast test-deploy test-image test-new services-up services-down bench lint fmt doc clean values render image deploy rollback deploy-platform
+.PHONY: help run demo status build new test test-fast test-deploy test-image test-new services-up services-down bench lint fmt doc clean values render image deploy rollback deploy-platform
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -14,6 +14,10 @@ help: ## List the targets
 run: ## Build the functions and start the local engine: gateway on 127.0.0.1:8080, functions scaled 0..N
 	$(CARGO) build --locked --bins --workspace --exclude zerofn-tests
 	ZEROFN_LOG_FORMAT=$${ZEROFN_LOG_FORMAT:-compact} $(CARGO_TARGET_DIR_OR_DEFAULT)/debug/zerofn dev $(ARGS)
+
+demo: ## The finance companion with a month of data for three users: loads it through the gateway, prints what each user was told
+	$(CARGO) build --locked --bins --workspace --exclude zerofn-tests
+	@scripts/demo.sh
 
 status: ## What the running engine is doing: replicas, lag, processed, retries, dead letters
 	@$(CARGO_TARGET_DIR_OR_DEFAULT)/debug/zerofn status $(ARGS)

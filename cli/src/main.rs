@@ -6,6 +6,7 @@
 //! zerofn gateway --function NAME=URL... [--dapr-http-port 3500]
 //! zerofn values (functions/NAME [--image REPOSITORY:TAG] | --platform)
 //! zerofn new NAME [--kind event|http] [--description TEXT]
+//! zerofn demo [--gateway URL]
 //! zerofn dlq ls [--fn NAME] [--since 1h] [--limit N] [--json]
 //! zerofn dlq show ID [--json]
 //! zerofn dlq replay (ID | --all [--fn NAME] [--since 1h]) [--rate N/s] [--dry-run] (--dapr URL | --sink URL)
@@ -13,6 +14,7 @@
 //! Dead letters are read from the same store the functions use (`--store`, or `ZEROFN_STORE`).
 
 mod cluster;
+mod demo;
 mod dev;
 mod dlq;
 mod gateway;
@@ -48,6 +50,8 @@ enum Command {
     Values(values::Values),
     /// A new function crate: function.toml, a handler with its unit tests, a README.
     New(new::New),
+    /// The finance companion with a month of data, through a running engine's gateway.
+    Demo(demo::Demo),
 }
 
 #[tokio::main]
@@ -60,6 +64,7 @@ async fn main() -> std::process::ExitCode {
         Command::Gateway(gateway) => gateway.run().await,
         Command::Values(values) => values.run(&mut std::io::stdout()),
         Command::New(new) => new.run(&mut std::io::stdout()),
+        Command::Demo(demo) => demo.run(&mut std::io::stdout()).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -12,7 +12,7 @@ mod engine;
 
 use std::time::{Duration, Instant};
 
-use engine::{Engine, manifest, sibling};
+use engine::{Engine, ZEROFN, manifest, sibling};
 use serde_json::{Value, json};
 use zerofn::testing::Recorder;
 use zerofn_tests::{FnProcess, client, fresh_id, sqlite_url};
@@ -296,4 +296,45 @@ async fn a_crash_during_a_ledger_write_leaves_the_row_and_its_event_both_or_neit
         (1, 1),
         "after the commit: both, the event published once"
     );
+}
+
+#[tokio::test]
+async fn the_demo_month_tells_each_user_what_matters_once() {
+    let engine = Engine::start(&finance(), None, &[], &[]).await;
+    let demo = || async {
+        let out = tokio::process::Command::new(ZEROFN)
+            .args(["demo", "--gateway", &engine.url("")])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = demo().await;
+    for told in [
+        "ada was told (5):",
+        "[budget_warning] groceries budget at 85 %",
+        "[budget_exceeded] groceries budget exceeded",
+        "[insight] Recurring charge: Netflix.com",
+        "grace was told (5):",
+        "[insight] Dining is up 74 % this month",
+        "linus was told (2):",
+        "[insight] A large payment: 1299.00 EUR",
+    ] {
+        assert!(first.contains(told), "{told:?} in:\n{first}");
+    }
+    // Again: every POST carries its Idempotency-Key, so nothing is told twice.
+    let second = demo().await;
+    let counts = |out: &str| {
+        out.lines()
+            .filter(|l| l.contains(" was told ("))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(counts(&second), counts(&first));
+    engine.stop().await;
 }

@@ -86,7 +86,7 @@ fn min_replicas(v: &str) -> Result<(String, u32), String> {
     Ok((name.to_string(), n))
 }
 
-fn duration(v: &str) -> Result<Duration, String> {
+pub(crate) fn duration(v: &str) -> Result<Duration, String> {
     zerofn::config::parse_duration(v)
 }
 

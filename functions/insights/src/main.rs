@@ -5,8 +5,8 @@
 //!   previous three months (two of them with spending at least);
 //! - `large_transaction`: one payment of at least 3 × the user's average over the last 90 days
 //!   (five payments at least);
-//! - `recurring_charge`: the same payee charging about the same amount (± 5 %) in each of the
-//!   two months before.
+//! - `recurring_charge`: the same payee charging about the same amount (± 5 %) around the same
+//!   day (± 4 days), once a month, this month and the two before.
 //!
 //! The words are rule-based unless an OpenAI-compatible chat-completions endpoint is configured
 //! (`INSIGHTS_LLM_URL`); a model that fails or is slower than `INSIGHTS_LLM_TIMEOUT` leaves the
@@ -302,7 +302,8 @@ impl Insights {
         }))
     }
 
-    /// The same payee, about the same amount, in each of the two months before.
+    /// The same payee, about the same amount around the same day, once in this month and in
+    /// each of the two before.
     async fn recurring(
         &self,
         conn: &mut AnyConnection,
@@ -314,24 +315,28 @@ impl Insights {
         }
         let months = months_back(t.occurred_at, 2);
         let rows = sqlx::query(
-            "SELECT period, amount_minor FROM insights_spend WHERE user_id = $1 AND payee = $2 \
-             AND currency = $3 AND period IN ($4, $5)",
+            "SELECT period, amount_minor, occurred_at FROM insights_spend WHERE user_id = $1 AND payee = $2 \
+             AND currency = $3 AND period IN ($4, $5, $6)",
         )
         .bind(&t.user_id)
         .bind(payee)
         .bind(&t.currency)
+        .bind(&months[0])
         .bind(&months[1])
         .bind(&months[2])
         .fetch_all(&mut *conn)
         .await?;
         let mut seen = Vec::new();
         for r in &rows {
-            seen.push((
-                r.try_get::<String, _>("period")?,
-                r.try_get::<i64, _>("amount_minor")?,
-            ));
+            let at: String = r.try_get("occurred_at")?;
+            let day = at.get(8..10).and_then(|d| d.parse().ok()).unwrap_or(0);
+            seen.push(Charge {
+                period: r.try_get("period")?,
+                amount: r.try_get("amount_minor")?,
+                day,
+            });
         }
-        if !recurring(t.amount_minor, &months[1..], &seen) {
+        if !recurring(t.amount_minor, t.occurred_at.day(), &months, &seen) {
             return Ok(None);
         }
         let c = &t.currency;
@@ -378,12 +383,27 @@ fn large(amount: i64, previous: &[i64]) -> Option<(i64, i64)> {
     (average > 0 && amount >= average.saturating_mul(3)).then(|| (average, amount / average))
 }
 
-/// Whether `amount` was charged, within 5 %, in every month of `months` (by `seen` charges).
-fn recurring(amount: i64, months: &[String], seen: &[(String, i64)]) -> bool {
-    let close = |a: i64| i128::from((a - amount).abs()) * 100 <= i128::from(amount) * 5;
-    months
-        .iter()
-        .all(|m| seen.iter().any(|(p, a)| p == m && close(*a)))
+/// A payee's charge, as the recurring rule sees it.
+#[derive(Debug)]
+struct Charge {
+    period: String,
+    amount: i64,
+    /// Day of the month.
+    day: u32,
+}
+
+/// Whether a charge of `amount` on `day` of `months[0]` is a monthly one: the payee's only
+/// charge in each of `months` (this one included), each within 5 % of the amount and 4 days
+/// of the day. A shop visited several times a month, or for varying amounts, is not.
+fn recurring(amount: i64, day: u32, months: &[String], seen: &[Charge]) -> bool {
+    let close = |c: &Charge| {
+        i128::from((c.amount - amount).abs()) * 100 <= i128::from(amount) * 5
+            && c.day.abs_diff(day) <= 4
+    };
+    months.iter().all(|m| {
+        let mut in_month = seen.iter().filter(|c| &c.period == m);
+        matches!((in_month.next(), in_month.next()), (Some(c), None) if close(c))
+    })
 }
 
 /// The month of `at` and the `n` before it, as `YYYY-MM`, newest first.
@@ -406,14 +426,20 @@ fn month_name(period: &str) -> String {
         .unwrap_or_else(|_| period.to_string())
 }
 
-/// A merchant or description as one payee: lower case, letters and spaces only
-/// (`NETFLIX.COM 0042` → `netflix com`).
+/// A merchant or description as one payee: lower case, words with digits (card and store
+/// numbers) dropped (`NETFLIX.COM 0042` → `netflix.com`, `SPOTIFY P0042` → `spotify`).
 fn payee(raw: &str) -> String {
     raw.to_lowercase()
-        .chars()
-        .map(|c| if c.is_alphabetic() { c } else { ' ' })
-        .collect::<String>()
         .split_whitespace()
+        .filter(|word| !word.chars().any(|c| c.is_ascii_digit()))
+        .map(|word| {
+            word.chars()
+                .filter(|c| c.is_alphabetic() || matches!(c, '.' | '&' | '\''))
+                .collect::<String>()
+                .trim_matches('.')
+                .to_string()
+        })
+        .filter(|word| !word.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -552,24 +578,51 @@ mod tests {
         );
         assert_eq!(large(2_999, &[1_000; 5]), None);
         assert_eq!(large(3_000, &[1_000; 5]), Some((1_000, 3)));
-        let months = ["2026-10".to_string(), "2026-09".to_string()];
-        let seen = |a: i64, b: i64| vec![("2026-10".to_string(), a), ("2026-09".to_string(), b)];
-        assert!(recurring(1_599, &months, &seen(1_599, 1_599)));
-        assert!(recurring(1_599, &months, &seen(1_650, 1_560)), "within 5 %");
+        let months = ["2026-11", "2026-10", "2026-09"].map(String::from);
+        let charge = |period: &str, amount: i64, day: u32| Charge {
+            period: period.into(),
+            amount,
+            day,
+        };
+        let monthly = |a: i64, b: i64| {
+            vec![
+                charge("2026-11", 1_599, 14),
+                charge("2026-10", a, 14),
+                charge("2026-09", b, 13),
+            ]
+        };
+        assert!(recurring(1_599, 14, &months, &monthly(1_599, 1_599)));
         assert!(
-            !recurring(1_599, &months, &seen(1_599, 1_800)),
-            "not the same amount"
+            recurring(1_599, 14, &months, &monthly(1_650, 1_560)),
+            "within 5 %"
         );
         assert!(
-            !recurring(1_599, &months, &[("2026-10".into(), 1_599)]),
-            "a month missing"
+            !recurring(1_599, 14, &months, &monthly(1_599, 1_800)),
+            "not the same amount"
+        );
+        let mut missing = monthly(1_599, 1_599);
+        missing.pop();
+        assert!(!recurring(1_599, 14, &months, &missing), "a month missing");
+        let mut twice = monthly(1_599, 1_599);
+        twice.push(charge("2026-10", 1_599, 28));
+        assert!(
+            !recurring(1_599, 14, &months, &twice),
+            "a shop visited twice a month"
+        );
+        let mut moved = monthly(1_599, 1_599);
+        moved[1].day = 25;
+        assert!(
+            !recurring(1_599, 14, &months, &moved),
+            "not around the same day"
         );
         let jan = "2026-01-15T00:00:00Z".parse().unwrap();
         assert_eq!(
             months_back(jan, 3),
             ["2026-01", "2025-12", "2025-11", "2025-10"]
         );
-        assert_eq!(payee("NETFLIX.COM 0042"), "netflix com");
+        assert_eq!(payee("NETFLIX.COM 0042"), "netflix.com");
+        assert_eq!(payee("SPOTIFY P0042"), "spotify");
+        assert_eq!(payee("  Corner   GROCER! "), "corner grocer");
         assert_eq!(amount(-1_599, "EUR"), "-15.99");
         assert_eq!(amount(1_200, "JPY"), "1200");
     }
@@ -674,7 +727,7 @@ mod tests {
             .await;
         assert_eq!(told.len(), 1, "{told:?}");
         assert_eq!(told[0].0, "recurring_charge");
-        assert_eq!(told[0].1["title"], "Recurring charge: Netflix com");
+        assert_eq!(told[0].1["title"], "Recurring charge: Netflix.com");
         assert!(
             told[0].1["body"]
                 .as_str()
