@@ -70,6 +70,11 @@ mod write;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+/// The README's Rust examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExamples;
+
 pub use emit::{Emit, IntoEmits};
 pub use error::{BoxError, Error, ErrorKind, HandlerError, ResultExt};
 pub use event::{Context, Event, EventData, KafkaCoordinates, Typed};
