@@ -86,10 +86,11 @@ services-up: ## Start the test PostgreSQL and Redis (prints the env file to sour
 services-down: ## Stop them
 	@scripts/test-services.sh down
 
-bench: ## Measure: per-event runtime cost (tracing off / logs off / OTLP), then the engine's throughput (release build)
-	$(CARGO) build --release --locked -p zerofn-tests -p zerofn-cli --bins
+bench: ## Measure: per-event runtime cost (tracing off / logs off / OTLP), the engine's throughput, the finance chain's latency warm and from zero (release build)
+	$(CARGO) build --release --locked --workspace --bins
 	$(CARGO_TARGET_DIR_OR_DEFAULT)/release/bench
 	$(CARGO) bench --locked -p zerofn-cli --bench engine
+	$(CARGO) bench --locked -p zerofn-cli --bench chain
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

@@ -71,6 +71,10 @@ pub(crate) struct Dev {
     /// e.g. to see two replicas share its partitions. Repeatable.
     #[arg(long = "min", value_name = "NAME=N", value_parser = min_replicas)]
     min: Vec<(String, u32)>,
+    /// Every function's idle time before it scales to zero, instead of its `[scaling] cooldown`
+    /// (e.g. `2s`, to watch a chain go back to zero, or to measure it from zero).
+    #[arg(long, value_parser = duration)]
+    cooldown: Option<Duration>,
     /// Largest request body the gateway accepts.
     #[arg(long, default_value_t = 1 << 20)]
     max_body_bytes: usize,
@@ -157,6 +161,11 @@ impl Dev {
         for s in &specs {
             if !seen.insert(s.manifest.name.clone()) {
                 bail!("function name {:?} is used twice", s.manifest.name);
+            }
+        }
+        if let Some(cooldown) = self.cooldown {
+            for spec in &mut specs {
+                spec.manifest.scaling.cooldown = cooldown;
             }
         }
         for (name, n) in &self.min {
