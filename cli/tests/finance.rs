@@ -338,3 +338,93 @@ async fn the_demo_month_tells_each_user_what_matters_once() {
     assert_eq!(counts(&second), counts(&first));
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn one_trace_from_the_transaction_post_to_the_notification() {
+    const TRACE: &str = "6cf92f3577b34da6a3ce929d0e0e4738";
+    let otlp = zerofn_tests::OtlpReceiver::start().await;
+    let endpoint = otlp.endpoint();
+    let fns: Vec<String> = ["ledger", "budget", "notify"]
+        .iter()
+        .map(|f| manifest(&format!("functions/{f}")))
+        .collect();
+    let engine = Engine::start(
+        &fns,
+        None,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+        &[],
+    )
+    .await;
+    let user = fresh_id("u");
+    let budget = json!({"user_id": user, "category": "groceries", "period": "2026-11",
+                        "currency": "EUR", "limit_minor": 10_000});
+    assert_eq!(
+        post(&engine, "/fn/ledger/budgets", &fresh_id("b"), &budget)
+            .await
+            .0,
+        201
+    );
+    engine
+        .wait_for("budget", 60, "the budget taken in", |s| {
+            s["processed"].as_u64() >= Some(1)
+        })
+        .await;
+    let t = json!({"user_id": user, "amount_minor": -9_000, "currency": "EUR", "category": "groceries",
+                   "description": "ACME", "occurred_at": "2026-11-05T18:30:00Z"});
+    let r = client()
+        .post(engine.url("/fn/ledger/transactions"))
+        .header("traceparent", format!("00-{TRACE}-00f067aa0ba902b7-01"))
+        .json(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    get_until(
+        &engine,
+        &format!("/fn/notify/notifications?user_id={user}"),
+        "the warning",
+        |n| !n["notifications"].as_array().unwrap().is_empty(),
+    )
+    .await;
+    engine.stop().await; // the replicas drain and flush their exporters
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let in_trace = || {
+        otlp.spans()
+            .into_iter()
+            .filter(|s| s.trace_id == TRACE)
+            .collect::<Vec<_>>()
+    };
+    let services = |spans: &[zerofn_tests::ReceivedSpan]| {
+        let mut s: Vec<String> = spans.iter().map(|s| s.service.clone()).collect();
+        s.sort();
+        s.dedup();
+        s
+    };
+    while services(&in_trace()).len() < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let spans = in_trace();
+    assert_eq!(
+        services(&spans),
+        vec!["budget", "ledger", "notify", "zerofn-gateway"],
+        "every hop in the caller's trace: {:?}",
+        spans
+            .iter()
+            .map(|s| (&s.service, &s.name))
+            .collect::<Vec<_>>()
+    );
+    let budget = zerofn_tests::one_span(&spans, "budget", "finance.transaction.created process");
+    let notify = zerofn_tests::one_span(&spans, "notify", "finance.budget.warning process");
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.service == "ledger" && s.span_id == budget.parent_span_id),
+        "budget's delivery under ledger's write"
+    );
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.service == "budget" && s.span_id == notify.parent_span_id),
+        "notify's delivery under budget's handler"
+    );
+}

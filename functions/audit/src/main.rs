@@ -303,7 +303,11 @@ mod tests {
             .types()
             .map(str::to_string)
             .collect::<Vec<_>>();
-        assert_eq!(types.len(), 13);
+        assert_eq!(
+            types.len(),
+            14,
+            "every contract, finance.budget.created included"
+        );
         for ty in &types {
             assert_eq!(
                 deliver(&server, ty, &format!("evt-{ty}")).await,
