@@ -322,7 +322,7 @@ mod tests {
         );
         assert_eq!(
             verify_over_http(&server).await,
-            (200, json!({"ok": true, "rows": 13}))
+            (200, json!({"ok": true, "rows": 14}))
         );
 
         sqlx::any::install_default_drivers();
