@@ -344,7 +344,7 @@ async fn one_trace_from_the_transaction_post_to_the_notification() {
     const TRACE: &str = "6cf92f3577b34da6a3ce929d0e0e4738";
     let otlp = zerofn_tests::OtlpReceiver::start().await;
     let endpoint = otlp.endpoint();
-    let fns: Vec<String> = ["ledger", "budget", "notify"]
+    let fns: Vec<String> = ["ledger", "categorize", "budget", "notify"]
         .iter()
         .map(|f| manifest(&format!("functions/{f}")))
         .collect();
@@ -369,8 +369,9 @@ async fn one_trace_from_the_transaction_post_to_the_notification() {
             s["processed"].as_u64() >= Some(1)
         })
         .await;
-    let t = json!({"user_id": user, "amount_minor": -9_000, "currency": "EUR", "category": "groceries",
-                   "description": "ACME", "occurred_at": "2026-11-05T18:30:00Z"});
+    // No category: ledger asks categorize, inside the same trace.
+    let t = json!({"user_id": user, "amount_minor": -9_000, "currency": "EUR",
+                   "description": "ACME SUPERMARKET", "occurred_at": "2026-11-05T18:30:00Z"});
     let r = client()
         .post(engine.url("/fn/ledger/transactions"))
         .header("traceparent", format!("00-{TRACE}-00f067aa0ba902b7-01"))
@@ -400,13 +401,13 @@ async fn one_trace_from_the_transaction_post_to_the_notification() {
         s.dedup();
         s
     };
-    while services(&in_trace()).len() < 4 && Instant::now() < deadline {
+    while services(&in_trace()).len() < 5 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let spans = in_trace();
     assert_eq!(
         services(&spans),
-        vec!["budget", "ledger", "notify", "zerofn-gateway"],
+        vec!["budget", "categorize", "ledger", "notify", "zerofn-gateway"],
         "every hop in the caller's trace: {:?}",
         spans
             .iter()

@@ -345,9 +345,13 @@ impl Ledger {
         struct Suggestion {
             category: String,
         }
+        // The call joins the request's trace.
+        let traceparent =
+            zerofn::edge::traceparent_for(&zerofn::prelude::tracing::Span::current(), None);
         let response = self
             .http
             .post(url)
+            .header("traceparent", traceparent)
             .timeout(CATEGORIZE_TIMEOUT)
             .json(&json!({"description": description, "amount_minor": amount_minor}))
             .send()
