@@ -157,7 +157,8 @@ pub const MANIFEST: zerofn::ManifestSource = zerofn::manifest!()
 
 /// The probe's HTTP routes (it is also an HTTP function): `GET /hello` names the replica
 /// (`ZEROFN_REPLICA`) and echoes `traceparent`; `POST /echo` returns the body; `GET /slow/{ms}`
-/// sleeps first; `POST /effect/{id}` records a `probe_effects` row (the async-invocation tests).
+/// sleeps first; `POST /effect/{id}` records a `probe_effects` row (the async-invocation tests);
+/// `POST /job/{name}` is a due job's callback (see [`probe_job`]).
 fn probe_routes(db: Option<sqlx::AnyPool>) -> axum::Router {
     use axum::{
         extract::Path,
@@ -186,6 +187,15 @@ fn probe_routes(db: Option<sqlx::AnyPool>) -> axum::Router {
             }),
         )
         .route(
+            "/job/{name}",
+            post({
+                let db = db.clone();
+                move |Path(name): Path<String>, body: axum::body::Bytes| {
+                    probe_job(db.clone(), name, body)
+                }
+            }),
+        )
+        .route(
             "/effect/{id}",
             post(move |Path(id): Path<String>| {
                 let db = db.clone();
@@ -203,6 +213,35 @@ fn probe_routes(db: Option<sqlx::AnyPool>) -> axum::Router {
                 }
             }),
         )
+}
+
+/// A due job's callback (`POST /job/{name}`, its data as the body): a `probe_effects` row
+/// `job:{name}:{body}`. A job named `flaky-…` fails its first callback with a 500.
+async fn probe_job(
+    db: Option<sqlx::AnyPool>,
+    name: String,
+    body: axum::body::Bytes,
+) -> axum::http::StatusCode {
+    static FAILED_ONCE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    tracing::info!(job = %name, "probe job callback");
+    if name.starts_with("flaky-")
+        && let Ok(mut failed) = FAILED_ONCE.lock()
+        && !failed.contains(&name)
+    {
+        failed.push(name);
+        return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    let Some(db) = db else {
+        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    };
+    let effect = format!("job:{name}:{}", String::from_utf8_lossy(&body));
+    match db.acquire().await {
+        Ok(mut conn) => match record_effect(&mut conn, &effect, 1).await {
+            Ok(()) => axum::http::StatusCode::OK,
+            Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        },
+        Err(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+    }
 }
 
 /// `POST /write/{id}[?emit=invalid][&sleep=MS]`: a `probe_effects` row and a

@@ -15,7 +15,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use super::{
-    engine::{Chaos, Engine, Function, Lease, async_topic},
+    engine::{Chaos, Engine, Function, Lease, is_replayed},
     log::Read,
     log::{NewRecord, Record},
     replica::Route,
@@ -121,7 +121,7 @@ pub(crate) async fn partition_loop(
     let mut appended = engine.log.watch();
     let mut replicas = f.watch();
     let group = f.name.clone();
-    let is_async = topic == async_topic(&f.name);
+    let is_async = is_replayed(&f.name, &topic);
     loop {
         if engine.is_stopping() {
             return;

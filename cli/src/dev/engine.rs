@@ -16,8 +16,10 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 use zerofn::Manifest;
 
+use base64::Engine as _;
+
 use super::{
-    log::Log,
+    log::{Log, NewRecord},
     replica::{Replica, Spec},
     scaler::{Inputs, Params, Scaler},
 };
@@ -105,6 +107,18 @@ pub(crate) fn async_topic(function: &str) -> String {
     format!("async.{function}")
 }
 
+/// The engine's topic of `function`'s due jobs: each record is a `POST /job/{name}` to replay
+/// against a replica, so a due job wakes its function from zero like any lag.
+pub(crate) fn jobs_topic(function: &str) -> String {
+    format!("jobs.{function}")
+}
+
+/// Whether records of `topic` are HTTP requests replayed against `function`'s replicas (its
+/// asynchronous invocations and its due jobs) rather than events for a subscription.
+pub(crate) fn is_replayed(function: &str, topic: &str) -> bool {
+    topic == async_topic(function) || topic == jobs_topic(function)
+}
+
 /// Under the state dir: one pidfile per running replica.
 pub(crate) const PID_DIR: &str = "replicas";
 
@@ -153,6 +167,7 @@ impl Function {
         if spec.manifest.http.is_some() {
             topics.push(async_topic(&name));
         }
+        topics.push(jobs_topic(&name));
         // An event function records what is dead-lettered raw (as under Dapr, where it
         // subscribes to its own dead-letter topic).
         if spec.manifest.dead_letter_pubsub().is_some() {
@@ -559,6 +574,77 @@ impl Engine {
         {
             tracing::warn!(function = %f.name, replica = replica.id, "drain outlasted the grace period: SIGKILL");
             replica.sigkill();
+        }
+    }
+
+    /// Fire due jobs: each becomes one record on its function's jobs topic, appended in the
+    /// same transaction that moves the job to its next due time (or removes it), so a trigger
+    /// is fired at most once per due time, and a job due while the engine was down fires at
+    /// start.
+    pub(crate) async fn jobs_loop(self: Arc<Self>) {
+        let mut stop = self.stopping();
+        loop {
+            let now = chrono::Utc::now().timestamp_millis();
+            match self.log.due_jobs(now).await {
+                Ok(due) => {
+                    for job in due {
+                        self.fire(&job, now).await;
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot read the due jobs"),
+            }
+            // Sleep until the soonest job (at most a second: a job scheduled meanwhile wakes
+            // the loop at once).
+            let wait = match self.log.next_job_due().await {
+                Ok(Some(due)) => Duration::from_millis(
+                    u64::try_from(due - chrono::Utc::now().timestamp_millis()).unwrap_or(0),
+                )
+                .min(Duration::from_secs(1)),
+                _ => Duration::from_secs(1),
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.log.jobs_changed().notified() => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    async fn fire(&self, job: &crate::dev::log::Job, now: i64) {
+        if !self.functions.contains_key(&job.function) {
+            return; // a job of a function this engine does not run waits for one that does
+        }
+        let next = super::jobs::next_due(&job.spec, job.repeats_left, job.due, now);
+        let body = match &job.spec.data {
+            Value::Null => Vec::new(),
+            data => serde_json::to_vec(data).unwrap_or_default(),
+        };
+        let request = json!({
+            "specversion": "1.0",
+            "id": format!("job:{}/{}@{}", job.function, job.name, job.due),
+            "source": "/zerofn/jobs",
+            "type": "zerofn.job.due",
+            "data": {
+                "method": "POST",
+                "path": format!("/job/{}", job.name),
+                "headers": {"content-type": "application/json"},
+                "body_base64": base64::engine::general_purpose::STANDARD.encode(&body),
+            },
+        });
+        let record = NewRecord {
+            topic: jobs_topic(&job.function),
+            key: Some(job.name.clone()),
+            value: serde_json::to_vec(&request).unwrap_or_default(),
+            headers: BTreeMap::new(),
+        };
+        match self.log.fire_job(job, next, record).await {
+            Ok(true) => {
+                tracing::info!(function = %job.function, job = %job.name, due_ms = job.due, late_ms = now - job.due, "job due");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(function = %job.function, job = %job.name, error = %e, "cannot fire a job")
+            }
         }
     }
 

@@ -19,6 +19,35 @@ use sqlx::{
 };
 use tokio::sync::watch;
 
+use super::jobs::JobSpec;
+
+/// A scheduled job as the log keeps it.
+#[derive(Clone, Debug)]
+pub(crate) struct Job {
+    pub(crate) function: String,
+    pub(crate) name: String,
+    pub(crate) spec: JobSpec,
+    /// When it is due next (ms).
+    pub(crate) due: i64,
+    /// Triggers left, for a job with `repeats`.
+    pub(crate) repeats_left: Option<u32>,
+}
+
+impl Job {
+    fn from_row(r: &sqlx::sqlite::SqliteRow) -> Option<Job> {
+        Some(Job {
+            function: r.try_get("fn").ok()?,
+            name: r.try_get("name").ok()?,
+            spec: serde_json::from_str(&r.try_get::<String, _>("spec").ok()?).ok()?,
+            due: r.try_get("due").ok()?,
+            repeats_left: r
+                .try_get::<Option<i64>, _>("repeats_left")
+                .ok()?
+                .and_then(|n| u32::try_from(n).ok()),
+        })
+    }
+}
+
 /// A record to append.
 #[derive(Clone, Debug)]
 pub(crate) struct NewRecord {
@@ -74,6 +103,8 @@ pub(crate) struct Log {
     appended: watch::Sender<u64>,
     /// Records retention deleted before every consumer group had committed past them.
     dropped_unread: std::sync::atomic::AtomicU64,
+    /// Notified when a job is scheduled.
+    jobs_changed: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Log {
@@ -96,6 +127,9 @@ CREATE TABLE IF NOT EXISTS offsets (grp TEXT NOT NULL, topic TEXT NOT NULL, part
     committed INTEGER NOT NULL, PRIMARY KEY (grp, topic, part));
 CREATE TABLE IF NOT EXISTS state (store TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
     etag INTEGER NOT NULL, PRIMARY KEY (store, key));
+CREATE TABLE IF NOT EXISTS jobs (fn TEXT NOT NULL, name TEXT NOT NULL, spec TEXT NOT NULL,
+    due INTEGER NOT NULL, repeats_left INTEGER, PRIMARY KEY (fn, name));
+CREATE INDEX IF NOT EXISTS jobs_by_due ON jobs (due);
 ";
 
 fn now_ms() -> i64 {
@@ -163,6 +197,7 @@ impl Log {
             writer: tokio::sync::Mutex::new(()),
             appended: watch::channel(0).0,
             dropped_unread: std::sync::atomic::AtomicU64::new(0),
+            jobs_changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -212,6 +247,19 @@ impl Log {
         }
         let _writing = self.write_lock().await;
         let mut tx = self.pool.begin().await?;
+        let (positions, next) = self.insert_records(&mut tx, records).await?;
+        tx.commit().await?;
+        self.moved(next);
+        Ok(positions)
+    }
+
+    /// Insert `records` in `tx` (the write lock held, their topics known): their positions,
+    /// and the partition ends to publish with [`Log::moved`] once `tx` commits.
+    async fn insert_records(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        records: Vec<NewRecord>,
+    ) -> Result<(Vec<Position>, HashMap<TopicPartition, i64>), sqlx::Error> {
         let mut positions = Vec::with_capacity(records.len());
         // Offsets are assigned from the database inside the transaction (one writer at a time),
         // and the in-memory ends only move after commit.
@@ -238,7 +286,7 @@ impl Log {
                 )
                 .bind(&r.topic)
                 .bind(i64::from(partition))
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await?
                 .unwrap_or(0),
             };
@@ -252,7 +300,7 @@ impl Log {
             .bind(&r.value)
             .bind(serde_json::to_string(&r.headers).unwrap_or_else(|_| "{}".into()))
             .bind(ts)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
             next.insert(tp, offset + 1);
             positions.push(Position {
@@ -269,10 +317,14 @@ impl Log {
             .bind(topic)
             .bind(i64::from(*part))
             .bind(n)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
-        tx.commit().await?;
+        Ok((positions, next))
+    }
+
+    /// After a commit that appended: the new partition ends, and a wake-up for consumers.
+    fn moved(&self, next: HashMap<TopicPartition, i64>) {
         {
             let mut meta = self.meta();
             for (tp, n) in next {
@@ -280,7 +332,116 @@ impl Log {
             }
         }
         self.appended.send_modify(|g| *g = g.wrapping_add(1));
-        Ok(positions)
+    }
+
+    /// Keep `function`'s job `name`, due first at `due`; `false` when one exists and `spec`
+    /// does not overwrite it.
+    pub(crate) async fn put_job(
+        &self,
+        function: &str,
+        name: &str,
+        spec: &JobSpec,
+        due: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let _writing = self.write_lock().await;
+        let json = serde_json::to_string(spec).unwrap_or_default();
+        let sql = if spec.overwrite {
+            "INSERT INTO jobs (fn, name, spec, due, repeats_left) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (fn, name) DO UPDATE SET spec = excluded.spec, due = excluded.due,
+             repeats_left = excluded.repeats_left"
+        } else {
+            "INSERT INTO jobs (fn, name, spec, due, repeats_left) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (fn, name) DO NOTHING"
+        };
+        let done = sqlx::query(sql)
+            .bind(function)
+            .bind(name)
+            .bind(json)
+            .bind(due)
+            .bind(spec.repeats.map(i64::from))
+            .execute(&self.pool)
+            .await?;
+        self.jobs_changed.notify_one();
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// `function`'s job `name`, if it is still scheduled.
+    pub(crate) async fn job(&self, function: &str, name: &str) -> Result<Option<Job>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT fn, name, spec, due, repeats_left FROM jobs WHERE fn = ? AND name = ?",
+        )
+        .bind(function)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|r| Job::from_row(&r)))
+    }
+
+    /// Remove `function`'s job `name`; whether there was one.
+    pub(crate) async fn delete_job(&self, function: &str, name: &str) -> Result<bool, sqlx::Error> {
+        let _writing = self.write_lock().await;
+        let done = sqlx::query("DELETE FROM jobs WHERE fn = ? AND name = ?")
+            .bind(function)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Jobs due at `now` or before, soonest first.
+    pub(crate) async fn due_jobs(&self, now: i64) -> Result<Vec<Job>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT fn, name, spec, due, repeats_left FROM jobs WHERE due <= ? ORDER BY due LIMIT 256",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().filter_map(Job::from_row).collect())
+    }
+
+    /// When the soonest job is due.
+    pub(crate) async fn next_job_due(&self) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar("SELECT MIN(due) FROM jobs")
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// Fire `job` once: append `record` and move the job to `next` (or remove it), in one
+    /// transaction, only if the job is still due at the time it was read (so a trigger is
+    /// appended at most once per due time). Whether it fired.
+    pub(crate) async fn fire_job(
+        &self,
+        job: &Job,
+        next: Option<i64>,
+        record: NewRecord,
+    ) -> Result<bool, sqlx::Error> {
+        self.ensure_topic(&record.topic).await?;
+        let _writing = self.write_lock().await;
+        let mut tx = self.pool.begin().await?;
+        let moved = match next {
+            Some(due) => sqlx::query(
+                "UPDATE jobs SET due = ?, repeats_left = repeats_left - 1 WHERE fn = ? AND name = ? AND due = ?",
+            )
+            .bind(due),
+            None => sqlx::query("DELETE FROM jobs WHERE fn = ? AND name = ? AND due = ?"),
+        }
+        .bind(&job.function)
+        .bind(&job.name)
+        .bind(job.due)
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() != 1 {
+            return Ok(false); // rescheduled, deleted or fired meanwhile
+        }
+        let (_, ends) = self.insert_records(&mut tx, vec![record]).await?;
+        tx.commit().await?;
+        self.moved(ends);
+        Ok(true)
+    }
+
+    /// Woken when a job is scheduled (the engine's job loop waits on it).
+    pub(crate) fn jobs_changed(&self) -> &tokio::sync::Notify {
+        &self.jobs_changed
     }
 
     /// Up to `max` records of a partition from `offset` on, or, when retention removed all of

@@ -5,6 +5,7 @@
 
 pub(crate) mod consume;
 pub(crate) mod engine;
+pub(crate) mod jobs;
 pub(crate) mod log;
 pub(crate) mod replica;
 pub(crate) mod scaler;
@@ -223,6 +224,7 @@ impl Dev {
                 .iter()
                 .map(|s| s.topic.clone())
                 .chain(f.http.as_ref().map(|_| engine::async_topic(&f.name)))
+                .chain([engine::jobs_topic(&f.name)])
                 .chain([f.delivery.dead_letter_topic.clone()])
             {
                 log.ensure_topic(&t).await?;
@@ -279,6 +281,7 @@ impl Dev {
         if self.chaos.contains(&Chaos::KillReplica) {
             loops.push(tokio::spawn(engine.clone().chaos_loop()));
         }
+        loops.push(tokio::spawn(engine.clone().jobs_loop()));
         let retention = self.retention;
         let retention_log = log.clone();
         loops.push(tokio::spawn(async move {

@@ -59,6 +59,14 @@ pub(crate) fn router(
             "/v1.0/state/{store}/{key}",
             get(state_get).delete(state_delete),
         )
+        .route(
+            "/v1.0-alpha1/jobs/{name}",
+            post(job_schedule).get(job_get).delete(job_delete),
+        )
+        .route(
+            "/v1.0/jobs/{name}",
+            post(job_schedule).get(job_get).delete(job_delete),
+        )
         // Every API but healthz needs the token, as in daprd.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -70,7 +78,7 @@ pub(crate) fn router(
             dapr_error(
                 StatusCode::NOT_FOUND,
                 "ERR_NOT_SUPPORTED",
-                "the zerofn engine's sidecar serves publish, state (get, save, delete) and healthz",
+                "the zerofn engine's sidecar serves publish, state (get, save, delete), jobs (schedule, get, delete) and healthz",
             )
         })
         .with_state(state)
@@ -109,6 +117,85 @@ async fn require_token(
         );
     }
     next.run(request).await
+}
+
+/// `POST /v1.0-alpha1/jobs/{name}` (or `/v1.0/…`): schedule a job of this function, kept in
+/// the log (durable across restarts); 204 with no body, as daprd answers.
+async fn job_schedule(State(s): State<Sidecar>, Path(name): Path<String>, body: Bytes) -> Response {
+    let now = chrono::Utc::now().timestamp_millis();
+    if name.trim().is_empty() {
+        return dapr_error(
+            StatusCode::BAD_REQUEST,
+            "DAPR_SCHEDULER_JOB_NAME_EMPTY",
+            "the job has no name",
+        );
+    }
+    let spec = match super::jobs::parse_request(&body, now) {
+        Ok(spec) => spec,
+        Err(why) => {
+            return dapr_error(StatusCode::BAD_REQUEST, "DAPR_SCHEDULER_SCHEDULE_JOB", &why);
+        }
+    };
+    let Some(due) = super::jobs::first_due(&spec, now) else {
+        return dapr_error(
+            StatusCode::BAD_REQUEST,
+            "DAPR_SCHEDULER_SCHEDULE_JOB",
+            "the job is never due",
+        );
+    };
+    match s.log.put_job(&s.function.name, &name, &spec, due).await {
+        Ok(true) => {
+            tracing::info!(function = %s.function.name, job = %name, due_ms = due, "job scheduled");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(false) => dapr_error(
+            StatusCode::CONFLICT,
+            "DAPR_SCHEDULER_SCHEDULE_JOB",
+            &format!("job {name} exists: delete it first, or schedule with \"overwrite\": true"),
+        ),
+        Err(e) => store_failed("DAPR_SCHEDULER_SCHEDULE_JOB", e),
+    }
+}
+
+/// `GET /v1.0-alpha1/jobs/{name}`: the job as scheduled, with when it is due next.
+async fn job_get(State(s): State<Sidecar>, Path(name): Path<String>) -> Response {
+    match s.log.job(&s.function.name, &name).await {
+        Ok(Some(job)) => {
+            let mut v = json!({"name": name, "data": job.spec.data});
+            if let Some(sc) = &job.spec.schedule {
+                v["schedule"] = json!(sc);
+            }
+            if let Some(d) = &job.spec.due_time {
+                v["dueTime"] = json!(d);
+            }
+            if let Some(r) = job.repeats_left {
+                v["repeats"] = json!(r);
+            }
+            if let Some(next) = chrono::DateTime::from_timestamp_millis(job.due) {
+                v["next"] = json!(next.to_rfc3339());
+            }
+            Json(v).into_response()
+        }
+        Ok(None) => dapr_error(
+            StatusCode::NOT_FOUND,
+            "DAPR_SCHEDULER_GET_JOB",
+            &format!("no job {name}"),
+        ),
+        Err(e) => store_failed("DAPR_SCHEDULER_GET_JOB", e),
+    }
+}
+
+/// `DELETE /v1.0-alpha1/jobs/{name}`: 204, whether or not it existed (as daprd).
+async fn job_delete(State(s): State<Sidecar>, Path(name): Path<String>) -> Response {
+    match s.log.delete_job(&s.function.name, &name).await {
+        Ok(existed) => {
+            if existed {
+                tracing::info!(function = %s.function.name, job = %name, "job deleted");
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => store_failed("DAPR_SCHEDULER_DELETE_JOB", e),
+    }
 }
 
 /// `POST /v1.0/publish/{pubsub}/{topic}`: a CloudEvent passes through (topic and pubsubname
