@@ -77,6 +77,7 @@ impl App {
             }
         };
         check_store(&config, &manifest)?;
+        check_jobs(&config, &manifest)?;
         let store = idempotency::open(&config.store, &manifest.name, source.function_migrations())
             .await
             .map_err(|e| Error::Store {
@@ -288,13 +289,31 @@ fn check_store(config: &Config, manifest: &Manifest) -> Result<(), Error> {
     Ok(())
 }
 
+/// Jobs go through the Dapr Jobs API: a function that schedules them needs the sidecar.
+fn check_jobs(config: &Config, manifest: &Manifest) -> Result<(), Error> {
+    if !manifest.jobs.is_empty() && config.transport == crate::config::TransportKind::Http {
+        return Err(ConfigError::new(
+            crate::config::ENV_TRANSPORT,
+            "http",
+            format!(
+                "function {} schedules jobs (function.toml [[jobs]]), which go through the Dapr \
+                 Jobs API: run it with a Dapr sidecar (DAPR_HTTP_PORT, or ZEROFN_TRANSPORT=dapr)",
+                manifest.name
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
 fn check_contracts(manifest: &Manifest, contracts: &Contracts) -> Result<(), Error> {
     let consumed = manifest.consumed_types().map(|t| (t, "consumes"));
     let published = manifest
         .publishes
         .iter()
         .map(|p| (p.ty.as_str(), "publishes"));
-    for (ty, role) in consumed.chain(published) {
+    let scheduled = manifest.jobs.iter().map(|t| (t.as_str(), "schedules"));
+    for (ty, role) in consumed.chain(published).chain(scheduled) {
         if !contracts.knows(ty) {
             return Err(Error::Contract {
                 ty: ty.to_string(),

@@ -20,6 +20,20 @@ pub struct Emit {
     pub(crate) subject: Option<String>,
     pub(crate) partition_key: Option<String>,
     pub(crate) extensions: BTreeMap<String, String>,
+    /// A job instead of a publish: the event comes back to this function at its due time.
+    pub(crate) job: Option<EmitJob>,
+}
+
+/// What an [`Emit`] asks of the Dapr Jobs API.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum EmitJob {
+    /// Schedule job `name` (replacing one of that name) to deliver the event at `due`.
+    At {
+        name: String,
+        due: chrono::DateTime<chrono::Utc>,
+    },
+    /// Delete job `name` (nothing happens if there is none).
+    Cancel { name: String },
 }
 
 impl Emit {
@@ -33,7 +47,39 @@ impl Emit {
             subject: None,
             partition_key: None,
             extensions: BTreeMap::new(),
+            job: None,
         })
+    }
+
+    /// An event of type `ty` (declared under `[[jobs]]` in `function.toml`) delivered back to
+    /// this function at `due`, through the Dapr Jobs API, as job `name`: scheduled once the
+    /// handler's outcome commits, with the same idempotency, dead letters and trace as any
+    /// event. Scheduling a name again replaces the job; [`Emit::cancel`] removes it.
+    pub fn at(
+        name: impl Into<String>,
+        due: chrono::DateTime<chrono::Utc>,
+        ty: impl Into<String>,
+        data: &impl Serialize,
+    ) -> Result<Emit, HandlerError> {
+        let mut e = Emit::new(ty, data)?;
+        e.job = Some(EmitJob::At {
+            name: name.into(),
+            due,
+        });
+        Ok(e)
+    }
+
+    /// Remove job `name` once the handler's outcome commits (nothing happens if it fired
+    /// already or never existed).
+    pub fn cancel(name: impl Into<String>) -> Emit {
+        Emit {
+            ty: String::new(),
+            data: Value::Null,
+            subject: None,
+            partition_key: None,
+            extensions: BTreeMap::new(),
+            job: Some(EmitJob::Cancel { name: name.into() }),
+        }
     }
 
     /// Set the CloudEvent `subject`.

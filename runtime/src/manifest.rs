@@ -144,6 +144,8 @@ struct RawManifest {
     #[serde(default)]
     publishes: Vec<RawPublish>,
     #[serde(default)]
+    jobs: Vec<RawJob>,
+    #[serde(default)]
     scaling: RawScaling,
     #[serde(default)]
     delivery: RawDelivery,
@@ -241,6 +243,13 @@ struct RawPublish {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawJob {
+    #[serde(rename = "type")]
+    ty: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawScaling {
     #[serde(default)]
     min: u32,
@@ -323,6 +332,9 @@ pub struct Manifest {
     pub subscriptions: Vec<Subscription>,
     /// The event types the function may emit and where they go.
     pub publishes: Vec<Publish>,
+    /// The event types the function schedules for itself as jobs (`[[jobs]]`): delivered back
+    /// to it at their due time (`Emit::at`), through the Dapr Jobs API.
+    pub jobs: Vec<String>,
     /// Scaling bounds and the KEDA lag arithmetic's parameters.
     pub scaling: Scaling,
     /// Retry and dead-letter policy.
@@ -540,6 +552,17 @@ impl Manifest {
                 ty: p.ty,
             });
         }
+        let mut jobs: Vec<String> = Vec::new();
+        for (i, j) in raw.jobs.into_iter().enumerate() {
+            if jobs.contains(&j.ty) {
+                return Err(ManifestError::new(
+                    format!("jobs[{i}].type"),
+                    &j.ty,
+                    "is declared twice",
+                ));
+            }
+            jobs.push(j.ty);
+        }
         let s = raw.scaling;
         if s.max == 0 {
             return Err(ManifestError::new(
@@ -627,6 +650,7 @@ impl Manifest {
             description: raw.function.description,
             subscriptions,
             publishes,
+            jobs,
             scaling,
             delivery,
         })

@@ -46,6 +46,7 @@ pub(crate) fn output(id: &str) -> StoredOutput {
         body: "{}".into(),
         traceparent: String::new(),
         partition_key: None,
+        job: None,
     }
 }
 
@@ -133,6 +134,38 @@ async fn leases_are_renewed_fenced_and_waited_for_on_every_store() {
                 .await
                 .unwrap(),
             "{name}: done stays done"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_job_entry_of_the_outbox_comes_back_as_it_was_stored() {
+    for (name, s) in stores().await {
+        let ttl = Duration::from_secs(60);
+        let k = format!("job-{}", uuid::Uuid::new_v4());
+        let mut schedule = output("o-job");
+        schedule.job = Some(super::JobOutput {
+            name: "remind-t-1".into(),
+            due: Some("2026-12-02T10:00:00.000Z".into()),
+        });
+        let mut cancel = output("o-cancel");
+        cancel.seq = 1;
+        cancel.job = Some(super::JobOutput {
+            name: "remind-t-1".into(),
+            due: None,
+        });
+        s.claim(&k, "w", MS(100), ttl).await.unwrap();
+        assert!(
+            s.complete(&k, "w", &[schedule.clone(), cancel.clone()], None, ttl)
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        tokio::time::sleep(MS(150)).await;
+        assert_eq!(
+            s.take_unsent(&k, "relay", MS(300)).await.unwrap(),
+            vec![schedule, cancel],
+            "{name}"
         );
     }
 }

@@ -55,6 +55,17 @@ pub(crate) struct StoredOutput {
     pub(crate) body: String,
     pub(crate) traceparent: String,
     pub(crate) partition_key: Option<String>,
+    /// A Dapr job to schedule (or cancel) instead of a publish.
+    #[serde(default)]
+    pub(crate) job: Option<JobOutput>,
+}
+
+/// An outbox entry for the Dapr Jobs API: schedule job `name` due at `due` (RFC 3339) with the
+/// entry's event as its data, or, without `due`, delete it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct JobOutput {
+    pub(crate) name: String,
+    pub(crate) due: Option<String>,
 }
 
 /// The first response to an HTTP write with an `Idempotency-Key`.

@@ -208,7 +208,7 @@ impl SqlStore {
 
     async fn unsent(&self, key: &str) -> Result<Vec<StoredOutput>, StoreError> {
         let rows = sqlx::query(
-            "SELECT seq, event_id, event_type, pubsub, topic, body, traceparent, partition_key FROM zerofn_outbox \
+            "SELECT seq, event_id, event_type, pubsub, topic, body, traceparent, partition_key, job FROM zerofn_outbox \
              WHERE function = $1 AND key = $2 AND sent_at IS NULL ORDER BY seq",
         )
         .bind(&self.function)
@@ -227,6 +227,9 @@ impl SqlStore {
                     body: r.try_get("body")?,
                     traceparent: r.try_get("traceparent")?,
                     partition_key: r.try_get("partition_key")?,
+                    job: r
+                        .try_get::<Option<String>, _>("job")?
+                        .and_then(|j| serde_json::from_str(&j).ok()),
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -436,8 +439,8 @@ impl Store for SqlStore {
             let now = now_ms();
             for o in outputs {
                 sqlx::query(
-                    "INSERT INTO zerofn_outbox (function, key, seq, event_id, event_type, pubsub, topic, body, traceparent, partition_key, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    "INSERT INTO zerofn_outbox (function, key, seq, event_id, event_type, pubsub, topic, body, traceparent, partition_key, created_at, job) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                 )
                 .bind(&self.function)
                 .bind(key)
@@ -450,6 +453,7 @@ impl Store for SqlStore {
                 .bind(&o.traceparent)
                 .bind(o.partition_key.as_deref())
                 .bind(now)
+                .bind(o.job.as_ref().and_then(|j| serde_json::to_string(j).ok()))
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::from)?;

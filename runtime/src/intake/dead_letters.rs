@@ -261,6 +261,7 @@ impl Intake {
                     body,
                     traceparent,
                     partition_key: None,
+                    job: None,
                 };
                 self.publisher.publish(&out).await
             }

@@ -8,9 +8,9 @@ use tracing::Instrument;
 
 use super::Intake;
 use crate::{
-    emit::Emit,
+    emit::{Emit, EmitJob},
     event::Context,
-    idempotency::{StoredOutput, now_ms},
+    idempotency::{JobOutput, StoredOutput, now_ms},
     outcome::{Failure, FailureKind},
 };
 
@@ -19,24 +19,58 @@ impl Intake {
     /// its contract first: an emitted event that breaks its contract is a handler bug.
     fn outgoing(&self, cause: &Context, seq: u32, e: Emit) -> Result<StoredOutput, Failure> {
         let bug = |msg: String| Failure::new(FailureKind::HandlerPermanent, msg);
-        let target = self.manifest.publish_for(&e.ty).ok_or_else(|| {
-            bug(format!(
-                "the handler emitted {:?}, which function.toml does not declare under [[publishes]]",
-                e.ty
-            ))
-        })?;
-        if let Some(Err(v)) = self.contracts.validate(&e.ty, &e.data) {
-            return Err(bug(format!(
-                "the handler emitted {} with data that violates its contract: {v}",
-                e.ty
-            )));
-        }
         // Derived from the cause, so a re-run after a crash emits the same ids.
         let id = uuid::Uuid::new_v5(
             &uuid::Uuid::NAMESPACE_OID,
             format!("{}#{}#{seq}", cause.source, cause.id).as_bytes(),
         )
         .to_string();
+        let (pubsub, topic, job) = match &e.job {
+            Some(EmitJob::Cancel { name }) => {
+                return Ok(StoredOutput {
+                    seq,
+                    event_id: id,
+                    event_type: "zerofn.job.cancel".into(),
+                    pubsub: String::new(),
+                    topic: String::new(),
+                    body: String::new(),
+                    traceparent: cause.traceparent.clone(),
+                    partition_key: None,
+                    job: Some(JobOutput {
+                        name: name.clone(),
+                        due: None,
+                    }),
+                });
+            }
+            Some(EmitJob::At { name, due }) => {
+                if !self.manifest.jobs.contains(&e.ty) {
+                    return Err(bug(format!(
+                        "the handler scheduled {:?}, which function.toml does not declare under [[jobs]]",
+                        e.ty
+                    )));
+                }
+                let job = JobOutput {
+                    name: name.clone(),
+                    due: Some(due.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                };
+                (String::new(), String::new(), Some(job))
+            }
+            None => {
+                let target = self.manifest.publish_for(&e.ty).ok_or_else(|| {
+                    bug(format!(
+                        "the handler emitted {:?}, which function.toml does not declare under [[publishes]]",
+                        e.ty
+                    ))
+                })?;
+                (target.pubsub.clone(), target.topic.clone(), None)
+            }
+        };
+        if let Some(Err(v)) = self.contracts.validate(&e.ty, &e.data) {
+            return Err(bug(format!(
+                "the handler emitted {} with data that violates its contract: {v}",
+                e.ty
+            )));
+        }
         let mut builder = <cloudevents::EventBuilderV10 as cloudevents::EventBuilder>::new()
             .id(id.clone())
             .source(self.source.clone())
@@ -82,11 +116,12 @@ impl Intake {
             seq,
             event_id: id,
             event_type: e.ty,
-            pubsub: target.pubsub.clone(),
-            topic: target.topic.clone(),
+            pubsub,
+            topic,
             body,
             traceparent: cause.traceparent.clone(),
             partition_key: e.partition_key,
+            job,
         })
     }
 

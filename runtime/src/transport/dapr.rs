@@ -15,7 +15,7 @@ use std::{
 use axum::{
     Json, Router,
     body::Body,
-    extract::{Request, State},
+    extract::{Path, Request, State},
     http::{HeaderMap, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -30,7 +30,7 @@ use super::{AppState, delivery_meta, error_response, post as send, read_body};
 use crate::{
     codec::{self as decode, is_json_media},
     event::KafkaCoordinates,
-    idempotency::StoredOutput,
+    idempotency::{JobOutput, StoredOutput},
     intake::DeliveryMeta,
     manifest::{DEAD_LETTER_ROUTE, Subscription},
     outcome::{Failure, FailureKind, Outcome},
@@ -70,6 +70,9 @@ pub(super) fn routes(state: &AppState) -> Router<AppState> {
                 },
             ),
         );
+    }
+    if !state.intake.manifest().jobs.is_empty() {
+        router = router.route("/job/{name}", post(deliver_job));
     }
     router.route_layer(middleware::from_fn_with_state(state.clone(), check_token))
 }
@@ -178,6 +181,37 @@ async fn deliver(
     let mut meta = delivery_meta(&headers, &bytes);
     meta.source_topic = source_topic;
     reply(&state.intake.process(input, &sub.types, meta).await)
+}
+
+/// A due job (`POST /job/{name}`, the job's data as the body): the CloudEvent the function
+/// scheduled with `Emit::at`, processed as any delivery of a `[[jobs]]` type (idempotency, dead
+/// letters, its trace continued). Dapr reads the status only: 200 is done, anything else is
+/// retried under the job's failure policy.
+async fn deliver_job(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(_in_flight) = state.drain.enter() else {
+        return draining();
+    };
+    let types = state.intake.manifest().jobs.clone();
+    let input = match read_body(&headers, body, state.config.max_body_bytes).await {
+        Ok(bytes) => decode::structured(&bytes),
+        Err(f) => Err(f),
+    };
+    let meta = delivery_meta(&headers, b"");
+    let outcome = state.intake.process(input, &types, meta).await;
+    tracing::debug!(job = %name, status = status_of(&outcome), "job delivered");
+    match outcome {
+        Outcome::Retry(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(reply_body(&outcome, None)),
+        )
+            .into_response(),
+        _ => reply(&outcome),
+    }
 }
 
 /// The status Dapr reads for an outcome. A dead-lettered event is acknowledged (`SUCCESS`):
@@ -379,12 +413,45 @@ impl DaprPublisher {
     }
 }
 
+impl DaprPublisher {
+    /// The Jobs API: `POST /v1.0-alpha1/jobs/{name}` with `{dueTime, data, overwrite}` (the data
+    /// is the outbox entry's CloudEvent, which comes back as the body of `POST /job/{name}`),
+    /// or `DELETE` for a cancel.
+    async fn job(&self, event: &StoredOutput, job: &JobOutput) -> Result<(), String> {
+        let mut url = reqwest::Url::parse(&self.base).map_err(|e| e.to_string())?;
+        url.path_segments_mut()
+            .map_err(|()| "the Dapr URL cannot have a path".to_string())?
+            .extend(["v1.0-alpha1", "jobs", &job.name]);
+        let mut request = match &job.due {
+            Some(due) => {
+                let data: Value = serde_json::from_str(&event.body).map_err(|e| e.to_string())?;
+                self.client
+                    .post(url)
+                    .json(&json!({"dueTime": due, "data": data, "overwrite": true}))
+            }
+            None => self.client.delete(url),
+        }
+        .header("traceparent", &event.traceparent);
+        if let Some(token) = &self.token {
+            request = request.header(TOKEN_HEADER, token);
+        }
+        let what = match &job.due {
+            Some(due) => format!("Dapr job {} due {due}", job.name),
+            None => format!("Dapr job {} cancel", job.name),
+        };
+        send(request, &what).await
+    }
+}
+
 impl Publisher for DaprPublisher {
     fn publish<'a>(
         &'a self,
         event: &'a StoredOutput,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
         Box::pin(async move {
+            if let Some(job) = &event.job {
+                return self.job(event, job).await;
+            }
             let mut url = reqwest::Url::parse(&self.base).map_err(|e| e.to_string())?;
             url.path_segments_mut()
                 .map_err(|()| "the Dapr URL cannot have a path".to_string())?

@@ -208,6 +208,12 @@ impl Publisher for SinkPublisher {
         event: &'a StoredOutput,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
         Box::pin(async move {
+            if let Some(job) = &event.job {
+                return Err(format!(
+                    "job {}: jobs need a Dapr sidecar (the Jobs API); this function runs on the HTTP transport",
+                    job.name
+                ));
+            }
             let request = self
                 .client
                 .post(&self.url)
