@@ -110,6 +110,22 @@ impl Emit {
     pub fn data(&self) -> &Value {
         &self.data
     }
+
+    /// For an [`Emit::at`]: the job's name and when it is due.
+    pub fn scheduled(&self) -> Option<(&str, chrono::DateTime<chrono::Utc>)> {
+        match &self.job {
+            Some(EmitJob::At { name, due }) => Some((name, *due)),
+            _ => None,
+        }
+    }
+
+    /// For an [`Emit::cancel`]: the job's name.
+    pub fn cancelled(&self) -> Option<&str> {
+        match &self.job {
+            Some(EmitJob::Cancel { name }) => Some(name),
+            _ => None,
+        }
+    }
 }
 
 /// The return values a handler may produce on success.
