@@ -23,7 +23,7 @@ use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sqlx::Row;
-use zerofn::{Emit, Write, WriteError};
+use zerofn::{Emit, Fields, Write, WriteError, invalid};
 
 /// Where categorize answers (`POST {url}` with `{description, amount_minor}`). Unset: the
 /// gateway's path to it, `$ZEROFN_GATEWAY_URL/fn/categorize/categorize`.
@@ -545,78 +545,7 @@ async fn transactions(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Input: every refusal is a 422 that names the field.
-
-fn invalid(field: &str, why: impl std::fmt::Display) -> WriteError {
-    WriteError {
-        status: StatusCode::UNPROCESSABLE_ENTITY,
-        code: "invalid_field",
-        message: format!("{field}: {why}"),
-    }
-}
-
-/// A JSON object's fields, taken one by one; what is left over is refused.
-struct Fields(Map<String, Value>);
-
-impl Fields {
-    fn parse(body: &[u8]) -> Result<Fields, WriteError> {
-        match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Object(m)) => Ok(Fields(m)),
-            Ok(_) => Err(WriteError {
-                status: StatusCode::BAD_REQUEST,
-                code: "invalid_json",
-                message: "the body must be a JSON object".into(),
-            }),
-            Err(e) => Err(WriteError {
-                status: StatusCode::BAD_REQUEST,
-                code: "invalid_json",
-                message: format!("the body is not JSON: {e}"),
-            }),
-        }
-    }
-
-    fn take(&mut self, name: &str) -> Option<Value> {
-        self.0.remove(name).filter(|v| !v.is_null())
-    }
-
-    fn optional_str(&mut self, name: &str) -> Result<Option<String>, WriteError> {
-        match self.take(name) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(invalid(name, format!("must be a string, got {other}"))),
-        }
-    }
-
-    fn required_str(&mut self, name: &str) -> Result<String, WriteError> {
-        self.optional_str(name)?
-            .ok_or_else(|| invalid(name, "is required"))
-    }
-
-    fn optional_int(&mut self, name: &str) -> Result<Option<i64>, WriteError> {
-        match self.take(name) {
-            None => Ok(None),
-            Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| {
-                invalid(
-                    name,
-                    format!("must be a whole number of minor units, got {n}"),
-                )
-            }),
-            Some(other) => Err(invalid(name, format!("must be an integer, got {other}"))),
-        }
-    }
-
-    fn required_int(&mut self, name: &str) -> Result<i64, WriteError> {
-        self.optional_int(name)?
-            .ok_or_else(|| invalid(name, "is required"))
-    }
-
-    fn no_other_fields(self) -> Result<(), WriteError> {
-        match self.0.keys().next() {
-            None => Ok(()),
-            Some(k) => Err(invalid(k, "is not a field of this request")),
-        }
-    }
-}
+// Input: every refusal is a 422 that names the field (`zerofn::Fields`, `zerofn::invalid`).
 
 fn user_id(f: &mut Fields) -> Result<String, WriteError> {
     check_user_id(&f.required_str("user_id")?)
@@ -969,7 +898,7 @@ mod tests {
                     b["limit_minor"] = json!(12.5);
                     b
                 },
-                "limit_minor: must be a whole number of minor units, got 12.5",
+                "limit_minor: must be a whole number, got 12.5",
             ),
             (
                 "/budgets",
