@@ -190,3 +190,68 @@ async fn a_task_completed_before_its_reminder_is_not_reminded() {
     assert!(reminded(&engine, &user, 1, 0).await.is_empty());
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn a_completion_delivered_five_times_creates_one_next_occurrence() {
+    let fns: Vec<String> = ["tasks", "recurring", "reminders", "notify"]
+        .iter()
+        .map(|f| manifest(&format!("functions/{f}")))
+        .collect();
+    let engine = Engine::start(&fns, None, &[], &[]).await;
+    let user = fresh_id("u");
+    let r = client()
+        .post(engine.url("/fn/tasks/tasks"))
+        .json(
+            &json!({"user_id": user, "title": "Water the plants", "priority": "low",
+                      "due_at": "2027-01-31T08:00:00Z", "recurrence": {"every": "month"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let task: Value = r.json().await.unwrap();
+    let id = task["task_id"].as_str().unwrap().to_string();
+    let done = client()
+        .post(engine.url(&format!("/fn/tasks/tasks/{id}/complete")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    // The same completion four more times, as redeliveries and replays would bring it.
+    for _ in 0..4 {
+        post(
+            &engine,
+            "todo.task.completed",
+            json!({"task_id": id, "user_id": user, "completed_at": "2026-12-02T10:00:00Z",
+                   "recurrence": {"frequency": "monthly"}}),
+        )
+        .await;
+    }
+    engine
+        .wait_for("recurring", 60, "five completions handled", |s| {
+            s["processed"].as_u64() >= Some(5) && s["total_lag"] == 0
+        })
+        .await;
+    let list: Value = client()
+        .get(engine.url(&format!("/fn/tasks/tasks?user_id={user}&sort=created_at")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tasks = list["tasks"].as_array().unwrap();
+    assert_eq!(
+        tasks.len(),
+        2,
+        "the completed task and one next occurrence: {list}"
+    );
+    assert_eq!(tasks[0]["status"], "completed");
+    assert_eq!(tasks[1]["status"], "open");
+    assert_eq!(
+        tasks[1]["due_at"], "2027-02-28T08:00:00.000Z",
+        "January 31st's next month is February's end"
+    );
+    assert_eq!(tasks[1]["recurrence"], json!({"every": "month"}));
+    engine.stop().await;
+}
