@@ -58,7 +58,14 @@ struct ReminderDue {
     channel: String,
 }
 
-/// The four event types notify consumes; the CloudEvent type picks the variant.
+#[derive(Debug, Deserialize)]
+struct TaskCompleted {
+    task_id: String,
+    user_id: String,
+    title: Option<String>,
+}
+
+/// The event types notify consumes; the CloudEvent type picks the variant.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", content = "data")]
 enum Notice {
@@ -70,6 +77,8 @@ enum Notice {
     Insight(InsightGenerated),
     #[serde(rename = "todo.reminder.due")]
     ReminderDue(ReminderDue),
+    #[serde(rename = "todo.task.completed")]
+    TaskCompleted(TaskCompleted),
 }
 
 /// A stored in-app notification.
@@ -175,32 +184,31 @@ async fn handle(event: Event<Typed<Notice>>) -> Result<Emit, HandlerError> {
                 Some(due) => format!("Due {}", due.format("%Y-%m-%d %H:%M UTC")),
                 None => "It is time.".to_string(),
             };
-            let title: String = format!("Reminder: {}", r.task_title)
-                .chars()
-                .take(120)
-                .collect();
-            let n = Notification {
-                id,
-                user_id: r.user_id.clone(),
-                channel: r.channel.clone(),
-                kind: "reminder".into(),
-                title: title.clone(),
-                body: body.clone(),
-                cause_event_id: ctx.id.clone(),
-            };
-            store(&event, n).await?;
-            let sent = NotificationSent {
-                notification_id: id,
+            let title = format!("Reminder: {}", r.task_title);
+            let todo = Todo {
+                kind: "reminder",
                 user_id: &r.user_id,
-                channel: &r.channel,
-                title: &title,
-                body: &body,
                 task_id: &r.task_id,
-                cause,
-                sent_at: Utc::now(),
+                channel: &r.channel,
+                title,
+                body,
             };
-            tracing::info!(notification_id = %id, user_id = %r.user_id, "reminder notification stored");
-            return Ok(Emit::new("todo.notification.sent", &sent)?.partition_key(&r.user_id));
+            return todo_notification(&event, id, cause, todo).await;
+        }
+        Notice::TaskCompleted(c) => {
+            let (title, body) = match &c.title {
+                Some(t) => (format!("Done: {t}"), format!("You completed \"{t}\".")),
+                None => ("Task done".to_string(), "You completed a task.".to_string()),
+            };
+            let todo = Todo {
+                kind: "task_completed",
+                user_id: &c.user_id,
+                task_id: &c.task_id,
+                channel: "in_app",
+                title,
+                body,
+            };
+            return todo_notification(&event, id, cause, todo).await;
         }
     };
     let n = Notification {
@@ -225,6 +233,48 @@ async fn handle(event: Event<Typed<Notice>>) -> Result<Emit, HandlerError> {
     };
     tracing::info!(notification_id = %id, user_id = %user_id, kind, "finance alert stored");
     Ok(Emit::new("finance.alert.sent", &alert)?.partition_key(user_id))
+}
+
+/// A notification about a task.
+struct Todo<'a> {
+    kind: &'static str,
+    user_id: &'a str,
+    task_id: &'a str,
+    channel: &'a str,
+    title: String,
+    body: String,
+}
+
+/// Store a task's notification and say so with `todo.notification.sent`.
+async fn todo_notification(
+    event: &Event<Typed<Notice>>,
+    id: uuid::Uuid,
+    cause: Cause<'_>,
+    t: Todo<'_>,
+) -> Result<Emit, HandlerError> {
+    let title: String = t.title.chars().take(120).collect();
+    let n = Notification {
+        id,
+        user_id: t.user_id.to_string(),
+        channel: t.channel.to_string(),
+        kind: t.kind.into(),
+        title: title.clone(),
+        body: t.body.clone(),
+        cause_event_id: event.ctx.id.clone(),
+    };
+    store(event, n).await?;
+    let sent = NotificationSent {
+        notification_id: id,
+        user_id: t.user_id,
+        channel: t.channel,
+        title: &title,
+        body: &t.body,
+        task_id: t.task_id,
+        cause,
+        sent_at: Utc::now(),
+    };
+    tracing::info!(notification_id = %id, user_id = %t.user_id, kind = t.kind, "task notification stored");
+    Ok(Emit::new("todo.notification.sent", &sent)?.partition_key(t.user_id))
 }
 
 /// Keep the notification in the delivery's transaction: it commits exactly once, with the
@@ -626,6 +676,28 @@ mod tests {
         assert_eq!(money(1250, "EUR"), "12.50");
         assert_eq!(money(-5, "USD"), "-0.05");
         assert_eq!(money(1200, "JPY"), "1200");
+    }
+
+    #[tokio::test]
+    async fn a_completed_task_becomes_a_todo_notification() {
+        let db = db().await;
+        let emit = run_in(
+            &db,
+            "todo.task.completed",
+            json!({"task_id": "0193a7c2-8000-7000-8000-000000000001", "user_id": "u-7",
+                   "title": "Pay rent", "completed_at": "2026-11-23T09:00:00Z"}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(emit.ty(), "todo.notification.sent");
+        assert_eq!(emit.data()["title"], "Done: Pay rent");
+        assert_eq!(
+            emit.data()["task_id"],
+            "0193a7c2-8000-7000-8000-000000000001"
+        );
+        assert_valid(&emit);
+        let id = emit.data()["notification_id"].as_str().unwrap().to_string();
+        assert_eq!(rows_with_id(&db, &id).await, 1, "stored");
     }
 
     #[tokio::test]

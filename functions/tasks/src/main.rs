@@ -397,7 +397,8 @@ async fn complete(mut write: Write, Path(id): Path<String>) -> Result<Response, 
             .await
             .map_err(WriteError::internal)?;
     }
-    let mut event = json!({"task_id": task.task_id, "user_id": task.user_id, "completed_at": task.completed_at});
+    let mut event = json!({"task_id": task.task_id, "user_id": task.user_id, "title": task.title,
+                           "completed_at": task.completed_at});
     if let Some(r) = &task.recurrence {
         event["recurrence"] = r.contract();
     }
