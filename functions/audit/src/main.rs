@@ -179,31 +179,105 @@ async fn verify(pool: &sqlx::AnyPool) -> Result<Verdict, sqlx::Error> {
     })
 }
 
-/// `GET /audit/verify`.
+/// `GET /audit/verify`; `GET /audit/events?resource=task/{id}` (or `?task_id=`, which adds the
+/// events that mention the task, such as its reminders), oldest first.
 fn routes(pool: sqlx::AnyPool) -> Router {
-    Router::new().route(
-        "/audit/verify",
-        get(move || {
-            let pool = pool.clone();
-            async move {
-                match verify(&pool).await {
-                    Ok(Verdict::Intact { rows }) => {
-                        Json(json!({"ok": true, "rows": rows})).into_response()
+    let for_events = pool.clone();
+    Router::new()
+        .route(
+            "/audit/events",
+            get(
+                move |axum::extract::Query(q): axum::extract::Query<HistoryQuery>| {
+                    let pool = for_events.clone();
+                    async move { history(&pool, q).await }
+                },
+            ),
+        )
+        .route(
+            "/audit/verify",
+            get(move || {
+                let pool = pool.clone();
+                async move {
+                    match verify(&pool).await {
+                        Ok(Verdict::Intact { rows }) => {
+                            Json(json!({"ok": true, "rows": rows})).into_response()
+                        }
+                        Ok(Verdict::Broken { seq, reason }) => (
+                            StatusCode::CONFLICT,
+                            Json(json!({"ok": false, "first_bad_seq": seq, "reason": reason})),
+                        )
+                            .into_response(),
+                        Err(e) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            Json(json!({"ok": false, "reason": e.to_string()})),
+                        )
+                            .into_response(),
                     }
-                    Ok(Verdict::Broken { seq, reason }) => (
-                        StatusCode::CONFLICT,
-                        Json(json!({"ok": false, "first_bad_seq": seq, "reason": reason})),
-                    )
-                        .into_response(),
-                    Err(e) => (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        Json(json!({"ok": false, "reason": e.to_string()})),
-                    )
-                        .into_response(),
                 }
-            }
-        }),
-    )
+            }),
+        )
+}
+
+#[derive(serde::Deserialize)]
+struct HistoryQuery {
+    resource: Option<String>,
+    task_id: Option<String>,
+}
+
+/// A resource's recorded events, oldest first (at most 500).
+async fn history(pool: &sqlx::AnyPool, q: HistoryQuery) -> axum::response::Response {
+    let refuse = |message: &str| {
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"error": "invalid_query", "message": message})),
+        )
+            .into_response()
+    };
+    let (sql, bind, mention) = match (&q.resource, &q.task_id) {
+        (Some(r), None) if !r.is_empty() => (
+            "SELECT seq, recorded_at, actor, action, resource, event_id, data FROM audit_log \
+             WHERE resource = $1 ORDER BY seq LIMIT 500",
+            r.clone(),
+            None,
+        ),
+        (None, Some(t)) if !t.is_empty() && !t.contains(['"', '%', '_', '\\']) => (
+            "SELECT seq, recorded_at, actor, action, resource, event_id, data FROM audit_log \
+             WHERE resource = $1 OR data LIKE $2 ORDER BY seq LIMIT 500",
+            format!("task/{t}"),
+            Some(format!("%\"task_id\":\"{t}\"%")),
+        ),
+        _ => return refuse("give resource=ENTITY/ID or task_id=ID (one of them)"),
+    };
+    let mut query = sqlx::query(sql).bind(bind);
+    if let Some(m) = mention {
+        query = query.bind(m);
+    }
+    let rows = match query.fetch_all(pool).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"error": "store_unavailable", "message": e.to_string()})),
+            )
+                .into_response();
+        }
+    };
+    let events: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let data: String = r.get("data");
+            json!({
+                "seq": r.get::<i64, _>("seq"),
+                "recorded_at": r.get::<i64, _>("recorded_at"),
+                "actor": r.get::<String, _>("actor"),
+                "action": r.get::<String, _>("action"),
+                "resource": r.get::<String, _>("resource"),
+                "event_id": r.get::<String, _>("event_id"),
+                "data": serde_json::from_str::<Value>(&data).unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    Json(json!({"events": events})).into_response()
 }
 
 #[tokio::main]
@@ -286,6 +360,53 @@ mod tests {
             .await
             .unwrap();
         (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_tasks_history_is_read_back_in_order() {
+        let dir = std::env::temp_dir().join(fresh_id("audit"));
+        let store = format!("sqlite:{}/zerofn.db", dir.display());
+        let manifest = zerofn::manifest!()
+            .migrations(&MIGRATIONS)
+            .sql_routes(routes);
+        let server = TestServer::start(manifest, handler_fn(handle), &[("ZEROFN_STORE", &store)])
+            .await
+            .unwrap();
+        for (ty, id) in [
+            ("todo.task.created", "h-1"),
+            ("finance.transaction.created", "h-2"),
+            ("todo.reminder.due", "h-3"),
+        ] {
+            assert_eq!(deliver(&server, ty, id).await, 202, "{ty}");
+        }
+        let get = |q: &'static str| {
+            let url = format!("{}/audit/events?{q}", server.url());
+            async move {
+                let r = client().get(url).send().await.unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            }
+        };
+        let task = "0193a7c2-8000-7000-8000-000000000001";
+        let (s, v) = get("resource=task/0193a7c2-8000-7000-8000-000000000001").await;
+        assert_eq!(s, 200);
+        let actions = |v: &Value| -> Vec<String> {
+            v["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["action"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(actions(&v), vec!["todo.task.created"]);
+        assert_eq!(v["events"][0]["data"]["task_id"], task);
+        let (_, v) = get("task_id=0193a7c2-8000-7000-8000-000000000001").await;
+        assert_eq!(
+            actions(&v),
+            vec!["todo.task.created", "todo.reminder.due"],
+            "its reminder too, in order"
+        );
+        assert_eq!(get("").await.0, 422);
+        assert_eq!(get("task_id=%25").await.0, 422, "no wildcard");
     }
 
     #[tokio::test]
