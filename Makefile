@@ -86,11 +86,12 @@ services-up: ## Start the test PostgreSQL and Redis (prints the env file to sour
 services-down: ## Stop them
 	@scripts/test-services.sh down
 
-bench: ## Measure: per-event runtime cost (tracing off / logs off / OTLP), the engine's throughput, the finance chain's latency warm and from zero (release build)
+bench: ## Measure: per-event runtime cost (tracing off / logs off / OTLP), the engine's throughput, the finance chain's latency warm and from zero, the todo app's search over 10 000 tasks and reminder lateness (release build)
 	$(CARGO) build --release --locked --workspace --bins
 	$(CARGO_TARGET_DIR_OR_DEFAULT)/release/bench
 	$(CARGO) bench --locked -p zerofn-cli --bench engine
 	$(CARGO) bench --locked -p zerofn-cli --bench chain
+	$(CARGO) bench --locked -p zerofn-cli --bench todo
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
