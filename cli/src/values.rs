@@ -84,7 +84,10 @@ pub(crate) fn function_values(m: &Manifest) -> anyhow::Result<Value> {
         "deadLetterTopic": m.delivery.dead_letter_topic,
         "kafka": {"topics": topics},
         "scaling": {
-            "min": m.scaling.min,
+            // A Dapr job cannot wake a function at zero in a cluster (KEDA does not see the
+            // scheduler): a function that schedules jobs keeps one replica, or its jobs would
+            // wait for its next event.
+            "min": if m.jobs.is_empty() { m.scaling.min } else { m.scaling.min.max(1) },
             "max": m.scaling.max,
             "lagThreshold": m.scaling.lag_threshold,
             "activationLagThreshold": m.scaling.activation_lag_threshold,
