@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use zerofn_tests::{FnProcess, client, get_json};
+use zerofn_tests::{FnProcess, client, get_json, percentile};
 
 const WARM: usize = 40;
 const FROM_ZERO: usize = 5;
@@ -168,10 +168,4 @@ async fn wait(url: &str, what: &str, done: impl Fn(&Value) -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn percentile(samples: &mut [i64], p: usize) -> i64 {
-    samples.sort_unstable();
-    let i = (samples.len() * p).div_ceil(100).saturating_sub(1);
-    samples[i.min(samples.len() - 1)]
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
-use zerofn_tests::{FnProcess, client, get_json};
+use zerofn_tests::{FnProcess, client, get_json, percentile};
 
 const QUERIES: usize = 50;
 const REMINDERS: usize = 10;
@@ -218,10 +218,4 @@ async fn wait_at_zero(url: &str, function: &str) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn percentile(samples: &mut [f64], p: usize) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    let i = (samples.len() * p).div_ceil(100).saturating_sub(1);
-    samples[i.min(samples.len() - 1)]
 }

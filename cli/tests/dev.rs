@@ -403,14 +403,7 @@ async fn raw_dead_letters(shared: Option<String>) {
         state_dir_listing(&engine, &record).await;
     }
     // Replay through the function's sidecar, as `--dapr` does in a cluster: applied once.
-    let sidecar = engine
-        .process
-        .log_lines()
-        .into_iter()
-        .find(|l| l["message"] == "function registered (0 replicas)" && l["function"] == "probe")
-        .unwrap()["sidecar_port"]
-        .as_u64()
-        .unwrap();
+    let sidecar = engine.sidecar_port("probe");
     let dl = record["id"].as_str().unwrap().to_string();
     let replay = || {
         zerofn(vec![

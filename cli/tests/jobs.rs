@@ -23,15 +23,7 @@ fn probe_fn() -> String {
 
 /// The probe's sidecar (the engine's Jobs API for it).
 fn sidecar(engine: &Engine) -> String {
-    let port = engine
-        .process
-        .log_lines()
-        .into_iter()
-        .find(|l| l["message"] == "function registered (0 replicas)" && l["function"] == "probe")
-        .unwrap()["sidecar_port"]
-        .as_u64()
-        .unwrap();
-    format!("http://127.0.0.1:{port}")
+    format!("http://127.0.0.1:{}", engine.sidecar_port("probe"))
 }
 
 async fn schedule(engine: &Engine, name: &str, body: &str) -> (u16, Value) {

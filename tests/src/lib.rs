@@ -763,6 +763,13 @@ impl Drop for OtlpReceiver {
     }
 }
 
+/// The `p`-th percentile (nearest rank) of `samples`, which it sorts: the benches' one rule.
+pub fn percentile<T: Copy + PartialOrd>(samples: &mut [T], p: usize) -> T {
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let i = (samples.len() * p).div_ceil(100).saturating_sub(1);
+    samples[i.min(samples.len() - 1)]
+}
+
 /// A service URL from the environment; without it the test fails and says how to get one.
 pub fn service(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {

@@ -141,4 +141,16 @@ impl Engine {
             .filter(|l| l["message"] == "chaos: SIGKILL")
             .count()
     }
+
+    /// The port of `function`'s sidecar (the engine's Dapr API for it), from the engine's log.
+    pub(crate) fn sidecar_port(&self, function: &str) -> u64 {
+        self.process
+            .log_lines()
+            .into_iter()
+            .find(|l| {
+                l["message"] == "function registered (0 replicas)" && l["function"] == function
+            })
+            .and_then(|l| l["sidecar_port"].as_u64())
+            .unwrap_or_else(|| panic!("{function} was not registered"))
+    }
 }
