@@ -341,7 +341,7 @@ fn decode_data(ct: &str, payload: Payload) -> Result<Value, Failure> {
 }
 
 /// Undo the binding's percent-encoding of a header value (one round, UTF-8 result).
-fn percent_decode(raw: &[u8]) -> Option<String> {
+pub(crate) fn percent_decode(raw: &[u8]) -> Option<String> {
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {

@@ -7,6 +7,22 @@ use serde_json::{Map, Value};
 
 use crate::WriteError;
 
+/// The `key=value` pairs of a query string, in order, percent-decoded (`+` is a space), so a
+/// key may repeat (`tag=a&tag=b`), which `axum::extract::Query` cannot express.
+pub fn query_pairs(raw: &str) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        let s = s.replace('+', " ");
+        crate::codec::percent_decode(s.as_bytes()).unwrap_or(s)
+    };
+    raw.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
 /// A `422 invalid_field`: `"{field}: {why}"`.
 pub fn invalid(field: &str, why: impl std::fmt::Display) -> WriteError {
     WriteError {
@@ -88,5 +104,24 @@ impl Fields {
             None => Ok(()),
             Some(k) => Err(invalid(k, "is not a field of this request")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_are_decoded() {
+        assert_eq!(
+            query_pairs("q=100%25+cotton&tag=a&tag=b&x"),
+            vec![
+                ("q".into(), "100% cotton".into()),
+                ("tag".into(), "a".into()),
+                ("tag".into(), "b".into()),
+                ("x".into(), String::new())
+            ]
+        );
+        assert_eq!(query_pairs("q=%zz%4"), vec![("q".into(), "%zz%4".into())]);
     }
 }

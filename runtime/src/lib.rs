@@ -79,7 +79,7 @@ struct ReadmeExamples;
 pub use emit::{Emit, IntoEmits};
 pub use error::{BoxError, Error, ErrorKind, HandlerError, ResultExt};
 pub use event::{Context, Event, EventData, KafkaCoordinates, Typed};
-pub use fields::{Fields, invalid};
+pub use fields::{Fields, invalid, query_pairs};
 pub use handler::{Handler, HandlerFn, handler_fn};
 pub use idempotency::{Transaction, TransactionGuard};
 pub use manifest::{Manifest, ManifestSource, Routes, SqlRoutes};

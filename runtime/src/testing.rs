@@ -161,6 +161,43 @@ pub async fn http_router(
     router(manifest, crate::no_events(), env).await
 }
 
+/// One request to `app` in-process (`oneshot`): `method` `uri` with `body` as JSON and
+/// `headers`; the status and the JSON answer (`null` when the body is empty or not JSON).
+pub async fn call(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    body: Option<&serde_json::Value>,
+    headers: &[(&str, &str)],
+) -> (http::StatusCode, serde_json::Value) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let body = body.map_or_else(String::new, serde_json::Value::to_string);
+    let answer = match request.body(axum::body::Body::from(body)) {
+        Ok(request) => app.clone().oneshot(request).await,
+        Err(e) => panic!("{method} {uri}: not a request: {e}"),
+    };
+    let Ok(response) = answer;
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map(http_body_util::Collected::to_bytes)
+        .unwrap_or_default();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
 /// A function served on an ephemeral port of 127.0.0.1.
 #[derive(Debug)]
 pub struct TestServer {

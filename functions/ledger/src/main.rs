@@ -652,8 +652,6 @@ const CURRENCIES: &[&str] = &[
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
     use zerofn::testing;
 
     /// The ledger in-process on a fresh SQLite store, publishing to a recording sidecar.
@@ -679,26 +677,9 @@ mod tests {
             body: Option<Value>,
             key: Option<&str>,
         ) -> (StatusCode, Value) {
-            let mut request = http::Request::builder()
-                .method(method)
-                .uri(uri)
-                .header("content-type", "application/json");
-            if let Some(k) = key {
-                request = request.header("idempotency-key", k);
-            }
-            let body = body.map_or_else(String::new, |b| b.to_string());
-            let response = self
-                .app
-                .clone()
-                .oneshot(request.body(axum::body::Body::from(body)).unwrap())
-                .await
-                .unwrap();
-            let status = response.status();
-            let bytes = response.into_body().collect().await.unwrap().to_bytes();
-            (
-                status,
-                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            )
+            let headers: Vec<(&str, &str)> =
+                key.map(|k| ("idempotency-key", k)).into_iter().collect();
+            testing::call(&self.app, method, uri, body.as_ref(), &headers).await
         }
 
         /// The events published so far, of type `ty`.

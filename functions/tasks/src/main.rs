@@ -560,7 +560,7 @@ impl ListQuery {
             ..ListQuery::default()
         };
         let mut user = None;
-        for (k, v) in pairs(raw) {
+        for (k, v) in zerofn::query_pairs(raw) {
             match k.as_str() {
                 "user_id" => user = Some(user_id(&v)?),
                 "q" => q.q = Some(v.to_lowercase()).filter(|s| !s.trim().is_empty()),
@@ -731,40 +731,6 @@ fn decode_cursor(c: &str) -> Result<(Value, String), WriteError> {
         }
         _ => Err(bad()),
     }
-}
-
-/// `k=v` pairs of a query string, percent-decoded (`tag` may repeat).
-fn pairs(raw: &str) -> Vec<(String, String)> {
-    fn decode(s: &str) -> String {
-        let bytes = s.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'+' => out.push(b' '),
-                b'%' if i + 2 < bytes.len() => {
-                    let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                    match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                        Some(b) => {
-                            out.push(b);
-                            i += 2;
-                        }
-                        None => out.push(b'%'),
-                    }
-                }
-                b => out.push(b),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-    raw.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -949,21 +915,7 @@ mod tests {
 
     impl Rig {
         async fn call(&self, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-            let request = http::Request::builder()
-                .method(method)
-                .uri(uri)
-                .header("content-type", "application/json")
-                .body(axum::body::Body::from(
-                    body.map_or_else(String::new, |b| b.to_string()),
-                ))
-                .unwrap();
-            let response = self.app.clone().oneshot(request).await.unwrap();
-            let status = response.status();
-            let bytes = response.into_body().collect().await.unwrap().to_bytes();
-            (
-                status,
-                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            )
+            testing::call(&self.app, method, uri, body.as_ref(), &[]).await
         }
 
         async fn create(&self, body: Value) -> Value {
@@ -1342,19 +1294,5 @@ mod tests {
             .to_bytes();
         assert_eq!(first, second);
         assert_eq!(r.events("todo.task.created").len(), 1);
-    }
-
-    #[test]
-    fn query_strings_are_decoded() {
-        assert_eq!(
-            pairs("q=100%25+cotton&tag=a&tag=b&x"),
-            vec![
-                ("q".into(), "100% cotton".into()),
-                ("tag".into(), "a".into()),
-                ("tag".into(), "b".into()),
-                ("x".into(), String::new())
-            ]
-        );
-        assert_eq!(pairs("q=%zz%4"), vec![("q".into(), "%zz%4".into())]);
     }
 }
