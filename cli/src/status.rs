@@ -1,4 +1,5 @@
-//! `zerofn status`: per function — replicas now and desired, lag per topic, events processed,
+//! `zerofn status`: per function — replicas now and desired and why (lag, a job due, HTTP
+//! demand), lag per topic, events processed,
 //! retries, dead letters, last cold start — from a running `zerofn dev`.
 
 use std::io::Write;
@@ -36,11 +37,12 @@ impl Status {
         }
         writeln!(
             out,
-            "{:<14} {:<12} {:>8} {:>7} {:>8} {:>9} {:>7} {:>6} {:>11}  LAST START ERROR",
+            "{:<14} {:<12} {:>8} {:>7} {:<14} {:>8} {:>9} {:>7} {:>6} {:>11}  LAST START ERROR",
             "FUNCTION",
             "KIND",
             "REPLICAS",
             "DESIRED",
+            "WHY",
             "LAG",
             "PROCESSED",
             "RETRIES",
@@ -55,11 +57,12 @@ impl Status {
             };
             writeln!(
                 out,
-                "{:<14} {:<12} {:>8} {:>7} {:>8} {:>9} {:>7} {:>6} {:>11}  {}",
+                "{:<14} {:<12} {:>8} {:>7} {:<14} {:>8} {:>9} {:>7} {:>6} {:>11}  {}",
                 f["name"].as_str().unwrap_or_default(),
                 f["kind"].as_str().unwrap_or_default(),
                 format!("{}+{}", n("replicas"), n("starting")),
                 n("desired"),
+                f["reason"].as_str().unwrap_or("-"),
                 f["total_lag"].as_i64().unwrap_or_default(),
                 n("processed"),
                 n("retries"),

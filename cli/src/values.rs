@@ -76,7 +76,11 @@ pub(crate) fn function_values(m: &Manifest) -> anyhow::Result<Value> {
         "function": {
             "name": m.name,
             "description": m.description,
-            "kind": if m.http.is_some() && m.subscriptions.is_empty() { "http" } else { "events" },
+            "kind": match (m.http.is_some(), m.subscriptions.is_empty(), m.schedules.is_empty()) {
+                (true, true, _) => "http",
+                (false, true, false) => "scheduled",
+                _ => "events",
+            },
             "sql": m.needs_sql,
         },
         "subscriptions": m.subscriptions.iter().map(|s| json!({"topic": s.topic, "pubsub": s.pubsub, "route": s.route})).collect::<Vec<_>>(),
@@ -85,9 +89,9 @@ pub(crate) fn function_values(m: &Manifest) -> anyhow::Result<Value> {
         "kafka": {"topics": topics},
         "scaling": {
             // A Dapr job cannot wake a function at zero in a cluster (KEDA does not see the
-            // scheduler): a function that schedules jobs keeps one replica, or its jobs would
-            // wait for its next event.
-            "min": if m.jobs.is_empty() { m.scaling.min } else { m.scaling.min.max(1) },
+            // scheduler): a function that schedules jobs or has schedules keeps one replica,
+            // or its jobs would wait for its next event.
+            "min": if m.jobs.is_empty() && m.schedules.is_empty() { m.scaling.min } else { m.scaling.min.max(1) },
             "max": m.scaling.max,
             "lagThreshold": m.scaling.lag_threshold,
             "activationLagThreshold": m.scaling.activation_lag_threshold,

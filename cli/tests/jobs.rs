@@ -235,3 +235,101 @@ async fn schedule_requests_are_refused_as_daprd_refuses_them() {
     assert_eq!(r.status(), 204);
     engine.stop().await;
 }
+
+fn ticker_fn() -> String {
+    format!(
+        "{}={}",
+        manifest("tests/ticker/function.toml"),
+        sibling("ticker")
+    )
+}
+
+/// The triggers the ticker recorded: their event ids, `schedule-tick@<instant>`.
+async fn ticks(state: &Path) -> Vec<String> {
+    let db = state.join("functions/ticker/zerofn.db");
+    if !db.exists() {
+        return Vec::new();
+    }
+    let pool = store_pool(&format!("sqlite:{}", db.display())).await;
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT event_id FROM probe_effects ORDER BY event_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
+    pool.close().await;
+    rows
+}
+
+/// Until the ticker recorded `n` triggers (at most `secs`), then all of them.
+async fn wait_ticks(state: &Path, n: usize, secs: u64) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let rows = ticks(state).await;
+        if rows.len() >= n || Instant::now() > deadline {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The cron instants of `ids`, checked: each `schedule-tick@…Z` at an even second, none twice.
+fn instants(ids: &[String]) -> Vec<chrono::DateTime<chrono::Utc>> {
+    let mut at: Vec<chrono::DateTime<chrono::Utc>> = ids
+        .iter()
+        .map(|id| {
+            let t = id
+                .strip_prefix("schedule-tick@")
+                .unwrap_or_else(|| panic!("trigger id {id}"));
+            chrono::DateTime::parse_from_rfc3339(t).unwrap().to_utc()
+        })
+        .collect();
+    assert!(
+        at.iter().all(|t| t.timestamp() % 2 == 0),
+        "*/2: even seconds only: {ids:?}"
+    );
+    at.sort();
+    at.dedup();
+    assert_eq!(at.len(), ids.len(), "a trigger applied twice: {ids:?}");
+    at
+}
+
+#[tokio::test]
+async fn a_schedule_declared_in_function_toml_fires_on_its_cron_from_zero_and_survives_a_restart() {
+    let engine = Engine::start(&[ticker_fn()], None, &[], &[]).await;
+    // The engine registered the schedule before any replica ran: a function at zero has no
+    // other way to get its first trigger.
+    let job: Value = client()
+        .get(format!(
+            "http://127.0.0.1:{}/v1.0-alpha1/jobs/schedule-tick",
+            engine.sidecar_port("ticker")
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(job["schedule"], "*/2 * * * * *", "{job}");
+    assert_eq!(job["data"], json!({"schedule": "tick"}));
+    let first = wait_ticks(&engine.state, 3, 30).await;
+    assert!(first.len() >= 3, "three triggers in 30 s: {first:?}");
+    let at = instants(&first);
+    let status = engine.status("ticker").await;
+    assert_eq!(status["kind"], "scheduled", "{status}");
+    assert!(status["cold_starts"].as_u64().unwrap() >= 1, "{status}");
+    // Consecutive triggers are consecutive instants of the cron (two seconds apart), bar one
+    // the scheduler skipped while a replica was starting (never the same one twice).
+    assert!(
+        at.windows(2).all(|w| (w[1] - w[0]).num_seconds() % 2 == 0),
+        "{at:?}"
+    );
+    let state = engine.stop().await;
+    let before = ticks(&state).await.len();
+    // After a restart on the same state: the schedule is still registered once, the triggers
+    // go on, and none of those already applied is applied again.
+    let engine = Engine::start(&[ticker_fn()], Some(state.clone()), &[], &[]).await;
+    let after = wait_ticks(&state, before + 2, 30).await;
+    assert!(after.len() >= before + 2, "{before} then {after:?}");
+    instants(&after);
+    engine.stop().await;
+}

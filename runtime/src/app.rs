@@ -46,14 +46,17 @@ impl App {
         let client = transport::http_client(&config)?;
         // Dead-letter records are published too, so every Dapr function has a publisher; on
         // the HTTP transport a function that emits events must have a sink.
-        let publisher: Arc<dyn Publisher> = match (config.transport, &config.dapr_url, &config.sink)
-        {
-            (TransportKind::Dapr, Some(url), _) => Arc::new(DaprPublisher::new(
-                client,
+        let dapr = match (config.transport, &config.dapr_url) {
+            (TransportKind::Dapr, Some(url)) => Some(Arc::new(DaprPublisher::new(
+                client.clone(),
                 url.clone(),
                 config.dapr_api_token.clone(),
-            )),
-            (TransportKind::Http, _, Some(sink)) => {
+            ))),
+            _ => None,
+        };
+        let publisher: Arc<dyn Publisher> = match (&dapr, config.transport, &config.sink) {
+            (Some(dapr), _, _) => dapr.clone(),
+            (None, TransportKind::Http, Some(sink)) => {
                 Arc::new(SinkPublisher::new(client, sink.clone()))
             }
             _ if manifest.publishes.is_empty() => Arc::new(NoPublisher),
@@ -108,6 +111,7 @@ impl App {
                 config,
                 subscribed: Arc::new(AtomicBool::new(false)),
                 extra,
+                dapr,
             },
         })
     }
@@ -132,6 +136,12 @@ impl App {
             "serving"
         );
         let purge = tokio::spawn(purge_expired(state.intake.store().clone()));
+        let schedules = state.dapr.clone().map(|dapr| {
+            tokio::spawn(transport::dapr::register_schedules(
+                dapr,
+                state.intake.manifest().schedules.clone(),
+            ))
+        });
         let relay = tokio::spawn(relay_outbox(
             state.intake.clone(),
             state.config.relay_interval,
@@ -201,6 +211,9 @@ impl App {
         drop(listener);
         purge.abort();
         relay.abort();
+        if let Some(schedules) = schedules {
+            schedules.abort();
+        }
         if drained.is_ok() {
             // Nothing is in flight: publish what a dead worker left unsent (once its right
             // lapses, within the grace), then close idle keep-alive connections.
@@ -289,15 +302,20 @@ fn check_store(config: &Config, manifest: &Manifest) -> Result<(), Error> {
     Ok(())
 }
 
-/// Jobs go through the Dapr Jobs API: a function that schedules them needs the sidecar.
+/// Jobs and schedules go through the Dapr Jobs API: a function that has them needs the sidecar.
 fn check_jobs(config: &Config, manifest: &Manifest) -> Result<(), Error> {
-    if !manifest.jobs.is_empty() && config.transport == crate::config::TransportKind::Http {
+    let what = match (manifest.jobs.is_empty(), manifest.schedules.is_empty()) {
+        (true, true) => return Ok(()),
+        (false, _) => "schedules jobs (function.toml [[jobs]])",
+        (true, false) => "has schedules (function.toml [[schedules]])",
+    };
+    if config.transport == crate::config::TransportKind::Http {
         return Err(ConfigError::new(
             crate::config::ENV_TRANSPORT,
             "http",
             format!(
-                "function {} schedules jobs (function.toml [[jobs]]), which go through the Dapr \
-                 Jobs API: run it with a Dapr sidecar (DAPR_HTTP_PORT, or ZEROFN_TRANSPORT=dapr)",
+                "function {} {what}, which go through the Dapr Jobs API: run it with a Dapr \
+                 sidecar (DAPR_HTTP_PORT, or ZEROFN_TRANSPORT=dapr)",
                 manifest.name
             ),
         )
@@ -313,7 +331,11 @@ fn check_contracts(manifest: &Manifest, contracts: &Contracts) -> Result<(), Err
         .iter()
         .map(|p| (p.ty.as_str(), "publishes"));
     let scheduled = manifest.jobs.iter().map(|t| (t.as_str(), "schedules"));
-    for (ty, role) in consumed.chain(published).chain(scheduled) {
+    let triggered = manifest
+        .schedules
+        .iter()
+        .map(|s| (s.ty.as_str(), "is triggered by"));
+    for (ty, role) in consumed.chain(published).chain(scheduled).chain(triggered) {
         if !contracts.knows(ty) {
             return Err(Error::Contract {
                 ty: ty.to_string(),

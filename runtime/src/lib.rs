@@ -63,6 +63,7 @@ mod lambda;
 pub mod manifest;
 mod outcome;
 mod publish;
+pub mod schedule;
 mod shutdown;
 mod telemetry;
 mod transport;

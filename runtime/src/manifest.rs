@@ -146,6 +146,8 @@ struct RawManifest {
     #[serde(default)]
     jobs: Vec<RawJob>,
     #[serde(default)]
+    schedules: Vec<RawSchedule>,
+    #[serde(default)]
     scaling: RawScaling,
     #[serde(default)]
     delivery: RawDelivery,
@@ -250,6 +252,21 @@ struct RawJob {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawSchedule {
+    name: String,
+    cron: String,
+    #[serde(rename = "type", default = "default_schedule_type")]
+    ty: String,
+    #[serde(default)]
+    data: toml::Table,
+}
+
+fn default_schedule_type() -> String {
+    SCHEDULE_EVENT_TYPE.into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawScaling {
     #[serde(default)]
     min: u32,
@@ -335,6 +352,11 @@ pub struct Manifest {
     /// The event types the function schedules for itself as jobs (`[[jobs]]`): delivered back
     /// to it at their due time (`Emit::at`), through the Dapr Jobs API.
     pub jobs: Vec<String>,
+    /// Periodic triggers (`[[schedules]]`): cron schedules registered with the Dapr Jobs API
+    /// at start, each trigger delivered to the handler as an event.
+    pub schedules: Vec<DeclaredSchedule>,
+    /// The default pub/sub component (`[function] pubsub`).
+    pub pubsub: String,
     /// Scaling bounds and the KEDA lag arithmetic's parameters.
     pub scaling: Scaling,
     /// Retry and dead-letter policy.
@@ -358,6 +380,56 @@ pub struct Http {
     pub concurrency: u32,
     /// Longest a request may take, including a cold start (504 after).
     pub timeout: Duration,
+}
+
+/// The event type of a schedule's triggers unless `[[schedules]] type` names another.
+pub const SCHEDULE_EVENT_TYPE: &str = "zerofn.schedule.due";
+
+/// The prefix of the Dapr job that carries a declared schedule: `schedule-<name>`.
+pub const SCHEDULE_JOB_PREFIX: &str = "schedule-";
+
+/// A periodic trigger declared under `[[schedules]]` in `function.toml`.
+///
+/// Each trigger is delivered to the handler as an event of type [`DeclaredSchedule::ty`]
+/// whose id names the cron instant it belongs to, so a trigger delivered twice (a retry, a
+/// second replica) is applied once, and consecutive triggers are different events.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct DeclaredSchedule {
+    /// The schedule's name (`[a-z0-9-]`, unique in the function).
+    pub name: String,
+    /// The cron expression as written: six fields with seconds, or `@hourly`, `@daily`,
+    /// `@weekly`, `@monthly`, `@yearly` (UTC).
+    pub cron: String,
+    /// The event type the handler receives (default `zerofn.schedule.due`).
+    pub ty: String,
+    /// Extra fields of every trigger's `data`, next to `schedule` and `scheduled_at`.
+    pub data: serde_json::Map<String, serde_json::Value>,
+    parsed: crate::schedule::Cron,
+}
+
+impl DeclaredSchedule {
+    /// The name of the Dapr job that carries it.
+    pub fn job_name(&self) -> String {
+        format!("{SCHEDULE_JOB_PREFIX}{}", self.name)
+    }
+
+    /// The body of the Jobs API request that registers it (`POST /v1.0-alpha1/jobs/{name}`):
+    /// the runtime sends it at start and the local engine writes the same, so registering an
+    /// unchanged schedule again changes nothing.
+    pub fn job_request(&self) -> serde_json::Value {
+        serde_json::json!({
+            "schedule": self.cron,
+            "data": {"schedule": self.name},
+            "overwrite": true,
+        })
+    }
+
+    /// The cron instant (Unix ms) a trigger delivered at `at_ms` belongs to: the latest at or
+    /// before it. A delivery retried past the next instant counts as that one.
+    pub fn instant(&self, at_ms: i64) -> Option<i64> {
+        self.parsed.latest_at_or_before(at_ms)
+    }
 }
 
 /// How the idempotency key of an event is formed (`[idempotency] key` in `function.toml`).
@@ -563,6 +635,7 @@ impl Manifest {
             }
             jobs.push(j.ty);
         }
+        let schedules = parse_schedules(raw.schedules)?;
         let s = raw.scaling;
         if s.max == 0 {
             return Err(ManifestError::new(
@@ -634,11 +707,12 @@ impl Manifest {
                 timeout: manifest_duration("http.timeout", &h.timeout)?,
             }),
         };
-        if subscriptions.is_empty() && http.is_none() {
+        if subscriptions.is_empty() && http.is_none() && schedules.is_empty() {
             return Err(ManifestError::new(
                 "subscriptions",
                 "[]",
-                "a function needs at least one [[subscriptions]] entry or an [http] section",
+                "a function needs at least one [[subscriptions]] entry, an [http] section or a \
+                 [[schedules]] entry",
             ));
         }
         Ok(Manifest {
@@ -651,6 +725,8 @@ impl Manifest {
             subscriptions,
             publishes,
             jobs,
+            schedules,
+            pubsub,
             scaling,
             delivery,
         })
@@ -699,10 +775,21 @@ impl Manifest {
         own.chain(dead_letters).collect()
     }
 
-    /// The pub/sub component of the function's dead-letter topic: its first subscription's
-    /// (`None` for a function without subscriptions, which has no dead letters to receive).
+    /// The pub/sub component of the function's dead-letter topic: its first subscription's, or
+    /// the default one for a function with schedules only (`None` for an HTTP function, which
+    /// has no deliveries to dead-letter).
     pub fn dead_letter_pubsub(&self) -> Option<&str> {
-        self.subscriptions.first().map(|s| s.pubsub.as_str())
+        match self.subscriptions.first() {
+            Some(s) => Some(s.pubsub.as_str()),
+            None if !self.schedules.is_empty() => Some(self.pubsub.as_str()),
+            None => None,
+        }
+    }
+
+    /// The schedule whose Dapr job is `job_name`, if it is one of this function's.
+    pub fn schedule_for_job(&self, job_name: &str) -> Option<&DeclaredSchedule> {
+        let name = job_name.strip_prefix(SCHEDULE_JOB_PREFIX)?;
+        self.schedules.iter().find(|s| s.name == name)
     }
 }
 
@@ -744,6 +831,87 @@ pub struct DaprBulkSubscribe {
     pub max_messages_count: u32,
     /// Longest wait to fill a delivery.
     pub max_await_duration_ms: u32,
+}
+
+/// `[[schedules]]`: names unique and plain, crons that parse (not `@every`: a period has no
+/// instants to name its triggers by), `data` a table without the reserved keys.
+fn parse_schedules(raw: Vec<RawSchedule>) -> Result<Vec<DeclaredSchedule>, ManifestError> {
+    let mut out: Vec<DeclaredSchedule> = Vec::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let plain = !r.name.is_empty()
+            && r.name.len() <= 63
+            && r.name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !plain {
+            return Err(ManifestError::new(
+                format!("schedules[{i}].name"),
+                &r.name,
+                "must be 1-63 characters of a-z, 0-9 and -",
+            ));
+        }
+        if out.iter().any(|s| s.name == r.name) {
+            return Err(ManifestError::new(
+                format!("schedules[{i}].name"),
+                &r.name,
+                "is declared twice",
+            ));
+        }
+        let parsed = match crate::schedule::Schedule::parse(&r.cron) {
+            Ok(crate::schedule::Schedule::Cron(c)) => *c,
+            Ok(crate::schedule::Schedule::Every(_)) => {
+                return Err(ManifestError::new(
+                    format!("schedules[{i}].cron"),
+                    &r.cron,
+                    "@every is for jobs scheduled at run time; a declared schedule is a cron \
+                     expression (six fields with seconds, e.g. \"0 */5 * * * *\") or @hourly, \
+                     @daily, @weekly, @monthly, @yearly",
+                ));
+            }
+            Err(why) => {
+                return Err(ManifestError::new(
+                    format!("schedules[{i}].cron"),
+                    &r.cron,
+                    why,
+                ));
+            }
+        };
+        if r.ty.trim().is_empty() {
+            return Err(ManifestError::new(
+                format!("schedules[{i}].type"),
+                &r.ty,
+                "must name an event type",
+            ));
+        }
+        let data = match serde_json::to_value(&r.data) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => {
+                return Err(ManifestError::new(
+                    format!("schedules[{i}].data"),
+                    "(table)",
+                    "must be a table of JSON-compatible values",
+                ));
+            }
+        };
+        if let Some(k) = ["schedule", "scheduled_at"]
+            .into_iter()
+            .find(|k| data.contains_key(*k))
+        {
+            return Err(ManifestError::new(
+                format!("schedules[{i}].data.{k}"),
+                &data[k],
+                "is set by the runtime on every trigger",
+            ));
+        }
+        out.push(DeclaredSchedule {
+            name: r.name,
+            cron: r.cron,
+            ty: r.ty,
+            data,
+            parsed,
+        });
+    }
+    Ok(out)
 }
 
 fn manifest_duration(key: &str, v: &str) -> Result<Duration, ManifestError> {
@@ -857,6 +1025,74 @@ mod tests {
                 "{text}: reason {:?}",
                 err.reason
             );
+        }
+    }
+
+    #[test]
+    fn schedules_are_checked_key_by_key() {
+        let with = |body: &str| {
+            Manifest::parse(
+                &format!("[function]\nname = \"digest\"\n[[schedules]]\n{body}"),
+                "digest",
+                "0.1.0",
+            )
+        };
+        let m =
+            with("name = \"weekly\"\ncron = \"0 0 8 * * 1\"\ndata = { window = \"7d\" }").unwrap();
+        let s = &m.schedules[0];
+        assert_eq!(
+            (s.ty.as_str(), s.job_name()),
+            (SCHEDULE_EVENT_TYPE, "schedule-weekly".into())
+        );
+        assert_eq!(s.data["window"], "7d");
+        assert_eq!(
+            m.dead_letter_pubsub(),
+            Some("kafka-pubsub"),
+            "its triggers can be dead-lettered"
+        );
+        assert_eq!(m.schedule_for_job("schedule-weekly"), Some(s));
+        assert_eq!(m.schedule_for_job("weekly"), None);
+        // Monday 2026-12-07 08:00:00 UTC; a delivery on Wednesday belongs to it.
+        let wednesday = chrono::DateTime::parse_from_rfc3339("2026-12-09T12:00:00Z").unwrap();
+        assert_eq!(
+            s.instant(wednesday.timestamp_millis()),
+            Some(1_796_630_400_000)
+        );
+        for (body, key, why) in [
+            (
+                "name = \"Weekly Digest\"\ncron = \"@daily\"",
+                "schedules[0].name",
+                "a-z, 0-9",
+            ),
+            (
+                "name = \"w\"\ncron = \"@every 1m\"",
+                "schedules[0].cron",
+                "@every is for jobs",
+            ),
+            (
+                "name = \"w\"\ncron = \"0 0 8 * *\"",
+                "schedules[0].cron",
+                "six fields",
+            ),
+            (
+                "name = \"w\"\ncron = \"@daily\"\ntype = \" \"",
+                "schedules[0].type",
+                "event type",
+            ),
+            (
+                "name = \"w\"\ncron = \"@daily\"\ndata = { scheduled_at = 1 }",
+                "schedules[0].data.scheduled_at",
+                "set by the runtime",
+            ),
+            (
+                "name = \"w\"\ncron = \"@daily\"\n[[schedules]]\nname = \"w\"\ncron = \"@hourly\"",
+                "schedules[1].name",
+                "twice",
+            ),
+        ] {
+            let e = with(body).unwrap_err();
+            assert_eq!(e.key, key, "{body}: {e}");
+            assert!(e.reason.contains(why), "{body}: {e}");
         }
     }
 }

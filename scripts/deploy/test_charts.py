@@ -165,8 +165,9 @@ def golden_fields(fn, manifest, docs):
         dep = one(docs, "Deployment")
         ann = dep["spec"]["template"]["metadata"]["annotations"]
         expect = {
-            # A function that schedules Dapr jobs keeps one replica: nothing in a cluster wakes it for a job.
-            "minReplicaCount": max(s.get("min", 0), 1 if manifest.get("jobs") else 0),
+            # A function that schedules Dapr jobs (or has schedules) keeps one replica: nothing in a
+            # cluster wakes it for a job.
+            "minReplicaCount": max(s.get("min", 0), 1 if manifest.get("jobs") or manifest.get("schedules") else 0),
             "maxReplicaCount": s.get("max", 4), "cooldownPeriod": cooldown_s,
         }
         for k, v in expect.items():
@@ -358,6 +359,25 @@ def main():
             fail(f"{fn}: settings/secretSettings do not render as the function's environment")
         render_fails("zerofn-function", "invalid propertyName 'ZEROFN_STORE'", values, {"settings": {"ZEROFN_STORE": "memory"}})
         print(f"ok   {fn}: {len(docs)} objects rendered and validated", file=sys.stderr)
+
+    # A function with schedules only (the tests' ticker): a Deployment of at least one replica
+    # with a Dapr sidecar (its Jobs API), the shared store, and no ScaledObject (no topic for KEDA).
+    ticker = tomllib.loads((ROOT / "tests" / "ticker" / "function.toml").read_text())
+    values = json.loads(run([ZEROFN, "values", str(ROOT / "tests" / "ticker"), "--image", "registry.test/zerofn/ticker:test"]))
+    if values["function"]["kind"] != "scheduled":
+        fail(f"ticker: kind {values['function']['kind']}, expected scheduled")
+    text, docs = render("zerofn-function", values)
+    validate("ticker", docs)
+    policies("ticker", docs, text)
+    if any(d["kind"] == "ScaledObject" for d in docs):
+        fail("ticker: a function with schedules only rendered a ScaledObject")
+    dep = one(docs, "Deployment")
+    ann = dep["spec"]["template"]["metadata"]["annotations"]
+    if dep["spec"]["replicas"] < 1 or ann.get("dapr.io/enabled") != "true" or ann.get("dapr.io/app-id") != "ticker":
+        fail(f"ticker: replicas {dep['spec']['replicas']}, dapr {ann.get('dapr.io/enabled')}, app id {ann.get('dapr.io/app-id')}")
+    shared_store("ticker", ticker, values)
+    snapshot("ticker", text)
+    print(f"ok   ticker (scheduled): {len(docs)} objects rendered and validated", file=sys.stderr)
 
     # A missing required value is a render error naming it.
     try:

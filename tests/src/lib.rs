@@ -155,6 +155,35 @@ pub const MANIFEST: zerofn::ManifestSource = zerofn::manifest!()
     .migrations(&PROBE_MIGRATIONS)
     .routes(probe_routes);
 
+/// The ticker (`tests/ticker/function.toml`): a function with a schedule and nothing else.
+pub const TICKER: zerofn::ManifestSource = zerofn::ManifestSource::new(
+    include_str!("../ticker/function.toml"),
+    "ticker",
+    env!("CARGO_PKG_VERSION"),
+)
+.migrations(&PROBE_MIGRATIONS);
+
+/// The ticker's handler: one `probe_effects` row per trigger (its event id, in the delivery's
+/// transaction), after checking the trigger carries its schedule's name, instant and data.
+pub fn ticker() -> impl zerofn::Handler {
+    zerofn::handler_fn(|event: Event<Value>| async move {
+        let (schedule, at) = (&event.data["schedule"], &event.data["scheduled_at"]);
+        if schedule != "tick" || event.data["note"] != "from function.toml" {
+            return Err(HandlerError::permanent(format!(
+                "unexpected trigger {}",
+                event.data
+            )));
+        }
+        tracing::info!(id = %event.ctx.id, scheduled_at = %at, "tick");
+        let tx = event
+            .transaction()
+            .ok_or_else(|| HandlerError::permanent("the ticker needs its SQL store"))?;
+        let mut conn = tx.conn().await?;
+        record_effect(&mut conn, &event.ctx.id, event.ctx.attempt).await?;
+        Ok(Vec::<Emit>::new())
+    })
+}
+
 /// The probe's HTTP routes (it is also an HTTP function): `GET /hello` names the replica
 /// (`ZEROFN_REPLICA`) and echoes `traceparent`; `POST /echo` returns the body; `GET /slow/{ms}`
 /// sleeps first; `POST /effect/{id}` records a `probe_effects` row (the async-invocation tests);

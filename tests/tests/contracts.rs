@@ -11,7 +11,7 @@ use std::{
 
 use zerofn::contract::Contracts;
 
-const TYPES: [&str; 14] = [
+const TYPES: [&str; 15] = [
     "finance.transaction.created",
     "finance.transaction.updated",
     "finance.budget.created",
@@ -26,6 +26,8 @@ const TYPES: [&str; 14] = [
     "todo.reminder.scheduled",
     "todo.reminder.due",
     "todo.notification.sent",
+    // The runtime's own: a trigger of a schedule declared in function.toml.
+    "zerofn.schedule.due",
 ];
 
 fn root() -> PathBuf {

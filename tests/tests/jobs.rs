@@ -231,3 +231,113 @@ async fn a_job_type_not_declared_or_without_a_sidecar_is_refused() {
         "{err}"
     );
 }
+
+const SCHEDULED: ManifestSource = ManifestSource::new(
+    r#"
+[function]
+name = "digest"
+
+[[schedules]]
+name = "weekly"
+cron = "0 0 8 * * 1"          # Mondays 08:00 UTC
+data = { window = "7d" }
+"#,
+    "digest",
+    "0.1.0",
+);
+
+#[tokio::test]
+async fn a_declared_schedule_is_registered_at_start_and_each_trigger_is_one_event() {
+    let sidecar = Recorder::start().await.unwrap();
+    let port = sidecar.port().to_string();
+    let store = sqlite_url();
+    let seen: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let handler = {
+        let seen = seen.clone();
+        handler_fn(move |event: Event<Value>| {
+            let seen = seen.clone();
+            async move {
+                assert_eq!(event.ctx.ty, "zerofn.schedule.due");
+                seen.lock()
+                    .unwrap()
+                    .push((event.ctx.id.clone(), event.data.clone()));
+                Ok::<_, HandlerError>(Vec::<Emit>::new())
+            }
+        })
+    };
+    let server = TestServer::start(
+        SCHEDULED,
+        handler,
+        &[("DAPR_HTTP_PORT", &port), ("ZEROFN_STORE", &store)],
+    )
+    .await
+    .unwrap();
+    // Registered with the sidecar's Jobs API at start (in the background: the sidecar may
+    // come up after the app).
+    let mut calls = sidecar.requests();
+    for _ in 0..50 {
+        if !calls.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        calls = sidecar.requests();
+    }
+    assert_eq!(calls.len(), 1, "one registration");
+    assert_eq!(calls[0].method, "POST");
+    assert_eq!(calls[0].path_and_query, "/v1.0-alpha1/jobs/schedule-weekly");
+    assert_eq!(
+        calls[0].json(),
+        json!({"schedule": "0 0 8 * * 1", "data": {"schedule": "weekly"}, "overwrite": true})
+    );
+
+    // The job fires: three deliveries of one trigger (a retry, a second replica) are one
+    // event, named after the Monday 08:00 it belongs to.
+    let job_url = format!("{}/job/schedule-weekly", server.url());
+    for _ in 0..3 {
+        let r = client()
+            .post(&job_url)
+            .json(&json!({"schedule": "weekly"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let handled = seen.lock().unwrap().clone();
+    assert_eq!(handled.len(), 1, "one trigger, handled once: {handled:?}");
+    let (id, data) = &handled[0];
+    let at = data["scheduled_at"].as_str().unwrap();
+    assert_eq!(id, &format!("schedule-weekly@{at}"));
+    let at: chrono::DateTime<chrono::Utc> = at.parse().unwrap();
+    assert!(at <= chrono::Utc::now() && chrono::Utc::now() - at < chrono::Duration::days(7));
+    assert_eq!(
+        at.format("%a %H:%M:%S").to_string(),
+        "Mon 08:00:00",
+        "the cron instant, not the delivery time"
+    );
+    assert_eq!(data["schedule"], "weekly");
+    assert_eq!(data["window"], "7d", "the schedule's own data");
+
+    // A schedule function.toml no longer declares: acknowledged, and its job deleted.
+    let r = client()
+        .post(format!("{}/job/schedule-retired", server.url()))
+        .json(&json!({"schedule": "retired"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut calls = sidecar.requests();
+    for _ in 0..50 {
+        if calls.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        calls = sidecar.requests();
+    }
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(
+        (calls[1].method.as_str(), calls[1].path_and_query.as_str()),
+        ("DELETE", "/v1.0-alpha1/jobs/schedule-retired")
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1, "nothing handled for it");
+    server.shutdown().await.unwrap();
+}

@@ -235,7 +235,16 @@ async fn a_repeat_while_the_first_write_runs_gets_409_then_the_first_response() 
                 assert_eq!(body["error"], "in_flight", "{body}");
                 conflicts += 1;
             }
-            201 if first.is_finished() => break, // the first committed just now: a replay
+            // The first committed just now (its response may still be on the way to its
+            // client): a replay of it, never a second run.
+            201 => {
+                assert_eq!(
+                    r.headers().get("idempotent-replayed").map(|v| v.as_bytes()),
+                    Some(&b"true"[..]),
+                    "a repeat during the first write ran the write again"
+                );
+                break;
+            }
             other => panic!("a repeat during the first write got {other}"),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -74,6 +74,8 @@ struct FnState {
     starting: u32,
     next_id: u64,
     desired: u32,
+    /// Why `desired` is what it is (`zerofn status`).
+    reason: String,
     scaler: Scaler,
     /// Consecutive start failures (crash-loop back-off) and the last reason.
     failures: u32,
@@ -320,12 +322,14 @@ impl Function {
             "kind": match (self.manifest.http.is_some(), self.manifest.subscriptions.is_empty()) {
                 (true, true) => "http",
                 (true, false) => "http+events",
+                (false, true) if !self.manifest.schedules.is_empty() => "scheduled",
                 _ => "events",
             },
             "replicas": st.replicas.iter().filter(|r| r.serving()).count(),
             "pids": st.replicas.iter().filter(|r| r.serving()).filter_map(|r| r.pid()).collect::<Vec<_>>(),
             "starting": st.starting,
             "desired": st.desired,
+            "reason": st.reason,
             "lag": by_topic,
             "total_lag": lags.iter().map(|l| l.2).sum::<i64>(),
             "processed": self.stats.processed.load(Ordering::Relaxed),
@@ -404,6 +408,9 @@ impl Engine {
             let lags = self.log.lags(&f.name, &f.topics);
             let total: i64 = lags.iter().map(|l| l.2).sum();
             let total = u64::try_from(total).unwrap_or(0);
+            let jobs_topic = jobs_topic(&f.name);
+            let jobs_due: i64 = lags.iter().filter(|l| l.0 == jobs_topic).map(|l| l.2).sum();
+            let jobs_due = u64::try_from(jobs_due).unwrap_or(0);
             let idle = {
                 let st = f.st();
                 total == 0 && st.starting == 0 && !st.replicas.iter().any(|r| r.serving())
@@ -426,6 +433,14 @@ impl Engine {
                 }
             };
             let desired = f.st().scaler.desired(params, &inputs, Instant::now());
+            f.st().reason = super::scaler::reason(
+                desired,
+                params.min,
+                total.saturating_sub(jobs_due),
+                jobs_due,
+                inputs.http.map_or(0, |h| h.0),
+                unsent,
+            );
             self.apply(&f, desired, inputs.current);
             tokio::select! {
                 () = f.wake.notified() => {}

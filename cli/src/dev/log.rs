@@ -335,7 +335,9 @@ impl Log {
     }
 
     /// Keep `function`'s job `name`, due first at `due`; `false` when one exists and `spec`
-    /// does not overwrite it.
+    /// does not overwrite it. Overwriting a periodic job (a schedule, no `dueTime`) with the
+    /// very same spec keeps it as it is: a schedule registered again at every start must not
+    /// move a trigger that is due now.
     pub(crate) async fn put_job(
         &self,
         function: &str,
@@ -344,6 +346,15 @@ impl Log {
         due: i64,
     ) -> Result<bool, sqlx::Error> {
         let _writing = self.write_lock().await;
+        if spec.overwrite
+            && spec.due_time.is_none()
+            && self
+                .job(function, name)
+                .await?
+                .is_some_and(|j| j.spec == *spec)
+        {
+            return Ok(true);
+        }
         let json = serde_json::to_string(spec).unwrap_or_default();
         let sql = if spec.overwrite {
             "INSERT INTO jobs (fn, name, spec, due, repeats_left) VALUES (?, ?, ?, ?, ?)
@@ -375,6 +386,14 @@ impl Log {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.and_then(|r| Job::from_row(&r)))
+    }
+
+    /// The names of `function`'s jobs.
+    pub(crate) async fn job_names(&self, function: &str) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT name FROM jobs WHERE fn = ? ORDER BY name")
+            .bind(function)
+            .fetch_all(&self.pool)
+            .await
     }
 
     /// Remove `function`'s job `name`; whether there was one.

@@ -229,6 +229,7 @@ impl Dev {
             {
                 log.ensure_topic(&t).await?;
             }
+            register_schedules(&log, f).await?;
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let port = listener.local_addr()?.port();
             let function = Arc::new(Function::new(spec, port, &log));
@@ -329,6 +330,30 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         () = term => {}
     }
+}
+
+/// A function's `[[schedules]]` as jobs in the log, before any replica runs (it starts at zero,
+/// so its own registration at start would come only after its first trigger woke it): the same
+/// requests the runtime sends, so its re-registration changes nothing. Jobs of schedules the
+/// function no longer declares are deleted.
+async fn register_schedules(log: &log::Log, f: &zerofn::Manifest) -> anyhow::Result<()> {
+    let now = chrono::Utc::now().timestamp_millis();
+    for s in &f.schedules {
+        let body = serde_json::to_vec(&s.job_request())?;
+        let spec = jobs::parse_request(&body, now).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let due = jobs::first_due(&spec, now)
+            .with_context(|| format!("schedule {} ({}) is never due", s.name, s.cron))?;
+        log.put_job(&f.name, &s.job_name(), &spec, due).await?;
+    }
+    for name in log.job_names(&f.name).await? {
+        if name.starts_with(zerofn::manifest::SCHEDULE_JOB_PREFIX)
+            && f.schedule_for_job(&name).is_none()
+        {
+            log.delete_job(&f.name, &name).await?;
+            tracing::info!(function = %f.name, job = %name, "a schedule no longer declared: its job deleted");
+        }
+    }
+    Ok(())
 }
 
 /// The gateway's backend in `zerofn dev`: the engine.

@@ -106,6 +106,37 @@ impl Scaler {
     }
 }
 
+/// Why a function wants `desired` replicas, for `zerofn status`: the inputs that ask for
+/// replicas now (`lag` on its topics, a `job due`, `http` demand, `unsent` outputs at zero,
+/// its `min`), joined with `+`; `cooldown` when none does but replicas remain; `idle` at zero.
+pub(crate) fn reason(
+    desired: u32,
+    min: u32,
+    events_lag: u64,
+    jobs_due: u64,
+    http_demand: u64,
+    unsent: bool,
+) -> String {
+    if desired == 0 {
+        return "idle".into();
+    }
+    let why: Vec<&str> = [
+        (events_lag > 0, "lag"),
+        (jobs_due > 0, "job due"),
+        (http_demand > 0, "http"),
+        (unsent, "unsent"),
+        (min > 0, "min"),
+    ]
+    .into_iter()
+    .filter_map(|(on, what)| on.then_some(what))
+    .collect();
+    if why.is_empty() {
+        "cooldown".into()
+    } else {
+        why.join("+")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,5 +246,20 @@ mod tests {
             ..i
         };
         assert_eq!(Scaler::default().desired(big, &one, now), 1);
+    }
+
+    #[test]
+    fn the_reason_names_what_asks_for_replicas() {
+        assert_eq!(reason(0, 0, 0, 0, 0, false), "idle");
+        assert_eq!(reason(1, 0, 0, 1, 0, false), "job due");
+        assert_eq!(reason(2, 0, 150, 1, 0, false), "lag+job due");
+        assert_eq!(reason(1, 0, 0, 0, 3, false), "http");
+        assert_eq!(reason(1, 0, 0, 0, 0, true), "unsent");
+        assert_eq!(reason(1, 1, 0, 0, 0, false), "min");
+        assert_eq!(
+            reason(1, 0, 0, 0, 0, false),
+            "cooldown",
+            "nothing asks: scaling down soon"
+        );
     }
 }

@@ -90,7 +90,7 @@ startupProbe:
 {{/* The shared store of an event function or of one with [store] sql = true: from the platform's Secret,
 unless set explicitly or a demo. */}}
 {{- define "zerofn.storeEnv" -}}
-{{- if and (or (eq .Values.function.kind "events") .Values.function.sql) (not (hasKey .Values.env "ZEROFN_STORE")) (not (hasKey .Values.secretEnv "ZEROFN_STORE")) }}
+{{- if and (or (has .Values.function.kind (list "events" "scheduled")) .Values.function.sql) (not (hasKey .Values.env "ZEROFN_STORE")) (not (hasKey .Values.secretEnv "ZEROFN_STORE")) }}
 {{- if .Values.store.ephemeralForDemoOnly }}
 - name: ZEROFN_ALLOW_EPHEMERAL_STORE
   value: "true"

@@ -25,6 +25,15 @@ impl Intake {
             format!("{}#{}#{seq}", cause.source, cause.id).as_bytes(),
         )
         .to_string();
+        if let Some(EmitJob::Cancel { name } | EmitJob::At { name, .. }) = &e.job
+            && name.starts_with(crate::manifest::SCHEDULE_JOB_PREFIX)
+        {
+            return Err(bug(format!(
+                "the handler named a job {name:?}: names that begin with {:?} belong to the \
+                 schedules declared in function.toml",
+                crate::manifest::SCHEDULE_JOB_PREFIX
+            )));
+        }
         let (pubsub, topic, job) = match &e.job {
             Some(EmitJob::Cancel { name }) => {
                 return Ok(StoredOutput {

@@ -32,7 +32,7 @@ use crate::{
     event::KafkaCoordinates,
     idempotency::{JobOutput, StoredOutput},
     intake::DeliveryMeta,
-    manifest::{DEAD_LETTER_ROUTE, Subscription},
+    manifest::{DEAD_LETTER_ROUTE, DeclaredSchedule, SCHEDULE_JOB_PREFIX, Subscription},
     outcome::{Failure, FailureKind, Outcome},
     publish::Publisher,
 };
@@ -71,7 +71,8 @@ pub(super) fn routes(state: &AppState) -> Router<AppState> {
             ),
         );
     }
-    if !state.intake.manifest().jobs.is_empty() {
+    let manifest = state.intake.manifest();
+    if !manifest.jobs.is_empty() || !manifest.schedules.is_empty() {
         router = router.route("/job/{name}", post(deliver_job));
     }
     router.route_layer(middleware::from_fn_with_state(state.clone(), check_token))
@@ -184,9 +185,10 @@ async fn deliver(
 }
 
 /// A due job (`POST /job/{name}`, the job's data as the body): the CloudEvent the function
-/// scheduled with `Emit::at`, processed as any delivery of a `[[jobs]]` type (idempotency, dead
-/// letters, its trace continued). Dapr reads the status only: 200 is done, anything else is
-/// retried under the job's failure policy.
+/// scheduled with `Emit::at`, or a trigger of a declared schedule (its event made here, named
+/// after its cron instant), processed as any delivery (idempotency, dead letters, its trace
+/// continued). Dapr reads the status only: 200 is done, anything else is retried under the
+/// job's failure policy.
 async fn deliver_job(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -196,10 +198,29 @@ async fn deliver_job(
     let Some(_in_flight) = state.drain.enter() else {
         return draining();
     };
-    let types = state.intake.manifest().jobs.clone();
-    let input = match read_body(&headers, body, state.config.max_body_bytes).await {
-        Ok(bytes) => decode::structured(&bytes),
-        Err(f) => Err(f),
+    let manifest = state.intake.manifest();
+    let body = read_body(&headers, body, state.config.max_body_bytes).await;
+    let (input, types) = if let Some(schedule) = manifest.schedule_for_job(&name) {
+        let now = chrono::Utc::now().timestamp_millis();
+        let trigger = trigger_event(&manifest.name, schedule, now);
+        (decode::structured(&trigger), vec![schedule.ty.clone()])
+    } else if name.starts_with(SCHEDULE_JOB_PREFIX) {
+        // A schedule no longer declared (the function was redeployed without it): its job
+        // still fires, so remove it.
+        tracing::warn!(job = %name, "a schedule that function.toml no longer declares fired; deleting its job");
+        if let Some(dapr) = state.dapr.clone() {
+            tokio::spawn(async move {
+                if let Err(e) = dapr.delete_job(&name).await {
+                    tracing::warn!(error = %e, "cannot delete the job of a removed schedule");
+                }
+            });
+        }
+        return reply(&Outcome::Success);
+    } else {
+        (
+            body.and_then(|b| decode::structured(&b)),
+            manifest.jobs.clone(),
+        )
     };
     let meta = delivery_meta(&headers, b"");
     let outcome = state.intake.process(input, &types, meta).await;
@@ -211,6 +232,51 @@ async fn deliver_job(
         )
             .into_response(),
         _ => reply(&outcome),
+    }
+}
+
+/// The event of a trigger of `schedule` delivered at `now_ms`: its id and time are the cron
+/// instant it belongs to, so every delivery of one trigger is the same event.
+fn trigger_event(function: &str, schedule: &DeclaredSchedule, now_ms: i64) -> Vec<u8> {
+    let at = schedule
+        .instant(now_ms)
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut data = schedule.data.clone();
+    data.insert("schedule".into(), json!(schedule.name));
+    data.insert("scheduled_at".into(), json!(at));
+    let event = json!({
+        "specversion": "1.0",
+        "id": format!("{}@{at}", schedule.job_name()),
+        "source": format!("/zerofn/{function}/schedules"),
+        "type": schedule.ty,
+        "subject": schedule.name,
+        "time": at,
+        "datacontenttype": "application/json",
+        "data": data,
+    });
+    serde_json::to_vec(&event).unwrap_or_default()
+}
+
+/// Register every declared schedule with the sidecar's Jobs API, each retried (1 s doubling to
+/// 30 s) until the sidecar takes it: it may start after the app, and its scheduler later still.
+pub(crate) async fn register_schedules(dapr: Arc<DaprPublisher>, schedules: Vec<DeclaredSchedule>) {
+    for schedule in schedules {
+        let mut wait = std::time::Duration::from_secs(1);
+        loop {
+            match dapr.schedule(&schedule).await {
+                Ok(()) => {
+                    tracing::info!(schedule = %schedule.name, cron = %schedule.cron, "schedule registered");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(schedule = %schedule.name, error = %e, retry_in = ?wait, "cannot register a schedule yet");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(30));
+                }
+            }
+        }
     }
 }
 
@@ -414,15 +480,51 @@ impl DaprPublisher {
 }
 
 impl DaprPublisher {
+    /// `/v1.0-alpha1/jobs/{name}` on the sidecar.
+    fn job_url(&self, name: &str) -> Result<reqwest::Url, String> {
+        let mut url = reqwest::Url::parse(&self.base).map_err(|e| e.to_string())?;
+        url.path_segments_mut()
+            .map_err(|()| "the Dapr URL cannot have a path".to_string())?
+            .extend(["v1.0-alpha1", "jobs", name]);
+        Ok(url)
+    }
+
+    /// Send a Jobs API request, with the API token when there is one.
+    async fn send_job(
+        &self,
+        mut request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<(), String> {
+        if let Some(token) = &self.token {
+            request = request.header(TOKEN_HEADER, token);
+        }
+        send(request, what).await
+    }
+
+    /// Register a declared schedule (overwriting the job of that name).
+    async fn schedule(&self, schedule: &DeclaredSchedule) -> Result<(), String> {
+        let name = schedule.job_name();
+        let request = self
+            .client
+            .post(self.job_url(&name)?)
+            .json(&schedule.job_request());
+        self.send_job(request, &format!("Dapr job {name} ({})", schedule.cron))
+            .await
+    }
+
+    /// Remove job `name`.
+    async fn delete_job(&self, name: &str) -> Result<(), String> {
+        let request = self.client.delete(self.job_url(name)?);
+        self.send_job(request, &format!("Dapr job {name} delete"))
+            .await
+    }
+
     /// The Jobs API: `POST /v1.0-alpha1/jobs/{name}` with `{dueTime, data, overwrite}` (the data
     /// is the outbox entry's CloudEvent, which comes back as the body of `POST /job/{name}`),
     /// or `DELETE` for a cancel.
     async fn job(&self, event: &StoredOutput, job: &JobOutput) -> Result<(), String> {
-        let mut url = reqwest::Url::parse(&self.base).map_err(|e| e.to_string())?;
-        url.path_segments_mut()
-            .map_err(|()| "the Dapr URL cannot have a path".to_string())?
-            .extend(["v1.0-alpha1", "jobs", &job.name]);
-        let mut request = match &job.due {
+        let url = self.job_url(&job.name)?;
+        let request = match &job.due {
             Some(due) => {
                 let data: Value = serde_json::from_str(&event.body).map_err(|e| e.to_string())?;
                 self.client
@@ -432,14 +534,11 @@ impl DaprPublisher {
             None => self.client.delete(url),
         }
         .header("traceparent", &event.traceparent);
-        if let Some(token) = &self.token {
-            request = request.header(TOKEN_HEADER, token);
-        }
         let what = match &job.due {
             Some(due) => format!("Dapr job {} due {due}", job.name),
             None => format!("Dapr job {} cancel", job.name),
         };
-        send(request, &what).await
+        self.send_job(request, &what).await
     }
 }
 

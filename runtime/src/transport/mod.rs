@@ -39,6 +39,8 @@ pub(crate) struct AppState {
     pub(crate) subscribed: Arc<AtomicBool>,
     /// The function's own routes, built at start.
     pub(crate) extra: Option<Router>,
+    /// The Dapr sidecar's client (Dapr transport only): the Jobs API for declared schedules.
+    pub(crate) dapr: Option<Arc<dapr::DaprPublisher>>,
 }
 
 impl AppState {
