@@ -6,7 +6,10 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Datelike, Months, SecondsFormat, Utc};
+use chrono::{
+    DateTime, Datelike, LocalResult, Months, NaiveDateTime, Offset, SecondsFormat, TimeZone, Utc,
+};
+use chrono_tz::Tz;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use zerofn::prelude::*;
@@ -31,6 +34,8 @@ struct Rule {
     every: Every,
     interval: Option<u32>,
     until: Option<String>,
+    /// The IANA zone whose wall clock the series keeps; none: UTC.
+    time_zone: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -41,31 +46,61 @@ enum Every {
     Month,
 }
 
-/// The occurrence after one due at `due`: days and weeks add exactly (the UTC time of day is
-/// kept); months keep the day of the month, clamped to the month's end (Jan 31 → Feb 28 or 29),
-/// and a task due on the last day of its month stays on the last day (Feb 28 → Mar 31).
+/// The occurrence after one due at `due`, on the wall clock of the rule's time zone (UTC when it
+/// has none): days and weeks keep the local time of day across daylight saving (09:00 stays
+/// 09:00); months keep the day of the month, clamped to the month's end (Jan 31 → Feb 28 or
+/// 29), and a task due on the last day of its month stays on the last day (Feb 28 → Mar 31).
+/// A local time that falls in a DST gap moves past it by the gap (02:30 → 03:30); one that
+/// occurs twice is the first.
 fn next_due(due: DateTime<Utc>, rule: &Rule) -> Option<DateTime<Utc>> {
+    let zone: Tz = match rule.time_zone.as_deref() {
+        None => Tz::UTC,
+        Some(z) => z.parse().ok()?,
+    };
+    let local = due.with_timezone(&zone).naive_local();
     let n = rule.interval.unwrap_or(1).max(1);
-    match rule.every {
-        Every::Day => due.checked_add_signed(chrono::Duration::days(i64::from(n))),
-        Every::Week => due.checked_add_signed(chrono::Duration::weeks(i64::from(n))),
+    let next = match rule.every {
+        Every::Day => local.checked_add_signed(chrono::Duration::days(i64::from(n)))?,
+        Every::Week => local.checked_add_signed(chrono::Duration::weeks(i64::from(n)))?,
         Every::Month => {
-            let next = due.checked_add_months(Months::new(n))?;
-            if is_last_day(due) {
-                last_day_of(next)
+            let next = local.checked_add_months(Months::new(n))?;
+            if is_last_day(local) {
+                last_day_of(next)?
             } else {
-                Some(next)
+                next
             }
+        }
+    };
+    on_the_wall_clock(zone, next)
+}
+
+/// The instant a local time names in `zone`: the first of two (a fall-back hour), or, for a
+/// time a spring-forward gap skips, the time read with the offset before the gap (RFC 5545:
+/// 02:30 becomes 03:30 when clocks jump from 02:00 to 03:00).
+fn on_the_wall_clock(zone: Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
+    match zone.from_local_datetime(&local) {
+        LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => Some(t.with_timezone(&Utc)),
+        LocalResult::None => {
+            let before = (1..=6).find_map(|half_hours| {
+                let t = local.checked_sub_signed(chrono::Duration::minutes(30 * half_hours))?;
+                zone.from_local_datetime(&t).earliest()
+            })?;
+            let offset = i64::from(before.offset().fix().local_minus_utc());
+            Some(
+                local
+                    .checked_sub_signed(chrono::Duration::seconds(offset))?
+                    .and_utc(),
+            )
         }
     }
 }
 
-fn is_last_day(t: DateTime<Utc>) -> bool {
+fn is_last_day(t: NaiveDateTime) -> bool {
     t.checked_add_signed(chrono::Duration::days(1))
         .is_some_and(|tomorrow| tomorrow.month() != t.month())
 }
 
-fn last_day_of(t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+fn last_day_of(t: NaiveDateTime) -> Option<NaiveDateTime> {
     let mut d = t;
     while !is_last_day(d) {
         d = d.checked_add_signed(chrono::Duration::days(1))?;
@@ -216,6 +251,14 @@ mod tests {
             every,
             interval,
             until: until.map(str::to_string),
+            time_zone: None,
+        }
+    }
+
+    fn local(every: Every, zone: &str) -> Rule {
+        Rule {
+            time_zone: Some(zone.into()),
+            ..rule(every, None, None)
         }
     }
 
@@ -268,8 +311,7 @@ mod tests {
             )),
             "2027-02-28T09:00:00Z"
         );
-        // A daily task keeps its UTC time of day across a DST change in any time zone (a
-        // local-time recurrence needs a time zone on the task: not yet).
+        // Without a time zone a daily task keeps its UTC time of day across any DST change.
         assert_eq!(
             iso(next_due(at("2026-10-24T07:00:00Z"), &day)),
             "2026-10-25T07:00:00Z"
@@ -279,6 +321,71 @@ mod tests {
         assert!(
             next_occurrence(at("2026-12-08T09:00:00Z"), &until).is_none(),
             "past until: the series ends"
+        );
+    }
+
+    #[test]
+    fn a_series_in_a_time_zone_keeps_its_wall_clock_across_daylight_saving() {
+        let iso = |t: Option<DateTime<Utc>>| t.unwrap().to_rfc3339_opts(SecondsFormat::Secs, true);
+        let berlin = |every| local(every, "Europe/Berlin");
+        // 09:00 in Berlin: 08:00 UTC in winter, 07:00 UTC in summer (clocks go forward on
+        // 2027-03-28 and back on 2027-10-31).
+        assert_eq!(
+            iso(next_due(at("2027-03-27T08:00:00Z"), &berlin(Every::Day))),
+            "2027-03-28T07:00:00Z",
+            "spring forward: still 09:00 local"
+        );
+        assert_eq!(
+            iso(next_due(at("2027-10-30T07:00:00Z"), &berlin(Every::Day))),
+            "2027-10-31T08:00:00Z",
+            "fall back: still 09:00 local"
+        );
+        assert_eq!(
+            iso(next_due(at("2027-03-22T08:00:00Z"), &berlin(Every::Week))),
+            "2027-03-29T07:00:00Z",
+            "a week across the change: 09:00 local"
+        );
+        assert_eq!(
+            iso(next_due(at("2027-02-28T08:00:00Z"), &berlin(Every::Month))),
+            "2027-03-31T07:00:00Z",
+            "the last day stays the last day, at 09:00 local in summer time"
+        );
+        // 02:30 does not exist on 2027-03-28 in Berlin: 03:30 CEST, an hour later on the clock.
+        assert_eq!(
+            iso(next_due(at("2027-03-27T01:30:00Z"), &berlin(Every::Day))),
+            "2027-03-28T01:30:00Z",
+            "in the gap: past it by the gap"
+        );
+        // 02:30 occurs twice on 2027-10-31: the first (CEST, 00:30 UTC).
+        assert_eq!(
+            iso(next_due(at("2027-10-30T00:30:00Z"), &berlin(Every::Day))),
+            "2027-10-31T00:30:00Z",
+            "twice: the first"
+        );
+        // The southern hemisphere: New York's and Sydney's changes go opposite ways.
+        assert_eq!(
+            iso(next_due(
+                at("2027-04-02T22:00:00Z"),
+                &local(Every::Day, "Australia/Sydney")
+            )),
+            "2027-04-03T23:00:00Z",
+            "09:00 in Sydney after its clocks went back"
+        );
+        assert_eq!(
+            iso(next_due(
+                at("2027-03-13T14:00:00Z"),
+                &local(Every::Day, "America/New_York")
+            )),
+            "2027-03-14T13:00:00Z",
+            "09:00 in New York after its clocks went forward"
+        );
+        assert_eq!(
+            next_due(
+                at("2027-03-13T14:00:00Z"),
+                &local(Every::Day, "Mars/Olympus")
+            ),
+            None,
+            "a zone tasks would never have accepted: no guess"
         );
     }
 

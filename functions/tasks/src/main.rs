@@ -3,7 +3,8 @@
 //! write's own transaction. An `Idempotency-Key` makes a retried write answer the first response.
 //!
 //! - `POST /tasks` `{user_id, title, description?, priority?: low|medium|high, tags?: [..], due_at?,
-//!   recurrence?: {every: day|week|month, interval?, until?}, remind_before?: "15m"}` → 201.
+//!   recurrence?: {every: day|week|month, interval?, until?, time_zone?}, remind_before?: "15m"}`
+//!   → 201 (`time_zone`, IANA, keeps the series on its local wall clock across DST).
 //! - `GET /tasks/{id}`, `PATCH /tasks/{id}` (a `null` clears `due_at`, `recurrence`,
 //!   `remind_before`), `DELETE /tasks/{id}` → 204, `POST /tasks/{id}/complete` (409 when done).
 //! - `GET /tasks?user_id=…` with `q` (title and description), `status`, `priority`, `tag` (several:
@@ -94,10 +95,15 @@ struct Recurrence {
     interval: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     until: Option<String>,
+    /// The IANA time zone whose wall clock the series keeps (`Europe/Berlin`: 09:00 stays
+    /// 09:00 across daylight saving); none keeps the UTC time of day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    time_zone: Option<String>,
 }
 
 impl Recurrence {
-    /// As the contracts spell it: `{frequency: daily|weekly|monthly, interval?, until?}`.
+    /// As the contracts spell it: `{frequency: daily|weekly|monthly, interval?, until?,
+    /// time_zone?}`.
     fn contract(&self) -> Value {
         let mut v = json!({"frequency": match self.every {
             Every::Day => "daily",
@@ -109,6 +115,9 @@ impl Recurrence {
         }
         if let Some(u) = &self.until {
             v["until"] = json!(u);
+        }
+        if let Some(z) = &self.time_zone {
+            v["time_zone"] = json!(z);
         }
         v
     }
@@ -863,6 +872,16 @@ fn recurrence(v: Option<Value>) -> Result<Option<Recurrence>, WriteError> {
             ));
         }
     };
+    let time_zone = match o.remove("time_zone") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(z)) if z.parse::<chrono_tz::Tz>().is_ok() => Some(z),
+        Some(other) => {
+            return Err(invalid(
+                "recurrence.time_zone",
+                format!("must be an IANA time zone such as \"Europe/Berlin\", got {other}"),
+            ));
+        }
+    };
     if let Some(k) = o.keys().next() {
         return Err(invalid(
             &format!("recurrence.{k}"),
@@ -873,6 +892,7 @@ fn recurrence(v: Option<Value>) -> Result<Option<Recurrence>, WriteError> {
         every,
         interval,
         until,
+        time_zone,
     }))
 }
 
@@ -905,12 +925,29 @@ mod tests {
     }
 
     async fn rig() -> Rig {
+        rig_on(None).await
+    }
+
+    /// On a temporary SQLite database, or on `store`.
+    async fn rig_on(store: Option<&str>) -> Rig {
         let sidecar = testing::Recorder::start().await.unwrap();
         let port = sidecar.port().to_string();
-        let app = testing::http_router(MANIFEST, &[("DAPR_HTTP_PORT", &port)])
-            .await
-            .unwrap();
+        let mut env = vec![("DAPR_HTTP_PORT", port.as_str())];
+        env.extend(store.map(|s| ("ZEROFN_STORE", s)));
+        let app = testing::http_router(MANIFEST, &env).await.unwrap();
         Rig { app, sidecar }
+    }
+
+    /// The query cases on both stores the migrations are written for: SQLite, and PostgreSQL
+    /// (its LIKE, ESCAPE, collation and NULL ordering differ).
+    async fn on_both_stores<F, Fut>(cases: F)
+    where
+        F: Fn(Rig) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        cases(rig().await).await;
+        let pg = zerofn_tests::fresh_postgres().await;
+        cases(rig_on(Some(&pg)).await).await;
     }
 
     impl Rig {
@@ -956,16 +993,20 @@ mod tests {
         let r = rig().await;
         let t = r
             .create(json!({"user_id": "u-1", "title": "Pay rent", "priority": "high", "tags": ["Home", "money"],
-                           "due_at": "2026-12-01T09:00:00+01:00", "recurrence": {"every": "month"},
+                           "due_at": "2026-12-01T09:00:00+01:00", "recurrence": {"every": "month", "time_zone": "Europe/Berlin"},
                            "remind_before": "1d"}))
             .await;
         assert_eq!(t["due_at"], "2026-12-01T08:00:00.000Z", "normalized to UTC");
         assert_eq!(t["tags"], json!(["home", "money"]));
+        assert_eq!(
+            t["recurrence"],
+            json!({"every": "month", "time_zone": "Europe/Berlin"})
+        );
         let created = r.events("todo.task.created");
         assert_eq!(created.len(), 1);
         assert_eq!(
             created[0]["data"]["recurrence"],
-            json!({"frequency": "monthly"})
+            json!({"frequency": "monthly", "time_zone": "Europe/Berlin"})
         );
         assert_eq!(created[0]["data"]["priority"], "high");
         let (s, got) = r
@@ -1002,6 +1043,11 @@ mod tests {
             (
                 json!({"user_id": "u-1", "title": "x", "due_at": "2026-12-01T00:00:00Z", "recurrence": {"every": "year"}}),
                 "recurrence.every: \"year\" is not day, week or month",
+            ),
+            (
+                json!({"user_id": "u-1", "title": "x", "due_at": "2026-12-01T00:00:00Z",
+                    "recurrence": {"every": "day", "time_zone": "Berlin"}}),
+                "recurrence.time_zone: must be an IANA time zone",
             ),
             (
                 json!({"user_id": "u-1", "title": "x", "due_at": "2026-12-01T00:00:00Z", "remind_before": "soon"}),
@@ -1153,7 +1199,10 @@ mod tests {
 
     #[tokio::test]
     async fn search_filters_and_sorts() {
-        let r = rig().await;
+        on_both_stores(search_cases).await;
+    }
+
+    async fn search_cases(r: Rig) {
         r.create(json!({"user_id": "u-1", "title": "Buy milk", "priority": "low", "tags": ["shop"], "due_at": "2026-11-01T09:00:00Z"})).await;
         r.create(json!({"user_id": "u-1", "title": "Call mum", "description": "about the 100% cotton scarf", "priority": "high",
                         "tags": ["family", "phone"], "due_at": "2026-11-03T09:00:00Z"})).await;
@@ -1221,7 +1270,10 @@ mod tests {
 
     #[tokio::test]
     async fn pages_stay_right_while_tasks_are_added() {
-        let r = rig().await;
+        on_both_stores(paging_cases).await;
+    }
+
+    async fn paging_cases(r: Rig) {
         for i in 0..7 {
             r.create(task(&format!("task {i:02}"))).await;
         }
