@@ -76,7 +76,7 @@ rollback: ## helm rollback of fn=NAME to its previous release
 	$(need-fn)
 	@scripts/deploy/deploy.sh rollback $(fn)
 
-deploy-platform: ## helm upgrade --install --atomic --wait of the platform chart (gateway, Dapr components, topics, dashboard)
+deploy-platform: ## helm upgrade --install --atomic --wait of the platform chart (gateway, Dapr components, topics, dashboard); GATEWAY_CONFIG=FILE: who may call the gateway
 	@$(CARGO) build --locked -q -p zerofn-cli >&2
 	@scripts/deploy/deploy.sh deploy-platform
 

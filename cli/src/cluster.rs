@@ -31,6 +31,32 @@ pub(crate) struct Gateway {
     /// Largest request body accepted.
     #[arg(long, default_value_t = 1 << 20)]
     max_body_bytes: usize,
+    /// The gateway's configuration: credentials, policies, limits (see the README). Required,
+    /// with an `[auth]` section, unless `--insecure-open`.
+    #[arg(long, env = "ZEROFN_GATEWAY_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// Serve without authentication: anyone who reaches the gateway may post any event and
+    /// call any function. For a private test cluster only.
+    #[arg(long, env = "ZEROFN_GATEWAY_INSECURE_OPEN")]
+    insecure_open: bool,
+    /// Where `/metrics` and `/healthz` are served for the cluster (Prometheus, probes); the
+    /// public listener never serves `/metrics`.
+    #[arg(long, env = "ZEROFN_GATEWAY_INTERNAL_LISTEN", default_value = "0.0.0.0:9090")]
+    internal_listen: SocketAddr,
+}
+
+/// Why an open gateway does not start.
+fn refuse_open(file: &str, reason: &str) -> gateway::config::ConfigError {
+    gateway::config::ConfigError {
+        file: file.to_string(),
+        key: "[auth]".into(),
+        value: "(none)".into(),
+        reason: format!(
+            "{reason}: a gateway without credentials lets anyone post any event and call any function; \
+             add [[auth.api_keys]] or [auth.jwt], or pass --insecure-open (ZEROFN_GATEWAY_INSECURE_OPEN=true) \
+             for a private test cluster"
+        ),
+    }
 }
 
 struct Cluster {
@@ -65,16 +91,61 @@ impl Gateway {
             routes,
             timeout: self.timeout,
         });
-        let app = gateway::router(backend, self.max_body_bytes)?;
+        let (guard, limits) = match &self.config {
+            None if self.insecure_open => {
+                tracing::warn!("--insecure-open: the gateway accepts every caller");
+                (None, gateway::config::Limits::default())
+            }
+            None => return Err(refuse_open("(no --config)", "no configuration file").into()),
+            Some(path) => {
+                let file = path.display().to_string();
+                let config = gateway::config::GatewayConfig::load(path, |v| std::env::var(v).ok())?;
+                if config.auth.is_none() && !self.insecure_open {
+                    return Err(refuse_open(&file, "the file has no [auth] section").into());
+                }
+                let guard = gateway::Guard::new(&config).await.map_err(|mut e| {
+                    e.file = file;
+                    e
+                })?;
+                (Some(guard), config.limits)
+            }
+        };
+        let header_timeout = limits.header_timeout;
+        let routers = gateway::router(
+            backend,
+            gateway::Options {
+                max_body: self.max_body_bytes,
+                guard,
+                limits,
+                internal_on_public: false,
+            },
+        )?;
         let listener = tokio::net::TcpListener::bind(self.listen)
             .await
             .with_context(|| format!("--listen {}: cannot bind", self.listen))?;
-        tracing::info!(addr = %self.listen, "gateway listening");
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+        let internal = tokio::net::TcpListener::bind(self.internal_listen)
+            .await
+            .with_context(|| format!("--internal-listen {}: cannot bind", self.internal_listen))?;
+        tracing::info!(addr = %self.listen, internal = %self.internal_listen, "gateway listening");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let internal = tokio::spawn(gateway::serve(
+            internal,
+            routers.internal,
+            header_timeout,
+            stop_rx.clone(),
+        ));
+        let public = tokio::spawn(gateway::serve(
+            listener,
+            routers.public,
+            header_timeout,
+            stop_rx,
+        ));
+        // PID 1 in its image: SIGTERM stops accepting, the requests in flight finish, exit 0.
+        crate::dev::shutdown_signal().await;
+        tracing::info!("stopping: finishing the requests in flight");
+        let _ = stop_tx.send(true);
+        public.await??;
+        internal.abort();
         Ok(())
     }
 }
@@ -192,7 +263,16 @@ mod tests {
             routes: BTreeMap::from([("categorize".to_string(), "http://127.0.0.1:9".to_string())]),
             timeout: Duration::from_secs(5),
         });
-        gateway::router(backend, 1 << 20).unwrap()
+        gateway::router(backend, open()).unwrap().public
+    }
+
+    fn open() -> gateway::Options {
+        gateway::Options {
+            max_body: 1 << 20,
+            guard: None,
+            limits: gateway::config::Limits::default(),
+            internal_on_public: false,
+        }
     }
 
     #[tokio::test]
@@ -303,8 +383,9 @@ mod tests {
         let batch: Vec<Value> = (1..=3)
             .map(|i| json!({"specversion": "1.0", "id": format!("b-{i}"), "source": "/s", "type": "todo.reminder.due", "data": data}))
             .collect();
-        let response = gateway::router(backend, 1 << 20)
+        let response = gateway::router(backend, open())
             .unwrap()
+            .public
             .oneshot(
                 Request::post("/events")
                     .header("content-type", "application/cloudevents-batch+json")

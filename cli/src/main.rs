@@ -1,9 +1,9 @@
 //! `zerofn`: the command line of the zerofn platform.
 //!
 //! ```text
-//! zerofn dev [--fn DIR | --fn TOML=BINARY]... [--listen 127.0.0.1:8080] [--chaos kill-replica|slow|drop-publish]
+//! zerofn dev [--fn DIR | --fn TOML=BINARY]... [--listen 127.0.0.1:8080] [--gateway-config FILE] [--chaos kill-replica|slow|drop-publish]
 //! zerofn status [--gateway URL] [--json]
-//! zerofn gateway --function NAME=URL... [--dapr-http-port 3500]
+//! zerofn gateway --config FILE --function NAME=URL... [--dapr-http-port 3500] [--internal-listen ADDR]
 //! zerofn values (functions/NAME [--image REPOSITORY:TAG] | --platform)
 //! zerofn new NAME [--kind event|http] [--description TEXT]
 //! zerofn demo [--gateway URL]
@@ -70,7 +70,12 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("zerofn: {e:#}");
-            std::process::ExitCode::FAILURE
+            // A configuration that cannot be used: EX_CONFIG-style 64, as the functions exit.
+            if e.downcast_ref::<gateway::config::ConfigError>().is_some() {
+                std::process::ExitCode::from(64)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make deploy fn=NAME | make rollback fn=NAME | make deploy-platform
+# make deploy fn=NAME | make rollback fn=NAME | make deploy-platform GATEWAY_CONFIG=FILE
 #
 # deploy: check the tools and the cluster first (so a failure changes nothing), then build and push the
 # image, generate the values from function.toml, and `helm upgrade --install --atomic --wait` (a failed
@@ -19,7 +19,9 @@ need() {
 
 case "$action" in
   deploy|rollback) [[ -n "$fn" && -f "$root/functions/$fn/function.toml" ]] || { echo "deploy: no function '$fn' (functions/$fn/function.toml); use fn=NAME" >&2; exit 2; } ;;
-  deploy-platform) ;;
+  deploy-platform)
+    # Who may call the gateway: required (the chart refuses to render an open gateway).
+    [[ -f "${GATEWAY_CONFIG:-}" ]] || { echo "deploy-platform: GATEWAY_CONFIG=FILE is required: the gateway's credentials and policies (README, \"The gateway's configuration\"; helm/testdata/gateway.toml is an example)" >&2; exit 64; } ;;
   *) echo "deploy: unknown action $action" >&2; exit 2 ;;
 esac
 
@@ -65,6 +67,7 @@ case "$action" in
     printf '{"gateway":{"image":{"repository":"%s/zerofn","tag":"%s"}}}' "$registry" "$tag" > "$values/image.json"
     step "helm upgrade --install --atomic --wait zerofn-platform (namespace $namespace)"
     helm upgrade --install zerofn-platform "$root/helm/zerofn-platform" --namespace "$namespace" --create-namespace \
-      --atomic --wait --timeout "${TIMEOUT:-5m}" -f "$values/values.json" -f "$values/image.json"
+      --atomic --wait --timeout "${TIMEOUT:-5m}" -f "$values/values.json" -f "$values/image.json" \
+      --set-file gateway.config="$GATEWAY_CONFIG"
     ;;
 esac

@@ -10,7 +10,9 @@ venv="$("$root/scripts/deploy/venv.sh")"
 values="$(mktemp -d)"; trap 'rm -rf "$values"' EXIT
 if [[ "$fn" == platform ]]; then
   "$zerofn" values --platform --functions-dir "$root/functions" > "$values/generated.json"
-  printf '{"gateway":{"image":{"repository":"%s/zerofn","tag":"%s"}}}' "$registry" "$tag" > "$values/image.json"
+  # The gateway's configuration: GATEWAY_CONFIG=FILE, else the example the chart tests use.
+  "$venv/bin/python" -c 'import json, sys; print(json.dumps({"gateway": {"image": {"repository": sys.argv[1] + "/zerofn", "tag": sys.argv[2]}, "config": open(sys.argv[3]).read()}}))' \
+    "$registry" "$tag" "${GATEWAY_CONFIG:-$root/helm/testdata/gateway.toml}" > "$values/image.json"
   chart="$root/helm/zerofn-platform"
 else
   [[ -f "$root/functions/$fn/function.toml" ]] || { echo "render: no function $fn (functions/$fn/function.toml)" >&2; exit 2; }

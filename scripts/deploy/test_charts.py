@@ -388,7 +388,8 @@ def main():
             fail(f"unclear error without function.name: {e}")
 
     platform = json.loads(run([ZEROFN, "values", "--platform", "--functions-dir", str(ROOT / "functions")]))
-    image = {"gateway": {"image": {"repository": "registry.test/zerofn/zerofn", "tag": "test"}}}
+    gateway_config = (ROOT / "helm" / "testdata" / "gateway.toml").read_text()
+    image = {"gateway": {"image": {"repository": "registry.test/zerofn/zerofn", "tag": "test"}, "config": gateway_config}}
     text, docs = render("zerofn-platform", platform, image)
     validate("platform", docs)
     policies("platform", docs, text)
@@ -436,6 +437,28 @@ def main():
         fail("platform: store.external still renders an in-cluster database")
     render_fails("zerofn-platform", "the functions need a shared, durable store", platform, image, {"store": {"cloudnativepg": {"enabled": False}}})
     render_fails("zerofn-platform", "choose one", platform, image, {"store": {"external": {"secretName": "neon"}}})
+    # The gateway: its configuration mounted and passed, /metrics and probes on the internal port only,
+    # and no rendering of an open gateway unless asked for by name.
+    cm = next((d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "zerofn-gateway-config"), None)
+    if cm is None or cm["data"]["gateway.toml"].strip() != gateway_config.strip():
+        fail("platform: the gateway's configuration is not rendered as its ConfigMap")
+    gw = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "zerofn-gateway")
+    c = gw["spec"]["template"]["spec"]["containers"][0]
+    ann = gw["spec"]["template"]["metadata"]["annotations"]
+    if "--config=/etc/zerofn/gateway.toml" not in c["args"] or "--insecure-open" in c["args"]:
+        fail(f"platform: gateway args {c['args']}")
+    internal = next((p["containerPort"] for p in c["ports"] if p["name"] == "internal"), None)
+    if internal is None or ann["prometheus.io/port"] != str(internal) or c["readinessProbe"]["httpGet"]["port"] != "internal":
+        fail("platform: Prometheus and the probes must use the gateway's internal port")
+    svc = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "zerofn-gateway")
+    if [p["targetPort"] for p in svc["spec"]["ports"]] != ["http"]:
+        fail("platform: the gateway's Service (behind the Ingress) must expose the public port only")
+    no_config = {"gateway": {"config": ""}}
+    render_fails("zerofn-platform", "gateway.config is required", platform, image, no_config)
+    _, open_docs = render("zerofn-platform", platform, image, {"gateway": {"config": "", "insecureOpen": True}})
+    open_gw = next(d for d in open_docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "zerofn-gateway")
+    if "--insecure-open" not in open_gw["spec"]["template"]["spec"]["containers"][0]["args"]:
+        fail("platform: gateway.insecureOpen does not render --insecure-open")
     print(f"ok   platform: {len(docs)} objects rendered and validated", file=sys.stderr)
 
     # Cluster-level manifests in keda/ and knative/.

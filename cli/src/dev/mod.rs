@@ -79,6 +79,14 @@ pub(crate) struct Dev {
     /// Largest request body the gateway accepts.
     #[arg(long, default_value_t = 1 << 20)]
     max_body_bytes: usize,
+    /// The gateway's configuration (credentials, policies, limits; see the README). Without
+    /// one the local gateway is open, as befits 127.0.0.1.
+    #[arg(long, value_name = "FILE")]
+    gateway_config: Option<PathBuf>,
+    /// Where `/metrics` and `/_zerofn/status` are served when a `--gateway-config` takes them
+    /// off the public listener (default 127.0.0.1:8081; `:0` picks a free port, logged).
+    #[arg(long)]
+    internal_listen: Option<SocketAddr>,
 }
 
 fn min_replicas(v: &str) -> Result<(String, u32), String> {
@@ -190,6 +198,18 @@ impl Dev {
         let _telemetry =
             zerofn::edge::Telemetry::init("zerofn-gateway").map_err(|e| anyhow::anyhow!("{e}"))?;
         let specs = self.specs()?;
+        let (guard, limits) = match &self.gateway_config {
+            None => (None, gateway::config::Limits::default()),
+            Some(path) => {
+                let config = gateway::config::GatewayConfig::load(path, |v| std::env::var(v).ok())?;
+                let guard = gateway::Guard::new(&config).await.map_err(|mut e| {
+                    e.file = path.display().to_string();
+                    e
+                })?;
+                (Some(guard), config.limits)
+            }
+        };
+        let header_timeout = limits.header_timeout;
         std::fs::create_dir_all(&self.state_dir).with_context(|| {
             format!("--state-dir {}: cannot create it", self.state_dir.display())
         })?;
@@ -294,21 +314,48 @@ impl Dev {
         let backend: Arc<dyn Backend> = Arc::new(Local {
             engine: engine.clone(),
         });
-        let app = gateway::router(backend, self.max_body_bytes)?;
-        tracing::info!(addr = %listener.local_addr()?, functions = engine.functions.len(), chaos = ?self.chaos, "gateway listening");
-        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped_rx.await;
-                })
+        let internal_addr = match (self.internal_listen, &guard) {
+            (Some(a), _) => Some(a),
+            (None, Some(_)) => Some(SocketAddr::from(([127, 0, 0, 1], 8081))),
+            (None, None) => None,
+        };
+        let routers = gateway::router(
+            backend,
+            gateway::Options {
+                max_body: self.max_body_bytes,
+                internal_on_public: guard.is_none(),
+                guard,
+                limits,
+            },
+        )?;
+        let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
+        let mut servers = Vec::new();
+        if let Some(addr) = internal_addr {
+            let internal = tokio::net::TcpListener::bind(addr)
                 .await
-        });
+                .with_context(|| format!("--internal-listen {addr}: cannot bind"))?;
+            tracing::info!(addr = %internal.local_addr()?, "internal listener (/metrics, /_zerofn/status)");
+            servers.push(tokio::spawn(gateway::serve(
+                internal,
+                routers.internal,
+                header_timeout,
+                stopped_rx.clone(),
+            )));
+        }
+        tracing::info!(addr = %listener.local_addr()?, functions = engine.functions.len(), chaos = ?self.chaos, "gateway listening");
+        servers.push(tokio::spawn(gateway::serve(
+            listener,
+            routers.public,
+            header_timeout,
+            stopped_rx,
+        )));
         shutdown_signal().await;
         tracing::info!("stopping: draining every replica");
         engine.shutdown().await;
-        let _ = stopped_tx.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        let _ = stopped_tx.send(true);
+        for server in servers {
+            let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        }
         for l in loops {
             l.abort();
         }
@@ -317,7 +364,8 @@ impl Dev {
     }
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT.
+pub(crate) async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
