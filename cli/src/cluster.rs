@@ -41,7 +41,11 @@ pub(crate) struct Gateway {
     insecure_open: bool,
     /// Where `/metrics` and `/healthz` are served for the cluster (Prometheus, probes); the
     /// public listener never serves `/metrics`.
-    #[arg(long, env = "ZEROFN_GATEWAY_INTERNAL_LISTEN", default_value = "0.0.0.0:9090")]
+    #[arg(
+        long,
+        env = "ZEROFN_GATEWAY_INTERNAL_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
     internal_listen: SocketAddr,
 }
 

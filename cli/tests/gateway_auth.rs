@@ -184,19 +184,51 @@ max_batch = 3
         &[categorize_fn(), probe_fn()],
         None,
         &[("TEST_GATEWAY_JWT_SECRET", SECRET)],
-        &["--gateway-config", &config, "--internal-listen", "127.0.0.1:0"],
+        &[
+            "--gateway-config",
+            &config,
+            "--internal-listen",
+            "127.0.0.1:0",
+        ],
     )
     .await;
     let categorize = json!({"description": "ACME SUPERMARKET 0042", "amount_minor": -1250});
 
     // No credential, a wrong one, a malformed header: 401 with the challenge.
-    let r = call(&engine, "POST", "/fn/categorize/categorize", None, Some(categorize.clone())).await;
+    let r = call(
+        &engine,
+        "POST",
+        "/fn/categorize/categorize",
+        None,
+        Some(categorize.clone()),
+    )
+    .await;
     assert_eq!(r.headers()["www-authenticate"], r#"Bearer realm="zerofn""#);
     assert_eq!(error_of(r).await.0, 401);
-    let r = call(&engine, "POST", "/fn/categorize/categorize", Some("zk_wrong"), Some(categorize.clone())).await;
-    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_string();
-    assert!(challenge.contains(r#"error="invalid_token""#), "{challenge}");
-    assert_eq!(error_of(r).await, (401, "unauthenticated".into(), "the credential is not accepted: unknown API key".into()));
+    let r = call(
+        &engine,
+        "POST",
+        "/fn/categorize/categorize",
+        Some("zk_wrong"),
+        Some(categorize.clone()),
+    )
+    .await;
+    let challenge = r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        challenge.contains(r#"error="invalid_token""#),
+        "{challenge}"
+    );
+    assert_eq!(
+        error_of(r).await,
+        (
+            401,
+            "unauthenticated".into(),
+            "the credential is not accepted: unknown API key".into()
+        )
+    );
     let r = client()
         .get(engine.url("/fn/categorize/categorize"))
         .header("authorization", format!("Basic {CATEGORIZE_KEY}"))
@@ -206,20 +238,50 @@ max_batch = 3
     assert_eq!(error_of(r).await.0, 401, "not a bearer credential");
 
     // The categorize key: categorize only.
-    let r = call(&engine, "POST", "/fn/categorize/categorize", Some(CATEGORIZE_KEY), Some(categorize.clone())).await;
+    let r = call(
+        &engine,
+        "POST",
+        "/fn/categorize/categorize",
+        Some(CATEGORIZE_KEY),
+        Some(categorize.clone()),
+    )
+    .await;
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
-    let (s, code, message) = error_of(call(&engine, "GET", "/fn/probe/hello", Some(CATEGORIZE_KEY), None).await).await;
+    let (s, code, message) = error_of(
+        call(
+            &engine,
+            "GET",
+            "/fn/probe/hello",
+            Some(CATEGORIZE_KEY),
+            None,
+        )
+        .await,
+    )
+    .await;
     assert_eq!((s, code.as_str()), (403, "forbidden"));
     assert!(message.contains("\"probe\""), "{message}");
-    let (s, _, message) = error_of(post_event(&engine, Some(CATEGORIZE_KEY), &transaction("u-1")).await).await;
+    let (s, _, message) =
+        error_of(post_event(&engine, Some(CATEGORIZE_KEY), &transaction("u-1")).await).await;
     assert_eq!(s, 403);
     assert!(message.contains("finance.transaction.created"), "{message}");
-    let (s, _, _) = error_of(call(&engine, "POST", "/async/probe/effect/x", Some(CATEGORIZE_KEY), None).await).await;
+    let (s, _, _) = error_of(
+        call(
+            &engine,
+            "POST",
+            "/async/probe/effect/x",
+            Some(CATEGORIZE_KEY),
+            None,
+        )
+        .await,
+    )
+    .await;
     assert_eq!(s, 403, "/async/ is a function route too");
 
     // An HTTP function's event route is not reachable: /fn/{name} and /fn/{name}/.
     for path in ["/fn/categorize", "/fn/categorize/"] {
-        let (s, _, message) = error_of(call(&engine, "POST", path, Some(CATEGORIZE_KEY), Some(json!({}))).await).await;
+        let (s, _, message) =
+            error_of(call(&engine, "POST", path, Some(CATEGORIZE_KEY), Some(json!({}))).await)
+                .await;
         assert_eq!(s, 404, "{path}");
         assert!(message.contains("event route"), "{message}");
     }
@@ -228,16 +290,20 @@ max_batch = 3
     let alice = hs256(&claims("u-1", 300));
     let r = post_event(&engine, Some(&alice), &transaction("u-1")).await;
     assert_eq!(r.status(), 202, "{:?}", r.text().await);
-    let (s, _, message) = error_of(post_event(&engine, Some(&alice), &transaction("u-2")).await).await;
+    let (s, _, message) =
+        error_of(post_event(&engine, Some(&alice), &transaction("u-2")).await).await;
     assert_eq!(s, 403);
     assert!(message.contains("only its own"), "{message}");
     let expired = hs256(&claims("u-1", -60));
-    let (s, _, message) = error_of(post_event(&engine, Some(&expired), &transaction("u-1")).await).await;
+    let (s, _, message) =
+        error_of(post_event(&engine, Some(&expired), &transaction("u-1")).await).await;
     assert_eq!(s, 401);
     assert!(message.contains("expired"), "{message}");
     let mut other_audience = claims("u-1", 300);
     other_audience["aud"] = json!("someone-else");
-    let (s, _, message) = error_of(post_event(&engine, Some(&hs256(&other_audience)), &transaction("u-1")).await).await;
+    let (s, _, message) =
+        error_of(post_event(&engine, Some(&hs256(&other_audience)), &transaction("u-1")).await)
+            .await;
     assert_eq!(s, 401);
     assert!(message.contains("audience"), "{message}");
     let forged = jsonwebtoken::encode(
@@ -246,13 +312,33 @@ max_batch = 3
         &EncodingKey::from_secret(b"not-the-gateway-secret-but-32-bytes-long"),
     )
     .unwrap();
-    assert_eq!(error_of(post_event(&engine, Some(&forged), &transaction("u-1")).await).await.0, 401);
+    assert_eq!(
+        error_of(post_event(&engine, Some(&forged), &transaction("u-1")).await)
+            .await
+            .0,
+        401
+    );
     let bob = rs256(&claims("u-2", 300));
     let r = post_event(&engine, Some(&bob), &transaction("u-2")).await;
-    assert_eq!(r.status(), 202, "RS256 from the JWKS URL: {:?}", r.text().await);
+    assert_eq!(
+        r.status(),
+        202,
+        "RS256 from the JWKS URL: {:?}",
+        r.text().await
+    );
     let r = call(&engine, "GET", "/fn/probe/hello", Some(&bob), None).await;
     assert_eq!(r.status(), 200, "the JWT policy allows probe");
-    let (s, _, _) = error_of(call(&engine, "POST", "/fn/categorize/categorize", Some(&bob), Some(categorize)).await).await;
+    let (s, _, _) = error_of(
+        call(
+            &engine,
+            "POST",
+            "/fn/categorize/categorize",
+            Some(&bob),
+            Some(categorize),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(s, 403);
 
     // The poster key: todo events; a batch over the cap is refused whole.
@@ -279,30 +365,61 @@ max_batch = 3
     assert_eq!(r.status(), 202, "{:?}", r.text().await);
     // What was stored has no replayof: a client cannot make its event a dead letter's replay.
     let log = store_pool(&format!("sqlite:{}", engine.state.join("log.db").display())).await;
-    let values: Vec<Vec<u8>> = sqlx::query_scalar("SELECT value FROM records WHERE topic = 'todo.task.created'")
-        .fetch_all(&log)
-        .await
-        .unwrap();
-    let stored: Vec<Value> = values.iter().map(|v| serde_json::from_slice(v).unwrap()).collect();
-    let ours = stored.iter().find(|e| e["id"] == forged_replay["id"]).expect("stored");
+    let values: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT value FROM records WHERE topic = 'todo.task.created'")
+            .fetch_all(&log)
+            .await
+            .unwrap();
+    let stored: Vec<Value> = values
+        .iter()
+        .map(|v| serde_json::from_slice(v).unwrap())
+        .collect();
+    let ours = stored
+        .iter()
+        .find(|e| e["id"] == forged_replay["id"])
+        .expect("stored");
     assert!(ours.get("replayof").is_none(), "{ours}");
     log.close().await;
 
     // /metrics and the status only on the internal listener; refusals counted by reason.
-    assert_eq!(call(&engine, "GET", "/metrics", Some(CATEGORIZE_KEY), None).await.status(), 404);
-    assert_eq!(call(&engine, "GET", "/_zerofn/status", None, None).await.status(), 404);
-    let metrics = client().get(internal_url(&engine, "/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(
+        call(&engine, "GET", "/metrics", Some(CATEGORIZE_KEY), None)
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        call(&engine, "GET", "/_zerofn/status", None, None)
+            .await
+            .status(),
+        404
+    );
+    let metrics = client()
+        .get(internal_url(&engine, "/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let count = |code: &str| -> f64 {
         metrics
             .lines()
-            .find(|l| l.starts_with("zerofn_gateway_rejected_total") && l.contains(&format!("code=\"{code}\"")))
+            .find(|l| {
+                l.starts_with("zerofn_gateway_rejected_total")
+                    && l.contains(&format!("code=\"{code}\""))
+            })
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|n| n.parse().ok())
             .unwrap_or(0.0)
     };
     assert!(count("unauthenticated") >= 6.0, "{metrics}");
     assert!(count("forbidden") >= 5.0, "{metrics}");
-    let status = client().get(internal_url(&engine, "/_zerofn/status")).send().await.unwrap();
+    let status = client()
+        .get(internal_url(&engine, "/_zerofn/status"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(status.status(), 200);
     // And no credential in the log.
     let raw = engine.process.raw_stdout().join("\n");
@@ -337,7 +454,12 @@ per_address = {{ per_second = 0.5, burst = 6 }}
         &[probe_fn()],
         None,
         &[],
-        &["--gateway-config", &config, "--internal-listen", "127.0.0.1:0"],
+        &[
+            "--gateway-config",
+            &config,
+            "--internal-listen",
+            "127.0.0.1:0",
+        ],
     )
     .await;
     let hello = |key: Option<&'static str>| {
@@ -347,12 +469,20 @@ per_address = {{ per_second = 0.5, burst = 6 }}
     assert_eq!(hello(Some("key-a")).await.status(), 200);
     assert_eq!(hello(Some("key-a")).await.status(), 200);
     let r = hello(Some("key-a")).await;
-    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let (s, code, message) = error_of(r).await;
     assert_eq!((s, code.as_str()), (429, "rate_limited"));
     assert!(message.contains("credential"), "{message}");
     assert!((1..=2).contains(&retry), "one token per 2 s: {retry}");
-    assert_eq!(hello(Some("key-b")).await.status(), 200, "another key has its own bucket");
+    assert_eq!(
+        hello(Some("key-b")).await.status(),
+        200,
+        "another key has its own bucket"
+    );
     assert_eq!(hello(None).await.status(), 401);
     assert_eq!(hello(Some("key-b")).await.status(), 200);
     // Seven requests from 127.0.0.1 against a burst of six: the address's limit, before any
@@ -378,19 +508,33 @@ async fn a_gateway_without_credentials_or_with_a_bad_file_does_not_start() {
             .output()
             .await
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let gateway = |extra: &[&str]| {
-        let mut a: Vec<String> = ["gateway", "--listen", "127.0.0.1:0", "--internal-listen", "127.0.0.1:0", "--function", "x=http://127.0.0.1:9"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut a: Vec<String> = [
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--internal-listen",
+            "127.0.0.1:0",
+            "--function",
+            "x=http://127.0.0.1:9",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         a.extend(extra.iter().map(|s| s.to_string()));
         a
     };
     let (code, err) = run(gateway(&[])).await;
     assert_eq!(code, Some(64), "{err}");
-    assert!(err.contains("[auth]") && err.contains("--insecure-open"), "{err}");
+    assert!(
+        err.contains("[auth]") && err.contains("--insecure-open"),
+        "{err}"
+    );
     let open_file = config_file("[limits]\nmax_batch = 10\n");
     let (code, err) = run(gateway(&["--config", &open_file])).await;
     assert_eq!(code, Some(64), "{err}");
@@ -398,11 +542,26 @@ async fn a_gateway_without_credentials_or_with_a_bad_file_does_not_start() {
     let bad = config_file("[[auth.api_keys]]\nname = \"k\"\nsha256 = \"not-a-hash\"\n");
     let (code, err) = run(gateway(&["--config", &bad])).await;
     assert_eq!(code, Some(64), "{err}");
-    assert!(err.contains("auth.api_keys[0].sha256 = not-a-hash") && err.contains(&bad), "{err}");
-    let missing_secret = config_file("[auth.jwt]\nissuer = \"i\"\naudience = \"a\"\nhs256_secret_env = \"ZEROFN_TEST_UNSET_SECRET\"\n");
-    let (code, err) = run(vec!["dev".into(), "--fn".into(), probe_fn(), "--gateway-config".into(), missing_secret]).await;
+    assert!(
+        err.contains("auth.api_keys[0].sha256 = not-a-hash") && err.contains(&bad),
+        "{err}"
+    );
+    let missing_secret = config_file(
+        "[auth.jwt]\nissuer = \"i\"\naudience = \"a\"\nhs256_secret_env = \"ZEROFN_TEST_UNSET_SECRET\"\n",
+    );
+    let (code, err) = run(vec![
+        "dev".into(),
+        "--fn".into(),
+        probe_fn(),
+        "--gateway-config".into(),
+        missing_secret,
+    ])
+    .await;
     assert_eq!(code, Some(64), "{err}");
-    assert!(err.contains("ZEROFN_TEST_UNSET_SECRET") && err.contains("not set"), "{err}");
+    assert!(
+        err.contains("ZEROFN_TEST_UNSET_SECRET") && err.contains("not set"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -424,14 +583,25 @@ max_response_bytes = 2048
         &[probe_fn()],
         None,
         &[],
-        &["--gateway-config", &config, "--internal-listen", "127.0.0.1:0"],
+        &[
+            "--gateway-config",
+            &config,
+            "--internal-listen",
+            "127.0.0.1:0",
+        ],
     )
     .await;
     // Headers trickled one byte every 300 ms: cut off, never answered.
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let addr = engine.process.url().trim_start_matches("http://").to_string();
+    let addr = engine
+        .process
+        .url()
+        .trim_start_matches("http://")
+        .to_string();
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     let mut cut = false;
     for b in b"X-Slow: ".iter().chain(b"a".repeat(40).iter()) {
@@ -443,12 +613,26 @@ max_response_bytes = 2048
     }
     let mut answer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut answer)).await;
-    assert!(cut || matches!(read, Ok(Ok(_)) | Ok(Err(_))), "the connection was closed");
+    assert!(
+        cut || matches!(read, Ok(Ok(_)) | Ok(Err(_))),
+        "the connection was closed"
+    );
     let answer = String::from_utf8_lossy(&answer);
-    assert!(!answer.contains("200 OK"), "a trickling client was served: {answer}");
-    assert!(started.elapsed() < Duration::from_secs(12), "cut off, not waited out");
+    assert!(
+        !answer.contains("200 OK"),
+        "a trickling client was served: {answer}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "cut off, not waited out"
+    );
     // The gateway keeps serving others meanwhile.
-    assert_eq!(call(&engine, "GET", "/fn/probe/hello", Some("key-k"), None).await.status(), 200);
+    assert_eq!(
+        call(&engine, "GET", "/fn/probe/hello", Some("key-k"), None)
+            .await
+            .status(),
+        200
+    );
 
     // The probe echoes what it is sent: a 1 KiB answer passes, a 4 KiB one is refused.
     let echo = |n: usize| {
@@ -472,28 +656,37 @@ max_response_bytes = 2048
     engine.stop().await;
 }
 
-/// A Dapr sidecar that takes 300 ms per publish and records the ids it took.
-async fn slow_sidecar() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+/// A Dapr sidecar that takes a second per publish: how many publishes it has begun, and the
+/// ids of those it took.
+async fn slow_sidecar() -> (
+    u16,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let begun: std::sync::Arc<std::sync::atomic::AtomicUsize> = Default::default();
     let published: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let seen = published.clone();
+    let (seen, started) = (published.clone(), begun.clone());
     let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
-        let seen = seen.clone();
+        let (seen, started) = (seen.clone(), started.clone());
         async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(1000)).await;
             let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            seen.lock().unwrap().push(v["id"].as_str().unwrap_or_default().to_string());
+            seen.lock()
+                .unwrap()
+                .push(v["id"].as_str().unwrap_or_default().to_string());
             axum::http::StatusCode::NO_CONTENT
         }
     });
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (port, published)
+    (port, begun, published)
 }
 
 #[tokio::test]
 async fn sigterm_under_load_finishes_every_accepted_request_and_exits_0() {
-    let (dapr_port, published) = slow_sidecar().await;
+    let (dapr_port, begun, published) = slow_sidecar().await;
     let dapr_port = dapr_port.to_string();
     let mut gateway = zerofn_tests::FnProcess::start_with_args(
         ZEROFN,
@@ -511,35 +704,64 @@ async fn sigterm_under_load_finishes_every_accepted_request_and_exits_0() {
     )
     .await;
     let url = format!("{}/events", gateway.url());
+    let http = client();
     let sent: Vec<_> = (0..40)
         .map(|_| {
-            let (url, event) = (url.clone(), transaction("u-1"));
+            let (http, url, event) = (http.clone(), url.clone(), transaction("u-1"));
             tokio::spawn(async move {
-                let r = client()
+                let r = http
                     .post(url)
                     .header("content-type", "application/cloudevents+json")
                     .json(&event)
                     .send()
                     .await;
-                (event["id"].as_str().unwrap().to_string(), r.map(|r| r.status().as_u16()))
+                (
+                    event["id"].as_str().unwrap().to_string(),
+                    r.map(|r| r.status().as_u16()),
+                )
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(150)).await; // all forty are waiting on the sidecar
+    // SIGTERM once all forty are in flight (each waiting on its publish).
+    for _ in 0..200 {
+        if begun.load(std::sync::atomic::Ordering::SeqCst) == 40 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        begun.load(std::sync::atomic::Ordering::SeqCst),
+        40,
+        "all in flight"
+    );
     gateway.sigterm();
     let mut accepted = Vec::new();
+    let mut failed = Vec::new();
     for s in sent {
         let (id, status) = s.await.unwrap();
         match status {
             Ok(202) => accepted.push(id),
-            other => panic!("a request in flight at SIGTERM got {other:?}"),
+            other => failed.push(format!("{other:?}")),
         }
     }
-    assert_eq!(gateway.wait_exit(Duration::from_secs(30)).await, Some(0), "exit 0");
+    assert!(
+        failed.is_empty(),
+        "{} requests in flight at SIGTERM failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert_eq!(
+        gateway.wait_exit(Duration::from_secs(30)).await,
+        Some(0),
+        "exit 0"
+    );
     let published = published.lock().unwrap().clone();
     assert_eq!(accepted.len(), 40, "every request in flight finished");
     for id in &accepted {
-        assert!(published.contains(id), "{id} was answered 202 but never published");
+        assert!(
+            published.contains(id),
+            "{id} was answered 202 but never published"
+        );
     }
     // Stopped: nothing is accepted any more.
     assert!(client().post(&url).send().await.is_err());

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
-use super::config::{ApiKey, Auth, ConfigError, Jwt, JwksSource, Policy};
+use super::config::{ApiKey, Auth, ConfigError, JwksSource, Jwt, Policy};
 
 /// An authenticated caller.
 #[derive(Clone, Debug)]
@@ -171,7 +171,12 @@ impl JwtVerifier {
                 .ok_or_else(|| invalid("HS256 tokens are not accepted here".into()))?,
             Algorithm::RS256 | Algorithm::ES256 => match &self.jwks {
                 Some(jwks) => jwks.key(header.kid.as_deref()).await?,
-                None => return Err(invalid(format!("{:?} tokens are not accepted here", header.alg))),
+                None => {
+                    return Err(invalid(format!(
+                        "{:?} tokens are not accepted here",
+                        header.alg
+                    )));
+                }
             },
             other => {
                 return Err(invalid(format!(
@@ -261,9 +266,11 @@ impl JwksCache {
             None if set.keys.len() == 1 => set.keys.first(),
             None => None,
         }?;
-        Some(DecodingKey::from_jwk(jwk).map_err(|e| {
-            AuthError::Invalid(format!("the issuer's key cannot verify tokens: {e}"))
-        }))
+        Some(
+            DecodingKey::from_jwk(jwk).map_err(|e| {
+                AuthError::Invalid(format!("the issuer's key cannot verify tokens: {e}"))
+            }),
+        )
     }
 
     async fn reload(&self) {
@@ -283,7 +290,8 @@ async fn load_jwks(source: &JwksSource, client: &reqwest::Client) -> Result<JwkS
             let text = tokio::fs::read_to_string(path)
                 .await
                 .map_err(|e| format!("cannot read it: {e}"))?;
-            serde_json::from_str(&text).map_err(|e| format!("not a JWKS ({{\"keys\": [...]}}): {e}"))
+            serde_json::from_str(&text)
+                .map_err(|e| format!("not a JWKS ({{\"keys\": [...]}}): {e}"))
         }
         JwksSource::Url(url) => {
             let answer = client
@@ -349,19 +357,53 @@ mod tests {
     #[tokio::test]
     async fn keys_by_hash_and_tokens_by_their_claims() {
         let a = authenticator().await;
-        assert_eq!(a.authenticate(&HeaderMap::new()).await.unwrap_err(), AuthError::Missing);
-        assert_eq!(a.authenticate(&bearer("Bearer the-key")).await.unwrap().name, "k");
-        assert_eq!(a.authenticate(&bearer("bearer the-key")).await.unwrap().name, "k", "the scheme is case-insensitive");
-        assert!(matches!(a.authenticate(&bearer("Bearer other")).await, Err(AuthError::Invalid(_))));
-        assert!(matches!(a.authenticate(&bearer("the-key")).await, Err(AuthError::Invalid(_))));
+        assert_eq!(
+            a.authenticate(&HeaderMap::new()).await.unwrap_err(),
+            AuthError::Missing
+        );
+        assert_eq!(
+            a.authenticate(&bearer("Bearer the-key"))
+                .await
+                .unwrap()
+                .name,
+            "k"
+        );
+        assert_eq!(
+            a.authenticate(&bearer("bearer the-key"))
+                .await
+                .unwrap()
+                .name,
+            "k",
+            "the scheme is case-insensitive"
+        );
+        assert!(matches!(
+            a.authenticate(&bearer("Bearer other")).await,
+            Err(AuthError::Invalid(_))
+        ));
+        assert!(matches!(
+            a.authenticate(&bearer("the-key")).await,
+            Err(AuthError::Invalid(_))
+        ));
         let now = chrono::Utc::now().timestamp();
         let good = json!({"iss": "iss", "aud": "aud", "sub": "u-1", "exp": now + 60});
-        let p = a.authenticate(&bearer(&format!("Bearer {}", token(&good, Algorithm::HS256)))).await.unwrap();
-        assert_eq!((p.name.as_str(), p.subject.as_deref()), ("jwt:u-1", Some("u-1")));
+        let p = a
+            .authenticate(&bearer(&format!(
+                "Bearer {}",
+                token(&good, Algorithm::HS256)
+            )))
+            .await
+            .unwrap();
+        assert_eq!(
+            (p.name.as_str(), p.subject.as_deref()),
+            ("jwt:u-1", Some("u-1"))
+        );
         let reason = |claims: Value, alg| {
             let a = &a;
             async move {
-                match a.authenticate(&bearer(&format!("Bearer {}", token(&claims, alg)))).await {
+                match a
+                    .authenticate(&bearer(&format!("Bearer {}", token(&claims, alg))))
+                    .await
+                {
                     Err(AuthError::Invalid(why)) => why,
                     other => panic!("{other:?}"),
                 }
@@ -373,7 +415,9 @@ mod tests {
         let mut c = good.clone();
         c["exp"] = json!(now - 2);
         assert!(
-            a.authenticate(&bearer(&format!("Bearer {}", token(&c, Algorithm::HS256)))).await.is_ok(),
+            a.authenticate(&bearer(&format!("Bearer {}", token(&c, Algorithm::HS256))))
+                .await
+                .is_ok(),
             "within the leeway"
         );
         let mut c = good.clone();
@@ -385,6 +429,10 @@ mod tests {
         let mut c = good.clone();
         c.as_object_mut().unwrap().remove("exp");
         assert!(reason(c, Algorithm::HS256).await.contains("exp"));
-        assert!(reason(good.clone(), Algorithm::HS384).await.contains("not accepted"));
+        assert!(
+            reason(good.clone(), Algorithm::HS384)
+                .await
+                .contains("not accepted")
+        );
     }
 }

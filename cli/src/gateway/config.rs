@@ -261,7 +261,7 @@ impl GatewayConfig {
             bad(
                 "(file)",
                 &"",
-                e.message().trim_end_matches('\n').replace('\n', " "),
+                &e.message().trim_end_matches('\n').replace('\n', " "),
             )
             .with_span(text, e.span())
         })?;
@@ -322,14 +322,22 @@ impl GatewayConfig {
                     trust_forwarded: l.trust_forwarded,
                     max_held,
                     max_response_bytes,
-                    header_timeout: timeout("limits.header_timeout", l.header_timeout, d.header_timeout)?,
+                    header_timeout: timeout(
+                        "limits.header_timeout",
+                        l.header_timeout,
+                        d.header_timeout,
+                    )?,
                     body_timeout: timeout("limits.body_timeout", l.body_timeout, d.body_timeout)?,
                     dead_letters: rate("dead_letters", l.dead_letters, d.dead_letters)?,
                     dead_letter_bytes: match l.dead_letter_bytes {
                         None => d.dead_letter_bytes,
                         Some(n) if n >= 256 => n,
                         Some(n) => {
-                            return Err(bad("limits.dead_letter_bytes", &n, "must be at least 256"));
+                            return Err(bad(
+                                "limits.dead_letter_bytes",
+                                &n,
+                                "must be at least 256",
+                            ));
                         }
                     },
                 }
@@ -342,7 +350,11 @@ impl GatewayConfig {
         for (i, k) in a.api_keys.into_iter().enumerate() {
             let key = |field: &str| format!("auth.api_keys[{i}].{field}");
             if k.name.trim().is_empty() {
-                return Err(bad(&key("name"), &k.name, "must name the key (logs and metrics show it)"));
+                return Err(bad(
+                    &key("name"),
+                    &k.name,
+                    "must name the key (logs and metrics show it)",
+                ));
             }
             if api_keys.iter().any(|o| o.name == k.name) {
                 return Err(bad(&key("name"), &k.name, "is used twice"));
@@ -358,9 +370,14 @@ impl GatewayConfig {
                     )
                 })?;
             if api_keys.iter().any(|o| o.sha256 == sha256) {
-                return Err(bad(&key("sha256"), &k.sha256, "is the hash of another key too"));
+                return Err(bad(
+                    &key("sha256"),
+                    &k.sha256,
+                    "is the hash of another key too",
+                ));
             }
-            let policy = policy(&key(""), k.functions, k.events, None).map_err(|(f, v, r)| bad(&f, &v, &r))?;
+            let policy = policy(&key(""), k.functions, k.events, None)
+                .map_err(|(f, v, r)| bad(&f, &v, &r))?;
             api_keys.push(ApiKey {
                 name: k.name,
                 sha256,
@@ -371,10 +388,18 @@ impl GatewayConfig {
             None => None,
             Some(j) => {
                 if j.issuer.trim().is_empty() {
-                    return Err(bad("auth.jwt.issuer", &j.issuer, "must be the issuer tokens carry in iss"));
+                    return Err(bad(
+                        "auth.jwt.issuer",
+                        &j.issuer,
+                        "must be the issuer tokens carry in iss",
+                    ));
                 }
                 if j.audience.trim().is_empty() {
-                    return Err(bad("auth.jwt.audience", &j.audience, "must be the audience tokens carry in aud"));
+                    return Err(bad(
+                        "auth.jwt.audience",
+                        &j.audience,
+                        "must be the audience tokens carry in aud",
+                    ));
                 }
                 let hs256_secret = match &j.hs256_secret_env {
                     None => None,
@@ -388,13 +413,21 @@ impl GatewayConfig {
                             ));
                         }
                         None => {
-                            return Err(bad("auth.jwt.hs256_secret_env", var, "that variable is not set"));
+                            return Err(bad(
+                                "auth.jwt.hs256_secret_env",
+                                var,
+                                "that variable is not set",
+                            ));
                         }
                     },
                 };
                 let jwks = match (j.jwks_file, j.jwks_url) {
                     (Some(_), Some(u)) => {
-                        return Err(bad("auth.jwt.jwks_url", &u, "give jwks_file or jwks_url, not both"));
+                        return Err(bad(
+                            "auth.jwt.jwks_url",
+                            &u,
+                            "give jwks_file or jwks_url, not both",
+                        ));
                     }
                     (Some(f), None) => Some(JwksSource::File(f.into())),
                     (None, Some(u)) => {
@@ -420,10 +453,17 @@ impl GatewayConfig {
                 };
                 let leeway = duration("auth.jwt.leeway", j.leeway, Duration::from_secs(30))?;
                 if leeway > MAX_LEEWAY {
-                    return Err(bad("auth.jwt.leeway", &format!("{}s", leeway.as_secs()), "must be at most 5m"));
+                    return Err(bad(
+                        "auth.jwt.leeway",
+                        &format!("{}s", leeway.as_secs()),
+                        "must be at most 5m",
+                    ));
                 }
-                let jwks_refresh =
-                    duration("auth.jwt.jwks_refresh", j.jwks_refresh, Duration::from_secs(300))?;
+                let jwks_refresh = duration(
+                    "auth.jwt.jwks_refresh",
+                    j.jwks_refresh,
+                    Duration::from_secs(300),
+                )?;
                 if jwks_refresh < Duration::from_secs(10) {
                     return Err(bad(
                         "auth.jwt.jwks_refresh",
@@ -560,7 +600,8 @@ mod tests {
 
     #[test]
     fn every_mistake_names_its_key_and_why() {
-        let key = |extra: &str| format!("[[auth.api_keys]]\nname = \"k\"\nsha256 = \"{HASH}\"\n{extra}");
+        let key =
+            |extra: &str| format!("[[auth.api_keys]]\nname = \"k\"\nsha256 = \"{HASH}\"\n{extra}");
         for (text, k, why) in [
             ("[auth]\n".to_string(), "auth", "names no credential"),
             ("[[auth.api_keys]]\nname = \"k\"\nsha256 = \"abc\"\n".into(), "auth.api_keys[0].sha256", "64 hex digits"),
@@ -584,7 +625,10 @@ mod tests {
         )
         .unwrap_err();
         assert!(short.reason.contains("32 bytes"), "{short}");
-        assert!(!short.to_string().contains("short\""), "the secret is never printed: {short}");
+        assert!(
+            !short.to_string().contains("short\""),
+            "the secret is never printed: {short}"
+        );
     }
 
     #[test]

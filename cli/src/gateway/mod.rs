@@ -187,7 +187,10 @@ pub(crate) struct Routers {
 }
 
 /// The gateway's routes over `backend`.
-pub(crate) fn router(backend: Arc<dyn Backend>, options: Options) -> Result<Routers, zerofn::Error> {
+pub(crate) fn router(
+    backend: Arc<dyn Backend>,
+    options: Options,
+) -> Result<Routers, zerofn::Error> {
     let backend_functions = backend.functions();
     let metrics = Arc::new(GatewayInstruments::new(&backend_functions));
     let state = Gateway {
@@ -262,9 +265,13 @@ pub(crate) async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
     let connections = GracefulShutdown::new();
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
+            () = &mut stopped => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let router = router.clone().layer(axum::Extension(ConnectInfo(peer)));
@@ -286,7 +293,10 @@ pub(crate) async fn serve(
         }
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN, connections.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN, connections.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("requests still in flight after {DRAIN:?}: closing");
     }
     Ok(())
@@ -352,7 +362,8 @@ async fn admit(State(g): State<Gateway>, mut request: Request, next: Next) -> Re
             g.metrics.rejected("unauthenticated");
             let (message, challenge) = match &e {
                 auth::AuthError::Missing => (
-                    "this gateway needs a credential: Authorization: Bearer <API key or JWT>".to_string(),
+                    "this gateway needs a credential: Authorization: Bearer <API key or JWT>"
+                        .to_string(),
                     r#"Bearer realm="zerofn""#.to_string(),
                 ),
                 auth::AuthError::Invalid(why) => (
@@ -617,7 +628,10 @@ async fn refuse(g: &Gateway, headers: &HeaderMap, bytes: &[u8], r: Rejection) ->
     // and the first `dead_letter_bytes` of the original.
     if g.dead_letters.check("all", Instant::now()).is_err() {
         g.metrics.rejected("dead_letter_dropped");
-        tracing::warn!(code = r.code, "refused input past limits.dead_letters: not recorded");
+        tracing::warn!(
+            code = r.code,
+            "refused input past limits.dead_letters: not recorded"
+        );
         return response;
     }
     let cap = g.limits.dead_letter_bytes;
@@ -965,7 +979,9 @@ async fn forward(
 
 /// A function's answer, at most `max` bytes (checked as it streams in, not after).
 async fn read_answer(mut answer: reqwest::Response, max: usize) -> Result<Bytes, String> {
-    let too_large = || format!("its answer exceeds the gateway's limit of {max} bytes (limits.max_response_bytes)");
+    let too_large = || {
+        format!("its answer exceeds the gateway's limit of {max} bytes (limits.max_response_bytes)")
+    };
     if answer.content_length().is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
@@ -990,7 +1006,10 @@ mod tests {
     #[test]
     fn headers_named_in_connection_are_hop_by_hop_too() {
         let mut h = HeaderMap::new();
-        h.append(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret-Hop"));
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret-Hop"),
+        );
         h.append(header::CONNECTION, HeaderValue::from_static("x-other"));
         let named = connection_named(&h);
         assert_eq!(named, vec!["keep-alive", "x-secret-hop", "x-other"]);
@@ -1003,7 +1022,11 @@ mod tests {
             ("content-type", true),
             ("authorization", true),
         ] {
-            assert_eq!(end_to_end(&HeaderName::from_static(name), &named), passes, "{name}");
+            assert_eq!(
+                end_to_end(&HeaderName::from_static(name), &named),
+                passes,
+                "{name}"
+            );
         }
     }
 }

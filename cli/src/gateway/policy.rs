@@ -137,6 +137,9 @@ mod tests {
             keys.event("finance.transaction.created", Some("anyone"), None)
                 .is_ok()
         );
-        assert!(Policy::default().function("x").is_err(), "nothing unless listed");
+        assert!(
+            Policy::default().function("x").is_err(),
+            "nothing unless listed"
+        );
     }
 }
