@@ -91,6 +91,23 @@ fn claims(sub: &str, exp_in: i64) -> Value {
     json!({"iss": "https://id.test/", "aud": "zerofn", "sub": sub, "exp": now() + exp_in, "iat": now()})
 }
 
+/// `zerofn dev` with `fns` behind a gateway configured by the file `config`, its internal
+/// listener on a free port.
+async fn guarded(fns: &[String], config: &str, env: &[(&str, &str)]) -> Engine {
+    Engine::start(
+        fns,
+        None,
+        env,
+        &[
+            "--gateway-config",
+            config,
+            "--internal-listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .await
+}
+
 /// The internal listener's address, from the engine's log.
 fn internal_url(engine: &Engine, path: &str) -> String {
     let addr = engine
@@ -180,16 +197,10 @@ max_batch = 3
         sha(CATEGORIZE_KEY),
         sha(POSTER_KEY)
     ));
-    let engine = Engine::start(
+    let engine = guarded(
         &[categorize_fn(), probe_fn()],
-        None,
+        &config,
         &[("TEST_GATEWAY_JWT_SECRET", SECRET)],
-        &[
-            "--gateway-config",
-            &config,
-            "--internal-listen",
-            "127.0.0.1:0",
-        ],
     )
     .await;
     let categorize = json!({"description": "ACME SUPERMARKET 0042", "amount_minor": -1250});
@@ -450,18 +461,7 @@ per_address = {{ per_second = 0.5, burst = 6 }}
         sha("key-a"),
         sha("key-b")
     ));
-    let engine = Engine::start(
-        &[probe_fn()],
-        None,
-        &[],
-        &[
-            "--gateway-config",
-            &config,
-            "--internal-listen",
-            "127.0.0.1:0",
-        ],
-    )
-    .await;
+    let engine = guarded(&[probe_fn()], &config, &[]).await;
     let hello = |key: Option<&'static str>| {
         let engine = &engine;
         async move { call(engine, "GET", "/fn/probe/hello", key, None).await }
@@ -579,18 +579,7 @@ max_response_bytes = 2048
 "#,
         sha("key-k")
     ));
-    let engine = Engine::start(
-        &[probe_fn()],
-        None,
-        &[],
-        &[
-            "--gateway-config",
-            &config,
-            "--internal-listen",
-            "127.0.0.1:0",
-        ],
-    )
-    .await;
+    let engine = guarded(&[probe_fn()], &config, &[]).await;
     // Headers trickled one byte every 300 ms: cut off, never answered.
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let addr = engine

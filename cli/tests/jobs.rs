@@ -37,33 +37,51 @@ async fn schedule(engine: &Engine, name: &str, body: &str) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-/// The `job:{name}:…` rows the probe recorded, one per callback that succeeded.
-async fn fired(state: &Path, name: &str) -> Vec<String> {
-    let db = state.join("functions/probe/zerofn.db");
+/// The `probe_effects` rows of `function` (the probe's table, which the ticker shares) whose
+/// event id is LIKE `pattern`, in order.
+async fn effects(state: &Path, function: &str, pattern: &str) -> Vec<String> {
+    let db = state.join(format!("functions/{function}/zerofn.db"));
     if !db.exists() {
         return Vec::new();
     }
     let pool = store_pool(&format!("sqlite:{}", db.display())).await;
-    let rows: Vec<String> =
-        sqlx::query_scalar("SELECT event_id FROM probe_effects WHERE event_id LIKE $1")
-            .bind(format!("job:{name}:%"))
-            .fetch_all(&pool)
-            .await
-            .unwrap_or_default();
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT event_id FROM probe_effects WHERE event_id LIKE $1 ORDER BY event_id",
+    )
+    .bind(pattern)
+    .fetch_all(&pool)
+    .await
+    .unwrap_or_default();
     pool.close().await;
     rows
 }
 
-/// Until `name` fired `n` times (at most `secs`), then its rows.
-async fn wait_fired(state: &Path, name: &str, n: usize, secs: u64) -> Vec<String> {
+/// Until `function` recorded `n` such rows (at most `secs`), then its rows.
+async fn wait_effects(
+    state: &Path,
+    function: &str,
+    pattern: &str,
+    n: usize,
+    secs: u64,
+) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        let rows = fired(state, name).await;
+        let rows = effects(state, function, pattern).await;
         if rows.len() >= n || Instant::now() > deadline {
             return rows;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The `job:{name}:…` rows the probe recorded, one per callback that succeeded.
+async fn fired(state: &Path, name: &str) -> Vec<String> {
+    effects(state, "probe", &format!("job:{name}:%")).await
+}
+
+/// Until `name` fired `n` times (at most `secs`), then its rows.
+async fn wait_fired(state: &Path, name: &str, n: usize, secs: u64) -> Vec<String> {
+    wait_effects(state, "probe", &format!("job:{name}:%"), n, secs).await
 }
 
 #[tokio::test]
@@ -246,30 +264,12 @@ fn ticker_fn() -> String {
 
 /// The triggers the ticker recorded: their event ids, `schedule-tick@<instant>`.
 async fn ticks(state: &Path) -> Vec<String> {
-    let db = state.join("functions/ticker/zerofn.db");
-    if !db.exists() {
-        return Vec::new();
-    }
-    let pool = store_pool(&format!("sqlite:{}", db.display())).await;
-    let rows: Vec<String> =
-        sqlx::query_scalar("SELECT event_id FROM probe_effects ORDER BY event_id")
-            .fetch_all(&pool)
-            .await
-            .unwrap_or_default();
-    pool.close().await;
-    rows
+    effects(state, "ticker", "%").await
 }
 
 /// Until the ticker recorded `n` triggers (at most `secs`), then all of them.
 async fn wait_ticks(state: &Path, n: usize, secs: u64) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let rows = ticks(state).await;
-        if rows.len() >= n || Instant::now() > deadline {
-            return rows;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_effects(state, "ticker", "%", n, secs).await
 }
 
 /// The cron instants of `ids`, checked: each `schedule-tick@…Z` at an even second, none twice.
