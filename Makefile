@@ -44,8 +44,9 @@ test-new: ## make new end to end: each kind's crate builds, passes its own tests
 	$(CARGO) build --locked -p zerofn-cli
 	scripts/test_new.sh
 
-test-image: ## Build notify's image (podman/buildah, installed if missing), run it, expect /healthz 200
+test-image: ## Build notify's image and the gateway's (podman/buildah, installed if missing), run each, expect /healthz 200
 	scripts/deploy/test_image.sh notify
+	scripts/deploy/test_image.sh gateway
 
 new: ## A new function crate, fn=NAME [kind=event|http]: it builds, passes its tests and runs in `make run` at once
 	$(need-fn)
@@ -63,7 +64,7 @@ render: ## The fully rendered manifests of fn=NAME (or fn=platform) on stdout, n
 	@$(CARGO) build --locked -q -p zerofn-cli >&2
 	@scripts/deploy/render.sh $(fn)
 
-image: ## Build fn=NAME's image: static binary on scratch (REGISTRY, TAG = git short sha); prints its size
+image: ## Build fn=NAME's image (fn=gateway: the zerofn gateway's): static binary on scratch (REGISTRY, TAG = git short sha); prints its size
 	$(need-fn)
 	@scripts/deploy/image.sh $(fn)
 

@@ -122,6 +122,50 @@ pub(crate) fn platform_values(all: &[Manifest]) -> Value {
         "gateway": {
             "functions": all.iter().filter(|m| m.http.is_some()).map(|m| m.name.clone()).collect::<Vec<_>>(),
         },
+        "pubsubScopes": pubsub_scopes(all, &topics),
+    })
+}
+
+/// The Dapr app id of the gateway (the platform chart's).
+const GATEWAY_APP_ID: &str = "zerofn-gateway";
+
+/// Who may use the Kafka pub/sub component and for what (Dapr's `scopes`, `publishingScopes`,
+/// `subscriptionScopes`): each function publishes what its function.toml declares plus its own
+/// dead-letter topic and subscribes to its topics plus its own dead-letter topic; the gateway
+/// publishes event topics and `deadletter.gateway` and subscribes to nothing. No app may write
+/// another's dead-letter topic or an `async.*` topic.
+fn pubsub_scopes(all: &[Manifest], topics: &BTreeSet<String>) -> Value {
+    let mut apps: Vec<&str> = Vec::new();
+    let mut publishing: Vec<String> = Vec::new();
+    let mut subscription: Vec<String> = Vec::new();
+    let list = |t: BTreeSet<&str>| t.into_iter().collect::<Vec<_>>().join(",");
+    for m in all {
+        let own_dead_letters = m.delivery.dead_letter_topic.as_str();
+        let mut publishes: BTreeSet<&str> = m.publishes.iter().map(|p| p.topic.as_str()).collect();
+        publishes.insert(own_dead_letters);
+        let mut subscribes: BTreeSet<&str> =
+            m.subscriptions.iter().map(|s| s.topic.as_str()).collect();
+        if m.dead_letter_pubsub().is_some() {
+            subscribes.insert(own_dead_letters);
+        }
+        apps.push(&m.name);
+        publishing.push(format!("{}={}", m.name, list(publishes)));
+        subscription.push(format!("{}={}", m.name, list(subscribes)));
+    }
+    let async_prefix = crate::dev::engine::async_topic("");
+    let mut gateway: BTreeSet<&str> = topics
+        .iter()
+        .map(String::as_str)
+        .filter(|t| !t.starts_with(&async_prefix))
+        .collect();
+    gateway.insert(crate::gateway::DEAD_LETTER_TOPIC);
+    apps.push(GATEWAY_APP_ID);
+    publishing.push(format!("{GATEWAY_APP_ID}={}", list(gateway)));
+    subscription.push(format!("{GATEWAY_APP_ID}="));
+    json!({
+        "apps": apps,
+        "publishing": publishing.join(";"),
+        "subscription": subscription.join(";"),
     })
 }
 

@@ -755,3 +755,112 @@ async fn sigterm_under_load_finishes_every_accepted_request_and_exits_0() {
     // Stopped: nothing is accepted any more.
     assert!(client().post(&url).send().await.is_err());
 }
+
+#[tokio::test]
+async fn a_bad_input_corpus_gets_precise_4xx_and_the_gateway_keeps_serving() {
+    let config = config_file(&format!(
+        r#"
+[[auth.api_keys]]
+name = "poster"
+sha256 = "{}"
+events = ["*"]
+functions = ["probe"]
+
+[limits]
+max_batch = 100
+dead_letters = {{ per_second = 0.1, burst = 5 }}
+dead_letter_bytes = 1024
+"#,
+        sha("key-p")
+    ));
+    let engine = guarded(&[probe_fn()], &config, &[]).await;
+    let post = |ct: &'static str, body: Vec<u8>| {
+        let engine = &engine;
+        async move {
+            client()
+                .post(engine.url("/events"))
+                .bearer_auth("key-p")
+                .header("content-type", ct)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let event = |i: usize| {
+        json!({"specversion": "1.0", "id": format!("b-{i}"), "source": "/s", "type": "todo.task.created",
+               "data": {"task_id": "0193a7c2-8000-7000-8000-000000000001", "user_id": "u-1", "title": "t",
+                        "priority": "low", "created_at": "2026-12-02T10:00:00Z"}})
+    };
+    let thousands = serde_json::to_vec(&(0..3000).map(event).collect::<Vec<_>>()).unwrap();
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000)).into_bytes();
+    let cases: Vec<(&str, &'static str, Vec<u8>, u16, &str)> = vec![
+        ("malformed JSON", "application/cloudevents+json", b"{\"specversion\": ".to_vec(), 400, "malformed_event"),
+        ("a JSON array in structured mode", "application/cloudevents+json", b"[]".to_vec(), 400, "malformed_event"),
+        ("nested 5000 deep", "application/cloudevents-batch+json", deep, 400, "malformed_event"),
+        ("invalid UTF-8", "application/cloudevents+json", vec![b'{', 0xff, 0xfe, b'}'], 400, "malformed_event"),
+        ("plain text", "text/plain", b"hello".to_vec(), 415, "unsupported_media_type"),
+        ("XML", "application/xml", b"<event/>".to_vec(), 415, "unsupported_media_type"),
+        ("an empty body", "application/cloudevents+json", Vec::new(), 400, "malformed_event"),
+        ("3000 events in one batch", "application/cloudevents-batch+json", thousands, 413, "batch_too_large"),
+    ];
+    for (what, ct, body, status, code) in cases {
+        let (s, c, message) = error_of(post(ct, body).await).await;
+        assert_eq!((s, c.as_str()), (status, code), "{what}: {message}");
+        assert!(!message.is_empty(), "{what}: a message says why");
+    }
+    // Headers: a 64 KiB header and a header value that is not UTF-8.
+    let r = client()
+        .get(engine.url("/fn/probe/hello"))
+        .bearer_auth("key-p")
+        .header("x-huge", "h".repeat(64 << 10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431, "huge headers");
+    let r = client()
+        .post(engine.url("/events"))
+        .bearer_auth("key-p")
+        .header("content-type", "application/cloudevents+json")
+        .header("ce-id", reqwest::header::HeaderValue::from_bytes(b"\xff\xfe").unwrap())
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+    // Binary mode with a body that is not JSON under a JSON content type.
+    let r = client()
+        .post(engine.url("/events"))
+        .bearer_auth("key-p")
+        .header("content-type", "application/json")
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "x")
+        .header("ce-source", "/s")
+        .header("ce-type", "todo.task.created")
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // The dead-letter topic got at most the burst of five, each cut to 1 KiB of its original.
+    let log = store_pool(&format!("sqlite:{}", engine.state.join("log.db").display())).await;
+    let recorded: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT value FROM records WHERE topic = 'deadletter.gateway'")
+            .fetch_all(&log)
+            .await
+            .unwrap();
+    log.close().await;
+    assert!(
+        (1..=6).contains(&recorded.len()),
+        "bounded: {} recorded",
+        recorded.len()
+    );
+    for r in &recorded {
+        assert!(r.len() < 8 << 10, "a record of a cut original, {} bytes", r.len());
+    }
+    // Still serving.
+    let r = post("application/cloudevents+json", serde_json::to_vec(&event(9999)).unwrap()).await;
+    assert_eq!(r.status(), 202, "{:?}", r.text().await);
+    assert_eq!(call(&engine, "GET", "/fn/probe/hello", Some("key-p"), None).await.status(), 200);
+    engine.stop().await;
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make image fn=NAME: a static binary (+crt-static) in a FROM-scratch image, built with podman, buildah or
 # docker (whichever works here). Prints the image name and size. `image.sh --builder` prints the builder.
+# fn=gateway builds the `zerofn` CLI's image (REGISTRY/zerofn:TAG), which the platform chart runs.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 builder() {
@@ -15,30 +16,39 @@ builder() {
 }
 if [[ "${1:-}" == --builder ]]; then builder; exit; fi
 fn="${1:?usage: image.sh FUNCTION | --builder}"
-[[ -f "$root/functions/$fn/function.toml" ]] || { echo "image: no function $fn (functions/$fn/function.toml)" >&2; exit 2; }
+[[ "$fn" == gateway || -f "$root/functions/$fn/function.toml" ]] || { echo "image: no function $fn (functions/$fn/function.toml), nor gateway" >&2; exit 2; }
 b="$(builder)"
 registry="${REGISTRY:-registry.example.com/zerofn}"
 tag="${TAG:-$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo dev)}"
 profile="${PROFILE:-release}"
 target="x86_64-unknown-linux-gnu"
 targetdir="${CARGO_TARGET_DIR:-$root/target}"
-echo "==> cargo build --profile $profile --target $target -p $fn (static)" >&2
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --profile "$profile" --target "$target" -p "$fn" \
+package="$fn"; [[ "$fn" == gateway ]] && package=zerofn-cli
+echo "==> cargo build --profile $profile --target $target -p $package (static)" >&2
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --profile "$profile" --target "$target" -p "$package" \
   --manifest-path "$root/Cargo.toml" >&2
 dir="$profile"; [[ "$profile" == dev ]] && dir=debug
 context="$(mktemp -d)"; trap 'rm -rf "$context"' EXIT
-cp "$targetdir/$target/$dir/$fn" "$context/function"
-cp "$root/functions/$fn/function.toml" "$context/function.toml"
+if [[ "$fn" == gateway ]]; then
+  cp "$targetdir/$target/$dir/zerofn" "$context/zerofn"
+  containerfile="$root/scripts/deploy/Containerfile.gateway"
+  name=zerofn
+else
+  cp "$targetdir/$target/$dir/$fn" "$context/function"
+  cp "$root/functions/$fn/function.toml" "$context/function.toml"
+  containerfile="$root/scripts/deploy/Containerfile"
+  name="$fn"
+fi
 ca="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
 [[ -f "$ca" ]] || { echo "image: no CA bundle at $ca (install ca-certificates, or set CA_BUNDLE)" >&2; exit 2; }
 cp "$ca" "$context/ca-certificates.crt"
-image="$registry/$fn:$tag"
+image="$registry/$name:$tag"
 echo "==> $b build $image" >&2
 case "$b" in
   podman|docker) "$b" build --quiet --network=none --build-arg "FUNCTION=$fn" --build-arg "REVISION=$tag" \
-                   -t "$image" -f "$root/scripts/deploy/Containerfile" "$context" >&2 ;;
+                   -t "$image" -f "$containerfile" "$context" >&2 ;;
   buildah) buildah bud --quiet --network=none --build-arg "FUNCTION=$fn" --build-arg "REVISION=$tag" \
-             -t "$image" -f "$root/scripts/deploy/Containerfile" "$context" >&2 ;;
+             -t "$image" -f "$containerfile" "$context" >&2 ;;
 esac
 size="$("$b" image inspect --format '{{.Size}}' "$image" 2>/dev/null || "$b" inspect --format '{{.Size}}' "$image")"
 echo "image $image: $((size / 1024)) KiB" >&2

@@ -41,6 +41,12 @@ CRDS = {
     ("serving.knative.dev/v1", "Service"): "knative-serving-service.crd.yaml",
     ("sources.knative.dev/v1", "KafkaSource"): "knative-kafkasource.crd.yaml",
     ("postgresql.cnpg.io/v1", "Cluster"): "cnpg-cluster.crd.yaml",
+    ("kafka.strimzi.io/v1", "KafkaTopic"): "strimzi-kafkatopic.crd.yaml",
+    ("kafka.strimzi.io/v1", "Kafka"): "strimzi-kafka.crd.yaml",
+    ("kafka.strimzi.io/v1", "KafkaNodePool"): "strimzi-kafkanodepool.crd.yaml",
+    ("kafka.strimzi.io/v1", "KafkaUser"): "strimzi-kafkauser.crd.yaml",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "prometheus-servicemonitor.crd.yaml",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheus-prometheusrule.crd.yaml",
 }
 CORE_GROUPS = ("v1", "apps/v1", "policy/v1", "networking.k8s.io/v1", "autoscaling/v2")
 SECRET_NAME = re.compile(r"(TOKEN|PASSWORD|SECRET|PASSWD|CREDENTIALS?)$", re.I)
@@ -88,10 +94,6 @@ def validate(where, docs):
             schema = crd_schema(CRDS[(api, kind)], api.split("/")[1])
             errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
             for e in errors:
-                fail(f"{label}: {'/'.join(map(str, e.path))}: {e.message}")
-        elif api == "kafka.strimzi.io/v1beta2" and kind == "KafkaTopic":
-            schema = json.loads((SCHEMAS / "strimzi-kafkatopic.schema.json").read_text())
-            for e in jsonschema.Draft7Validator(schema).iter_errors(doc):
                 fail(f"{label}: {'/'.join(map(str, e.path))}: {e.message}")
         elif api in CORE_GROUPS:
             try:
@@ -348,7 +350,7 @@ def main():
         # Every option that renders more: Kafka auth, a ServiceMonitor, a secret store URL by reference.
         extra = {"kafka": {"auth": {"enabled": True}}, "secretEnv": {"ZEROFN_STORE": {"name": f"{fn}-store", "key": "url"}}}
         text, docs = render("zerofn-function", values, extra)
-        validate(f"{fn} (auth)", [d for d in docs if d["kind"] != "ServiceMonitor"])
+        validate(f"{fn} (auth)", docs)
         policies(f"{fn} (auth)", docs, text)
         if manifest.get("subscriptions") and not any(d["kind"] == "TriggerAuthentication" for d in docs):
             fail(f"{fn}: kafka.auth.enabled renders no TriggerAuthentication")
@@ -412,11 +414,46 @@ def main():
         if not (1 << 20) < spec["config"].get("max.message.bytes", 0) <= (2 << 20) - 65536:
             fail(f"platform: topic {t} max.message.bytes {spec['config'].get('max.message.bytes')} leaves no headroom")
     # The chart's Dapr components are contracts/dapr's.
+    # (the pub/sub component adds the scopes generated from every function.toml)
+    scope_keys = {"publishingScopes", "subscriptionScopes"}
     for f in ("pubsub-kafka.yaml", "statestore-redis.yaml", "secretstore-kubernetes.yaml", "resiliency.yaml"):
         want = yaml.safe_load((ROOT / "contracts" / "dapr" / f).read_text())
         got = [d for d in docs if d["kind"] == want["kind"] and d["metadata"]["name"] == want["metadata"]["name"]]
-        if not got or got[0]["spec"] != want["spec"]:
+        spec = dict(got[0]["spec"]) if got else None
+        if spec and "metadata" in spec:
+            spec["metadata"] = [m for m in spec["metadata"] if m["name"] not in scope_keys]
+        if not got or spec != want["spec"]:
             fail(f"platform: {want['kind']}/{want['metadata']['name']} differs from contracts/dapr/{f}")
+    # Pub/sub scopes: each app publishes and subscribes to its own topics only.
+    kafka = next(d for d in docs if d["kind"] == "Component" and d["metadata"]["name"] == "kafka-pubsub")
+    md = {m["name"]: m.get("value", "") for m in kafka["spec"]["metadata"]}
+    def scopes(text):
+        out = {}
+        for part in text.split(";"):
+            app, _, topics_ = part.partition("=")
+            out[app] = set(t for t in topics_.split(",") if t)
+        return out
+    pub, sub = scopes(md.get("publishingScopes", "")), scopes(md.get("subscriptionScopes", ""))
+    gw_id = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "zerofn-gateway")["spec"]["template"]["metadata"]["annotations"]["dapr.io/app-id"]
+    names_by_fn = {fn: m.get("function", {}).get("name", fn) for fn, m in all_manifests.items()}
+    if sorted(kafka.get("scopes", [])) != sorted([*names_by_fn.values(), gw_id]) or set(pub) != set(kafka["scopes"]) or set(sub) != set(kafka["scopes"]):
+        fail(f"platform: the pub/sub component's scopes {kafka.get('scopes')} are not the functions and the gateway")
+    for fn, m in all_manifests.items():
+        name = names_by_fn[fn]
+        dlq = m.get("delivery", {}).get("dead_letter_topic", f"deadletter.{name}")
+        for p in m.get("publishes", []):
+            if p.get("topic", p["type"]) not in pub.get(name, set()):
+                fail(f"platform: {name} may not publish {p['type']}, which its function.toml declares")
+        for s_ in m.get("subscriptions", []):
+            if s_["topic"] not in sub.get(name, set()):
+                fail(f"platform: {name} may not subscribe to {s_['topic']}")
+        writers = sorted(app for app, ts in pub.items() if dlq in ts)
+        if writers != [name]:
+            fail(f"platform: {dlq} is writable by {writers}, not by {name} alone")
+    if sorted(app for app, ts in pub.items() if "deadletter.gateway" in ts) != [gw_id] or sub.get(gw_id):
+        fail("platform: the gateway alone writes deadletter.gateway, and subscribes to nothing")
+    if any(t.startswith("async.") for ts in pub.values() for t in ts):
+        fail("platform: an app may publish to an async.* topic")
     pubsub = next(d for d in docs if d["kind"] == "Component" and d["spec"]["type"] == "pubsub.kafka")
     if {m["name"]: m.get("value") for m in pubsub["spec"]["metadata"]}.get("initialOffset") != "oldest":
         fail("platform: the Kafka component must start new groups at the oldest offset (KEDA: earliest)")
@@ -427,6 +464,22 @@ def main():
         base = re.sub(r"_(bucket|sum|count)$", "", expr)
         if base not in names:
             fail(f"platform: the dashboard queries {expr}, which nothing exports")
+    # The alerts: valid against the Prometheus Operator's CRD (above), on metrics something exports, and
+    # the seeds' numbers (5 % for 2 minutes).
+    rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+    rules = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    for expr in re.findall(r"zerofn_[a-z_]+", json.dumps(rule)):
+        if re.sub(r"_(bucket|sum|count)$", "", expr) not in names:
+            fail(f"platform: the alerts query {expr}, which nothing exports")
+    for name in ("ZerofnFunctionErrorRate", "ZerofnGatewayErrorRate", "ZerofnDeadLetters", "ZerofnLagGrowingAtMaxReplicas", "ZerofnFunctionCannotStart"):
+        if name not in rules:
+            fail(f"platform: no {name} alert")
+    for name in ("ZerofnFunctionErrorRate", "ZerofnGatewayErrorRate"):
+        if rules[name]["for"] != "2m" or "> 0.05" not in rules[name]["expr"]:
+            fail(f"platform: {name} is not 5 % for 2 minutes: {rules[name]}")
+    _, quiet_docs = render("zerofn-platform", platform, image, {"alerts": {"enabled": False}})
+    if any(d["kind"] == "PrometheusRule" for d in quiet_docs):
+        fail("platform: alerts.enabled=false still renders the PrometheusRule")
     # The platform provides the store the function charts read by default, and insists on one.
     clusters = [d for d in docs if d["kind"] == "Cluster" and d["apiVersion"].startswith("postgresql.cnpg.io/")]
     if len(clusters) != 1 or store_default is None or f"{clusters[0]['metadata']['name']}-app" != store_default["secretName"] or store_default["key"] != "uri":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# CI's image check (make test-image): build notify's image with podman/buildah (installed with apt when
-# missing), run it, expect 200 from /healthz, and report the size.
+# CI's image check (make test-image): build a function's image (notify) or the gateway's with podman/buildah
+# (installed with apt when missing), run it read-only as its non-root user, expect 200 from /healthz, and
+# report the size.
 set -euo pipefail
 fn="${1:-notify}"
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -23,9 +24,16 @@ image="$("$root/scripts/deploy/image.sh" "$fn")"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 name="zerofn-image-check-$$"
 echo "==> podman run $image (127.0.0.1:$port, read-only root, non-root user)" >&2
-podman run -d --rm --name "$name" --network=host --read-only --tmpfs /tmp \
-  -e PORT="$port" -e ZEROFN_BIND_ADDR=127.0.0.1 -e ZEROFN_TRANSPORT=http -e K_SINK=http://127.0.0.1:9/ \
-  "$image" >/dev/null
+if [[ "$fn" == gateway ]]; then
+  internal="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  podman run -d --rm --name "$name" --network=host --read-only \
+    "$image" gateway --insecure-open --listen "127.0.0.1:$port" --internal-listen "127.0.0.1:$internal" \
+    --function categorize=http://127.0.0.1:9 >/dev/null
+else
+  podman run -d --rm --name "$name" --network=host --read-only --tmpfs /tmp \
+    -e PORT="$port" -e ZEROFN_BIND_ADDR=127.0.0.1 -e ZEROFN_TRANSPORT=http -e K_SINK=http://127.0.0.1:9/ \
+    "$image" >/dev/null
+fi
 trap 'podman rm -f "$name" >/dev/null 2>&1 || true; rm -f "$conf"' EXIT
 for _ in $(seq 1 100); do
   if code="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/healthz")" && [[ "$code" == 200 ]]; then

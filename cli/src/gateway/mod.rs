@@ -263,7 +263,8 @@ pub(crate) async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_HEADER_BYTES);
     let connections = GracefulShutdown::new();
     let stopped = async move {
         let _ = stop.wait_for(|s| *s).await;
@@ -301,6 +302,9 @@ pub(crate) async fn serve(
     }
     Ok(())
 }
+
+/// The most a request line and its headers may take (more is a 431).
+const MAX_HEADER_BYTES: usize = 32 << 10;
 
 /// Longest the gateway waits for its requests in flight once told to stop.
 const DRAIN: Duration = Duration::from_secs(30);
