@@ -795,14 +795,62 @@ dead_letter_bytes = 1024
     let thousands = serde_json::to_vec(&(0..3000).map(event).collect::<Vec<_>>()).unwrap();
     let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000)).into_bytes();
     let cases: Vec<(&str, &'static str, Vec<u8>, u16, &str)> = vec![
-        ("malformed JSON", "application/cloudevents+json", b"{\"specversion\": ".to_vec(), 400, "malformed_event"),
-        ("a JSON array in structured mode", "application/cloudevents+json", b"[]".to_vec(), 400, "malformed_event"),
-        ("nested 5000 deep", "application/cloudevents-batch+json", deep, 400, "malformed_event"),
-        ("invalid UTF-8", "application/cloudevents+json", vec![b'{', 0xff, 0xfe, b'}'], 400, "malformed_event"),
-        ("plain text", "text/plain", b"hello".to_vec(), 415, "unsupported_media_type"),
-        ("XML", "application/xml", b"<event/>".to_vec(), 415, "unsupported_media_type"),
-        ("an empty body", "application/cloudevents+json", Vec::new(), 400, "malformed_event"),
-        ("3000 events in one batch", "application/cloudevents-batch+json", thousands, 413, "batch_too_large"),
+        (
+            "malformed JSON",
+            "application/cloudevents+json",
+            b"{\"specversion\": ".to_vec(),
+            400,
+            "malformed_event",
+        ),
+        (
+            "a JSON array in structured mode",
+            "application/cloudevents+json",
+            b"[]".to_vec(),
+            400,
+            "malformed_event",
+        ),
+        (
+            "nested 5000 deep",
+            "application/cloudevents-batch+json",
+            deep,
+            400,
+            "malformed_event",
+        ),
+        (
+            "invalid UTF-8",
+            "application/cloudevents+json",
+            vec![b'{', 0xff, 0xfe, b'}'],
+            400,
+            "malformed_event",
+        ),
+        (
+            "plain text",
+            "text/plain",
+            b"hello".to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "XML",
+            "application/xml",
+            b"<event/>".to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "an empty body",
+            "application/cloudevents+json",
+            Vec::new(),
+            400,
+            "malformed_event",
+        ),
+        (
+            "3000 events in one batch",
+            "application/cloudevents-batch+json",
+            thousands,
+            413,
+            "batch_too_large",
+        ),
     ];
     for (what, ct, body, status, code) in cases {
         let (s, c, message) = error_of(post(ct, body).await).await;
@@ -822,7 +870,10 @@ dead_letter_bytes = 1024
         .post(engine.url("/events"))
         .bearer_auth("key-p")
         .header("content-type", "application/cloudevents+json")
-        .header("ce-id", reqwest::header::HeaderValue::from_bytes(b"\xff\xfe").unwrap())
+        .header(
+            "ce-id",
+            reqwest::header::HeaderValue::from_bytes(b"\xff\xfe").unwrap(),
+        )
         .body("{}")
         .send()
         .await
@@ -841,7 +892,8 @@ dead_letter_bytes = 1024
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 400);
+    let (s, code, message) = error_of(r).await;
+    assert_eq!((s, code.as_str()), (422, "undecodable_data"), "{message}");
     // The dead-letter topic got at most the burst of five, each cut to 1 KiB of its original.
     let log = store_pool(&format!("sqlite:{}", engine.state.join("log.db").display())).await;
     let recorded: Vec<Vec<u8>> =
@@ -856,11 +908,24 @@ dead_letter_bytes = 1024
         recorded.len()
     );
     for r in &recorded {
-        assert!(r.len() < 8 << 10, "a record of a cut original, {} bytes", r.len());
+        assert!(
+            r.len() < 8 << 10,
+            "a record of a cut original, {} bytes",
+            r.len()
+        );
     }
     // Still serving.
-    let r = post("application/cloudevents+json", serde_json::to_vec(&event(9999)).unwrap()).await;
+    let r = post(
+        "application/cloudevents+json",
+        serde_json::to_vec(&event(9999)).unwrap(),
+    )
+    .await;
     assert_eq!(r.status(), 202, "{:?}", r.text().await);
-    assert_eq!(call(&engine, "GET", "/fn/probe/hello", Some("key-p"), None).await.status(), 200);
+    assert_eq!(
+        call(&engine, "GET", "/fn/probe/hello", Some("key-p"), None)
+            .await
+            .status(),
+        200
+    );
     engine.stop().await;
 }

@@ -29,8 +29,8 @@ RESOURCES = {
     "sources.knative.dev/v1": [("kafkasources", "KafkaSource")],
     "dapr.io/v1alpha1": [("components", "Component"), ("resiliencies", "Resiliency")],
     "dapr.io/v2alpha1": [("subscriptions", "Subscription")],
-    "kafka.strimzi.io/v1beta2": [("kafkatopics", "KafkaTopic")],
-    "monitoring.coreos.com/v1": [("servicemonitors", "ServiceMonitor")],
+    "kafka.strimzi.io/v1": [("kafkatopics", "KafkaTopic"), ("kafkas", "Kafka"), ("kafkanodepools", "KafkaNodePool"), ("kafkausers", "KafkaUser")],
+    "monitoring.coreos.com/v1": [("servicemonitors", "ServiceMonitor"), ("prometheusrules", "PrometheusRule")],
     "postgresql.cnpg.io/v1": [("clusters", "Cluster")],
 }
 CLUSTER_SCOPED = {"namespaces", "clustertriggerauthentications"}
