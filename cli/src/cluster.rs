@@ -44,7 +44,7 @@ pub(crate) struct Gateway {
     #[arg(
         long,
         env = "ZEROFN_GATEWAY_INTERNAL_LISTEN",
-        default_value = "0.0.0.0:9090"
+        default_value = "0.0.0.0:8081"
     )]
     internal_listen: SocketAddr,
 }

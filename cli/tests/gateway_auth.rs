@@ -87,6 +87,13 @@ fn rs256(claims: &Value) -> String {
     jsonwebtoken::encode(&header, claims, &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
 }
 
+fn es256(claims: &Value) -> String {
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("test-es-2026".into());
+    let pem = std::fs::read(testdata("test-only-es256.pem")).unwrap();
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_pem(&pem).unwrap()).unwrap()
+}
+
 fn claims(sub: &str, exp_in: i64) -> Value {
     json!({"iss": "https://id.test/", "aud": "zerofn", "sub": sub, "exp": now() + exp_in, "iat": now()})
 }
@@ -339,6 +346,16 @@ max_batch = 3
     );
     let r = call(&engine, "GET", "/fn/probe/hello", Some(&bob), None).await;
     assert_eq!(r.status(), 200, "the JWT policy allows probe");
+    let carol = es256(&claims("u-3", 300));
+    let r = post_event(&engine, Some(&carol), &transaction("u-3")).await;
+    assert_eq!(r.status(), 202, "ES256 from the JWKS URL: {:?}", r.text().await);
+    let mut unknown_kid = Header::new(Algorithm::ES256);
+    unknown_kid.kid = Some("rotated-away".into());
+    let pem = std::fs::read(testdata("test-only-es256.pem")).unwrap();
+    let stale = jsonwebtoken::encode(&unknown_kid, &claims("u-3", 300), &EncodingKey::from_ec_pem(&pem).unwrap()).unwrap();
+    let (s, _, message) = error_of(post_event(&engine, Some(&stale), &transaction("u-3")).await).await;
+    assert_eq!(s, 401);
+    assert!(message.contains("rotated-away"), "{message}");
     let (s, _, _) = error_of(
         call(
             &engine,
@@ -927,5 +944,76 @@ dead_letter_bytes = 1024
             .status(),
         200
     );
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_browser_on_an_allowed_origin_gets_its_preflight_and_answers_others_do_not() {
+    let config = config_file(&format!(
+        r#"
+[[auth.api_keys]]
+name = "app"
+sha256 = "{}"
+functions = ["probe"]
+
+[cors.probe]
+allow_origins = ["https://todo.test"]
+allow_methods = ["GET", "POST"]
+"#,
+        sha("key-app")
+    ));
+    let engine = guarded(&[probe_fn()], &config, &[]).await;
+    let preflight = |origin: &'static str, method: &'static str| {
+        let engine = &engine;
+        async move {
+            client()
+                .request(reqwest::Method::OPTIONS, engine.url("/fn/probe/echo"))
+                .header("origin", origin)
+                .header("access-control-request-method", method)
+                .header("access-control-request-headers", "authorization, content-type")
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // Answered by the gateway, without a credential (a preflight carries none).
+    let ok = preflight("https://todo.test", "POST").await;
+    assert_eq!(ok.status(), 204);
+    assert_eq!(ok.headers()["access-control-allow-origin"], "https://todo.test");
+    assert_eq!(ok.headers()["access-control-allow-methods"], "GET, POST");
+    assert_eq!(ok.headers()["access-control-allow-headers"], "authorization, content-type");
+    let (s, code, _) = error_of(preflight("https://evil.test", "POST").await).await;
+    assert_eq!((s, code.as_str()), (403, "cors"));
+    assert_eq!(error_of(preflight("https://todo.test", "DELETE").await).await.0, 403);
+    // The request itself still needs its credential; every answer to the allowed origin says so.
+    let r = client()
+        .post(engine.url("/fn/probe/echo"))
+        .header("origin", "https://todo.test")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["access-control-allow-origin"], "https://todo.test");
+    let r = client()
+        .post(engine.url("/fn/probe/echo"))
+        .header("origin", "https://todo.test")
+        .bearer_auth("key-app")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["access-control-allow-origin"], "https://todo.test");
+    assert_eq!(r.headers()["vary"], "Origin");
+    let r = client()
+        .post(engine.url("/fn/probe/echo"))
+        .header("origin", "https://evil.test")
+        .bearer_auth("key-app")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert!(!r.headers().contains_key("access-control-allow-origin"), "not for another origin");
     engine.stop().await;
 }

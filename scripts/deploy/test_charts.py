@@ -354,6 +354,13 @@ def main():
         policies(f"{fn} (auth)", docs, text)
         if manifest.get("subscriptions") and not any(d["kind"] == "TriggerAuthentication" for d in docs):
             fail(f"{fn}: kafka.auth.enabled renders no TriggerAuthentication")
+        # Egress: DNS, Kafka, the store, Dapr, OTLP and the gateway only (and on request no egress rule).
+        np = next(d for d in docs if d["kind"] == "NetworkPolicy")
+        if np["spec"]["policyTypes"] != ["Ingress", "Egress"] or len(np["spec"]["egress"]) != 6:
+            fail(f"{fn}: the NetworkPolicy does not close egress to DNS, Kafka, the store, Dapr, OTLP and the gateway")
+        _, open_docs = render("zerofn-function", values, {"networkPolicy": {"egress": {"enabled": False}}})
+        if next(d for d in open_docs if d["kind"] == "NetworkPolicy")["spec"]["policyTypes"] != ["Ingress"]:
+            fail(f"{fn}: networkPolicy.egress.enabled=false still restricts egress")
         # The function's own settings, plain and from a Secret; never a runtime key by that door.
         _, docs = render("zerofn-function", values, {"settings": {"MY_FN_URL": "http://x"}, "secretSettings": {"MY_FN_KEY": {"name": "s", "key": "k"}}})
         env = env_of(docs)
@@ -506,6 +513,17 @@ def main():
     svc = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "zerofn-gateway")
     if [p["targetPort"] for p in svc["spec"]["ports"]] != ["http"]:
         fail("platform: the gateway's Service (behind the Ingress) must expose the public port only")
+    # The gateway's NetworkPolicy: in from the Ingress controller and the release's namespace on 8080 only,
+    # Prometheus on the internal port; out to a closed list (DNS first).
+    nps = [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "zerofn-gateway"]
+    if len(nps) != 1 or sorted(nps[0]["spec"]["policyTypes"]) != ["Egress", "Ingress"]:
+        fail("platform: the gateway has no Ingress+Egress NetworkPolicy")
+    else:
+        public = [r for r in nps[0]["spec"]["ingress"] if {"protocol": "TCP", "port": 8080} in r["ports"]]
+        if len(public) != 1 or any("ipBlock" in f or "namespaceSelector" not in f for f in public[0]["from"]):
+            fail("platform: the gateway's public port is open beyond the Ingress controller and the functions")
+        if 53 not in [p["port"] for p in nps[0]["spec"]["egress"][0]["ports"]]:
+            fail("platform: the gateway's egress does not start with DNS")
     no_config = {"gateway": {"config": ""}}
     render_fails("zerofn-platform", "gateway.config is required", platform, image, no_config)
     _, open_docs = render("zerofn-platform", platform, image, {"gateway": {"config": "", "insecureOpen": True}})

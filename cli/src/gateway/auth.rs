@@ -24,6 +24,8 @@ pub(crate) struct Principal {
     pub(crate) policy: Policy,
     /// The value of the policy's subject claim, for a JWT that carries it.
     pub(crate) subject: Option<String>,
+    /// The credential was an API key (which stays at the gateway), not a JWT.
+    pub(crate) api_key: bool,
 }
 
 /// Why no principal (a 401).
@@ -153,6 +155,7 @@ impl Authenticator {
                 name: k.name.clone(),
                 policy: k.policy.clone(),
                 subject: None,
+                api_key: true,
             }),
             None => Err(AuthError::Invalid("unknown API key".into())),
         }
@@ -206,6 +209,7 @@ impl JwtVerifier {
             name: format!("jwt:{sub}"),
             policy: c.policy.clone(),
             subject,
+            api_key: false,
         })
     }
 }

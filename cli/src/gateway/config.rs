@@ -32,11 +32,20 @@
 //! body_timeout = "30s"              # a client's request body
 //! dead_letters = { per_second = 20, burst = 100 }   # refused requests recorded, gateway-wide
 //! dead_letter_bytes = 65536         # of each refused body
+//!
+//! [cors.tasks]                      # a browser app on another origin may call /fn/tasks/...
+//! allow_origins = ["https://todo.example.com"]
+//! allow_methods = ["GET", "POST", "PATCH", "DELETE"]   # default GET POST PUT PATCH DELETE
+//! allow_headers = ["authorization", "content-type"]    # default + idempotency-key, traceparent
+//! max_age = "10m"
+//! allow_credentials = false
 //! ```
 
-use std::{path::Path, time::Duration};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use serde::Deserialize;
+
+pub(crate) use super::cors::Cors;
 
 /// A configuration that cannot be used: the key, its value and why (exit 64).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -55,6 +64,8 @@ pub(crate) struct GatewayConfig {
     /// or `zerofn dev` on 127.0.0.1).
     pub(crate) auth: Option<Auth>,
     pub(crate) limits: Limits,
+    /// `[cors.<function>]`: functions a browser on another origin may call.
+    pub(crate) cors: BTreeMap<String, Cors>,
 }
 
 /// `[auth]`: the credentials the gateway accepts.
@@ -163,6 +174,19 @@ impl Default for Limits {
 struct RawConfig {
     auth: Option<RawAuth>,
     limits: Option<RawLimits>,
+    #[serde(default)]
+    cors: BTreeMap<String, RawCors>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCors {
+    allow_origins: Vec<String>,
+    allow_methods: Option<Vec<String>>,
+    allow_headers: Option<Vec<String>>,
+    max_age: Option<String>,
+    #[serde(default)]
+    allow_credentials: bool,
 }
 
 #[derive(Deserialize)]
@@ -343,8 +367,71 @@ impl GatewayConfig {
                 }
             }
         };
+        let mut cors = BTreeMap::new();
+        for (function, c) in raw.cors {
+            let key = |field: &str| format!("cors.{function}.{field}");
+            if c.allow_origins.is_empty() {
+                return Err(bad(&key("allow_origins"), &"[]", "must list at least one origin"));
+            }
+            for o in &c.allow_origins {
+                let exact = reqwest::Url::parse(o).is_ok_and(|u| {
+                    matches!(u.scheme(), "http" | "https") && u.path() == "/" && !o.ends_with('/')
+                });
+                if o != "*" && !exact {
+                    return Err(bad(
+                        &key("allow_origins"),
+                        o,
+                        "must be an origin such as https://app.example.com (scheme, host, port; no path), or *",
+                    ));
+                }
+                if o == "*" && c.allow_credentials {
+                    return Err(bad(
+                        &key("allow_origins"),
+                        o,
+                        "* cannot go with allow_credentials = true: list the origins",
+                    ));
+                }
+            }
+            let mut allow_methods = Vec::new();
+            for m in c.allow_methods.unwrap_or_else(|| {
+                ["GET", "POST", "PUT", "PATCH", "DELETE"].map(String::from).to_vec()
+            }) {
+                match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                    Ok(method) => allow_methods.push(method),
+                    Err(_) => return Err(bad(&key("allow_methods"), &m, "is not an HTTP method")),
+                }
+            }
+            let allow_headers = c
+                .allow_headers
+                .unwrap_or_else(|| {
+                    ["authorization", "content-type", "idempotency-key", "traceparent"]
+                        .map(String::from)
+                        .to_vec()
+                })
+                .into_iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect();
+            let max_age = match c.max_age {
+                None => Duration::from_secs(600),
+                Some(v) => zerofn::config::parse_duration(&v).map_err(|why| bad(&key("max_age"), &v, &why))?,
+            };
+            cors.insert(
+                function,
+                Cors {
+                    allow_origins: c.allow_origins,
+                    allow_methods,
+                    allow_headers,
+                    max_age,
+                    allow_credentials: c.allow_credentials,
+                },
+            );
+        }
         let Some(a) = raw.auth else {
-            return Ok(GatewayConfig { auth: None, limits });
+            return Ok(GatewayConfig {
+                auth: None,
+                limits,
+                cors,
+            });
         };
         let mut api_keys: Vec<ApiKey> = Vec::new();
         for (i, k) in a.api_keys.into_iter().enumerate() {
@@ -494,6 +581,7 @@ impl GatewayConfig {
         Ok(GatewayConfig {
             auth: Some(Auth { api_keys, jwt }),
             limits,
+            cors,
         })
     }
 }
@@ -614,6 +702,9 @@ mod tests {
             ("[auth.jwt]\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"f\"\nleeway = \"1h\"\n".into(), "auth.jwt.leeway", "at most 5m"),
             ("[limits]\nper_address = { per_second = 0 }\n".into(), "limits.per_address.per_second", "above 0"),
             ("[limits]\nmax_batch = 0\n".into(), "limits.max_batch", "1 to 10000"),
+            ("[cors.tasks]\nallow_origins = [\"https://a.test/app\"]\n".into(), "cors.tasks.allow_origins", "no path"),
+            ("[cors.tasks]\nallow_origins = [\"*\"]\nallow_credentials = true\n".into(), "cors.tasks.allow_origins", "list the origins"),
+            ("[cors.tasks]\nallow_origins = [\"https://a.test\"]\nallow_methods = [\"G E T\"]\n".into(), "cors.tasks.allow_methods", "HTTP method"),
         ] {
             let e = parse(&text).unwrap_err();
             assert_eq!(e.key, k, "{text}: {e}");

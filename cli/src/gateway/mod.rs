@@ -19,6 +19,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod config;
+mod cors;
 mod limit;
 mod policy;
 
@@ -148,6 +149,7 @@ pub(crate) struct Guard {
     per_address: limit::Limiter,
     trust_forwarded: bool,
     max_batch: usize,
+    cors: std::collections::BTreeMap<String, cors::Cors>,
 }
 
 impl Guard {
@@ -163,6 +165,7 @@ impl Guard {
             per_address: limit::Limiter::new(c.limits.per_address),
             trust_forwarded: c.limits.trust_forwarded,
             max_batch: c.limits.max_batch,
+            cors: c.cors.clone(),
         })
     }
 }
@@ -348,14 +351,54 @@ fn too_many(g: &Gateway, what: &str, wait: Duration) -> Response {
 /// Guard a public route: the address's rate limit, the credential (401), its rate limit, and
 /// the function its policy allows (403); the principal goes on to the handler (events are
 /// checked there, once decoded).
-async fn admit(State(g): State<Gateway>, mut request: Request, next: Next) -> Response {
+async fn admit(State(g): State<Gateway>, request: Request, next: Next) -> Response {
     let Some(guard) = g.guard.clone() else {
         return next.run(request).await;
     };
+    let function = function_of(request.uri().path());
+    let cors = function.as_deref().and_then(|f| guard.cors.get(f));
+    let origin = header_str(request.headers(), "origin").map(str::to_string);
+    // A browser's preflight carries no credential: answered here, for the function's policy.
+    if let Some(c) = cors
+        && request.method() == Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        return match c.preflight(request.headers()) {
+            Ok(headers) => (StatusCode::NO_CONTENT, headers).into_response(),
+            Err(why) => {
+                g.metrics.rejected("cors");
+                error(StatusCode::FORBIDDEN, "cors", &why)
+            }
+        };
+    }
+    let mut response = guarded(&g, &guard, function, request, next).await;
+    // Every answer to an allowed origin says so, refusals included (so the page can read them).
+    if let (Some(c), Some(origin)) = (cors, origin) {
+        response.headers_mut().extend(c.actual(&origin));
+    }
+    response
+}
+
+/// The function a `/fn/{name}/…` or `/async/{name}/…` path calls.
+fn function_of(path: &str) -> Option<String> {
+    path.strip_prefix("/fn/")
+        .or_else(|| path.strip_prefix("/async/"))
+        .map(|rest| rest.split('/').next().unwrap_or_default().to_string())
+}
+
+async fn guarded(
+    g: &Gateway,
+    guard: &Guard,
+    function: Option<String>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let now = Instant::now();
     let address = client_address(&request, guard.trust_forwarded);
     if let Err(wait) = guard.per_address.check(&address, now) {
-        return too_many(&g, "address", wait);
+        return too_many(g, "address", wait);
     }
     let Some(authenticator) = &guard.auth else {
         return next.run(request).await;
@@ -387,17 +430,12 @@ async fn admit(State(g): State<Gateway>, mut request: Request, next: Next) -> Re
         }
     };
     if let Err(wait) = guard.per_credential.check(&principal.name, now) {
-        return too_many(&g, "credential", wait);
+        return too_many(g, "credential", wait);
     }
-    let path = request.uri().path();
-    let function = path
-        .strip_prefix("/fn/")
-        .or_else(|| path.strip_prefix("/async/"))
-        .map(|rest| rest.split('/').next().unwrap_or_default().to_string());
     if let Some(name) = function
         && let Err(f) = principal.policy.function(&name)
     {
-        return forbidden(&g, &principal, &f);
+        return forbidden(g, &principal, &f);
     }
     request.extensions_mut().insert(Arc::new(principal));
     next.run(request).await
@@ -816,6 +854,54 @@ fn end_to_end(name: &HeaderName, named: &[String]) -> bool {
     !is_hop_by_hop(name) && !named.iter().any(|n| n == name.as_str())
 }
 
+/// The headers a proxied request carries to the function: the client's end-to-end headers
+/// but `traceparent` (the gateway sets its own) and `X-Zerofn-*`; `X-Forwarded-*` set by the
+/// gateway (extending a trusted proxy's, never a client's); and, for an authenticated caller,
+/// who it is (`X-Zerofn-Principal`, `X-Zerofn-Subject`). An API key stays at the gateway (its
+/// `Authorization` is not passed on); a JWT goes on, for functions that read its claims.
+fn upstream_headers(
+    client: &HeaderMap,
+    principal: Option<&auth::Principal>,
+    trust: bool,
+    peer: &str,
+) -> HeaderMap {
+    let named = connection_named(client);
+    let mut out = HeaderMap::new();
+    for (n, v) in client {
+        let name = n.as_str();
+        let forwarded = name.starts_with("x-forwarded-") || name == "forwarded";
+        let ours = name.starts_with("x-zerofn-") || name == "traceparent";
+        let key = name == "authorization" && principal.is_some_and(|p| p.api_key);
+        if end_to_end(n, &named) && !ours && !key && (trust || !forwarded) {
+            out.append(n.clone(), v.clone());
+        }
+    }
+    let set = |out: &mut HeaderMap, name: &'static str, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            out.insert(HeaderName::from_static(name), v);
+        }
+    };
+    let xff = match header_str(client, "x-forwarded-for") {
+        Some(before) if trust => format!("{before}, {peer}"),
+        _ => peer.to_string(),
+    };
+    set(&mut out, "x-forwarded-for", &xff);
+    let proto = header_str(client, "x-forwarded-proto")
+        .filter(|_| trust)
+        .unwrap_or("http");
+    set(&mut out, "x-forwarded-proto", proto);
+    if let Some(host) = header_str(client, "host") {
+        set(&mut out, "x-forwarded-host", host);
+    }
+    if let Some(p) = principal {
+        set(&mut out, "x-zerofn-principal", &p.name);
+        if let Some(s) = &p.subject {
+            set(&mut out, "x-zerofn-subject", s);
+        }
+    }
+    out
+}
+
 /// Decrements a function's held-request count when the request stops waiting.
 struct Held<'a>(&'a std::sync::atomic::AtomicUsize);
 
@@ -897,29 +983,13 @@ async fn forward(
             .request(method, url)
             .timeout(upstream.timeout)
             .body(bytes);
-        let named = connection_named(&parts.headers);
-        for (n, v) in &parts.headers {
-            let forwarded = n.as_str().starts_with("x-forwarded-") || n.as_str() == "forwarded";
-            if end_to_end(n, &named) && n.as_str() != "traceparent" && (trust || !forwarded) {
-                out = out.header(n, v);
-            }
-        }
-        // Set by the gateway, extending a trusted proxy's values, never a client's.
-        let peer = peer.as_deref().unwrap_or("unknown");
-        let xff = match header_str(&parts.headers, "x-forwarded-for") {
-            Some(before) if trust => format!("{before}, {peer}"),
-            _ => peer.to_string(),
-        };
-        let proto = header_str(&parts.headers, "x-forwarded-proto")
-            .filter(|_| trust)
-            .unwrap_or("http")
-            .to_string();
-        out = out
-            .header("x-forwarded-for", xff)
-            .header("x-forwarded-proto", proto);
-        if let Some(host) = header_str(&parts.headers, "host") {
-            out = out.header("x-forwarded-host", host.to_string());
-        }
+        let principal = parts.extensions.get::<Arc<auth::Principal>>();
+        out = out.headers(upstream_headers(
+            &parts.headers,
+            principal.map(AsRef::as_ref),
+            trust,
+            peer.as_deref().unwrap_or("unknown"),
+        ));
         let tp = zerofn::edge::traceparent_for(
             &tracing::Span::current(),
             header_str(&parts.headers, "traceparent"),
@@ -1006,6 +1076,47 @@ async fn read_answer(mut answer: reqwest::Response, max: usize) -> Result<Bytes,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_function_is_sent_about_its_caller() {
+        let mut client = HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Bearer zk_secret"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-zerofn-principal", "admin"),
+            ("content-type", "application/json"),
+            ("host", "api.test"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+        ] {
+            client.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let key = auth::Principal {
+            name: "importer".into(),
+            policy: config::Policy::default(),
+            subject: None,
+            api_key: true,
+        };
+        let h = upstream_headers(&client, Some(&key), false, "10.1.2.3");
+        assert!(!h.contains_key("authorization"), "an API key stays at the gateway");
+        assert_eq!(h["x-zerofn-principal"], "importer", "not the client's claim");
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3", "the client's X-Forwarded-For is dropped");
+        assert_eq!(h["x-forwarded-host"], "api.test");
+        assert_eq!(h["content-type"], "application/json");
+        assert!(!h.contains_key("x-hop") && !h.contains_key("host"));
+        let jwt = auth::Principal {
+            name: "jwt:u-1".into(),
+            subject: Some("u-1".into()),
+            api_key: false,
+            ..key
+        };
+        let h = upstream_headers(&client, Some(&jwt), true, "10.1.2.3");
+        assert_eq!(h["authorization"], "Bearer zk_secret", "a JWT goes on");
+        assert_eq!(h["x-zerofn-subject"], "u-1");
+        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.1.2.3", "a trusted proxy's chain, extended");
+        let open = upstream_headers(&client, None, false, "10.1.2.3");
+        assert!(!open.contains_key("x-zerofn-principal"), "the client's is dropped, none set");
+    }
 
     #[test]
     fn headers_named_in_connection_are_hop_by_hop_too() {
