@@ -348,12 +348,23 @@ max_batch = 3
     assert_eq!(r.status(), 200, "the JWT policy allows probe");
     let carol = es256(&claims("u-3", 300));
     let r = post_event(&engine, Some(&carol), &transaction("u-3")).await;
-    assert_eq!(r.status(), 202, "ES256 from the JWKS URL: {:?}", r.text().await);
+    assert_eq!(
+        r.status(),
+        202,
+        "ES256 from the JWKS URL: {:?}",
+        r.text().await
+    );
     let mut unknown_kid = Header::new(Algorithm::ES256);
     unknown_kid.kid = Some("rotated-away".into());
     let pem = std::fs::read(testdata("test-only-es256.pem")).unwrap();
-    let stale = jsonwebtoken::encode(&unknown_kid, &claims("u-3", 300), &EncodingKey::from_ec_pem(&pem).unwrap()).unwrap();
-    let (s, _, message) = error_of(post_event(&engine, Some(&stale), &transaction("u-3")).await).await;
+    let stale = jsonwebtoken::encode(
+        &unknown_kid,
+        &claims("u-3", 300),
+        &EncodingKey::from_ec_pem(&pem).unwrap(),
+    )
+    .unwrap();
+    let (s, _, message) =
+        error_of(post_event(&engine, Some(&stale), &transaction("u-3")).await).await;
     assert_eq!(s, 401);
     assert!(message.contains("rotated-away"), "{message}");
     let (s, _, _) = error_of(
@@ -970,7 +981,10 @@ allow_methods = ["GET", "POST"]
                 .request(reqwest::Method::OPTIONS, engine.url("/fn/probe/echo"))
                 .header("origin", origin)
                 .header("access-control-request-method", method)
-                .header("access-control-request-headers", "authorization, content-type")
+                .header(
+                    "access-control-request-headers",
+                    "authorization, content-type",
+                )
                 .send()
                 .await
                 .unwrap()
@@ -979,12 +993,23 @@ allow_methods = ["GET", "POST"]
     // Answered by the gateway, without a credential (a preflight carries none).
     let ok = preflight("https://todo.test", "POST").await;
     assert_eq!(ok.status(), 204);
-    assert_eq!(ok.headers()["access-control-allow-origin"], "https://todo.test");
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://todo.test"
+    );
     assert_eq!(ok.headers()["access-control-allow-methods"], "GET, POST");
-    assert_eq!(ok.headers()["access-control-allow-headers"], "authorization, content-type");
+    assert_eq!(
+        ok.headers()["access-control-allow-headers"],
+        "authorization, content-type"
+    );
     let (s, code, _) = error_of(preflight("https://evil.test", "POST").await).await;
     assert_eq!((s, code.as_str()), (403, "cors"));
-    assert_eq!(error_of(preflight("https://todo.test", "DELETE").await).await.0, 403);
+    assert_eq!(
+        error_of(preflight("https://todo.test", "DELETE").await)
+            .await
+            .0,
+        403
+    );
     // The request itself still needs its credential; every answer to the allowed origin says so.
     let r = client()
         .post(engine.url("/fn/probe/echo"))
@@ -994,7 +1019,10 @@ allow_methods = ["GET", "POST"]
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(r.headers()["access-control-allow-origin"], "https://todo.test");
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://todo.test"
+    );
     let r = client()
         .post(engine.url("/fn/probe/echo"))
         .header("origin", "https://todo.test")
@@ -1004,7 +1032,10 @@ allow_methods = ["GET", "POST"]
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["access-control-allow-origin"], "https://todo.test");
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://todo.test"
+    );
     assert_eq!(r.headers()["vary"], "Origin");
     let r = client()
         .post(engine.url("/fn/probe/echo"))
@@ -1014,6 +1045,9 @@ allow_methods = ["GET", "POST"]
         .send()
         .await
         .unwrap();
-    assert!(!r.headers().contains_key("access-control-allow-origin"), "not for another origin");
+    assert!(
+        !r.headers().contains_key("access-control-allow-origin"),
+        "not for another origin"
+    );
     engine.stop().await;
 }

@@ -371,7 +371,11 @@ impl GatewayConfig {
         for (function, c) in raw.cors {
             let key = |field: &str| format!("cors.{function}.{field}");
             if c.allow_origins.is_empty() {
-                return Err(bad(&key("allow_origins"), &"[]", "must list at least one origin"));
+                return Err(bad(
+                    &key("allow_origins"),
+                    &"[]",
+                    "must list at least one origin",
+                ));
             }
             for o in &c.allow_origins {
                 let exact = reqwest::Url::parse(o).is_ok_and(|u| {
@@ -394,7 +398,9 @@ impl GatewayConfig {
             }
             let mut allow_methods = Vec::new();
             for m in c.allow_methods.unwrap_or_else(|| {
-                ["GET", "POST", "PUT", "PATCH", "DELETE"].map(String::from).to_vec()
+                ["GET", "POST", "PUT", "PATCH", "DELETE"]
+                    .map(String::from)
+                    .to_vec()
             }) {
                 match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
                     Ok(method) => allow_methods.push(method),
@@ -404,16 +410,22 @@ impl GatewayConfig {
             let allow_headers = c
                 .allow_headers
                 .unwrap_or_else(|| {
-                    ["authorization", "content-type", "idempotency-key", "traceparent"]
-                        .map(String::from)
-                        .to_vec()
+                    [
+                        "authorization",
+                        "content-type",
+                        "idempotency-key",
+                        "traceparent",
+                    ]
+                    .map(String::from)
+                    .to_vec()
                 })
                 .into_iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect();
             let max_age = match c.max_age {
                 None => Duration::from_secs(600),
-                Some(v) => zerofn::config::parse_duration(&v).map_err(|why| bad(&key("max_age"), &v, &why))?,
+                Some(v) => zerofn::config::parse_duration(&v)
+                    .map_err(|why| bad(&key("max_age"), &v, &why))?,
             };
             cors.insert(
                 function,

@@ -49,7 +49,9 @@ impl Cors {
             .filter(|h| !h.is_empty())
             .collect();
         if let Some(h) = asked.iter().find(|h| !self.allow_headers.contains(h)) {
-            return Err(format!("request header {h} is not allowed for this function"));
+            return Err(format!(
+                "request header {h} is not allowed for this function"
+            ));
         }
         let mut out = self.actual(origin);
         let methods: Vec<&str> = self.allow_methods.iter().map(Method::as_str).collect();
@@ -58,9 +60,17 @@ impl Cors {
                 out.insert(name, v);
             }
         };
-        set(&mut out, header::ACCESS_CONTROL_ALLOW_METHODS, methods.join(", "));
+        set(
+            &mut out,
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            methods.join(", "),
+        );
         if !asked.is_empty() {
-            set(&mut out, header::ACCESS_CONTROL_ALLOW_HEADERS, asked.join(", "));
+            set(
+                &mut out,
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                asked.join(", "),
+            );
         }
         set(
             &mut out,
@@ -119,7 +129,10 @@ mod tests {
             .preflight(&headers(&[
                 ("origin", "https://app.test"),
                 ("access-control-request-method", "POST"),
-                ("access-control-request-headers", "Content-Type, Authorization"),
+                (
+                    "access-control-request-headers",
+                    "Content-Type, Authorization",
+                ),
             ]))
             .unwrap();
         assert_eq!(ok["access-control-allow-origin"], "https://app.test");
@@ -153,7 +166,10 @@ mod tests {
                 ]),
                 "x-secret",
             ),
-            (headers(&[("access-control-request-method", "GET")]), "Origin"),
+            (
+                headers(&[("access-control-request-method", "GET")]),
+                "Origin",
+            ),
         ] {
             assert!(cors().preflight(&bad).unwrap_err().contains(why), "{why}");
         }

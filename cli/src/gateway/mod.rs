@@ -1098,9 +1098,18 @@ mod tests {
             api_key: true,
         };
         let h = upstream_headers(&client, Some(&key), false, "10.1.2.3");
-        assert!(!h.contains_key("authorization"), "an API key stays at the gateway");
-        assert_eq!(h["x-zerofn-principal"], "importer", "not the client's claim");
-        assert_eq!(h["x-forwarded-for"], "10.1.2.3", "the client's X-Forwarded-For is dropped");
+        assert!(
+            !h.contains_key("authorization"),
+            "an API key stays at the gateway"
+        );
+        assert_eq!(
+            h["x-zerofn-principal"], "importer",
+            "not the client's claim"
+        );
+        assert_eq!(
+            h["x-forwarded-for"], "10.1.2.3",
+            "the client's X-Forwarded-For is dropped"
+        );
         assert_eq!(h["x-forwarded-host"], "api.test");
         assert_eq!(h["content-type"], "application/json");
         assert!(!h.contains_key("x-hop") && !h.contains_key("host"));
@@ -1113,9 +1122,15 @@ mod tests {
         let h = upstream_headers(&client, Some(&jwt), true, "10.1.2.3");
         assert_eq!(h["authorization"], "Bearer zk_secret", "a JWT goes on");
         assert_eq!(h["x-zerofn-subject"], "u-1");
-        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.1.2.3", "a trusted proxy's chain, extended");
+        assert_eq!(
+            h["x-forwarded-for"], "6.6.6.6, 10.1.2.3",
+            "a trusted proxy's chain, extended"
+        );
         let open = upstream_headers(&client, None, false, "10.1.2.3");
-        assert!(!open.contains_key("x-zerofn-principal"), "the client's is dropped, none set");
+        assert!(
+            !open.contains_key("x-zerofn-principal"),
+            "the client's is dropped, none set"
+        );
     }
 
     #[test]
