@@ -40,14 +40,7 @@ impl Cors {
         if !self.allow_methods.contains(&method) {
             return Err(format!("method {method} is not allowed for this function"));
         }
-        let asked: Vec<String> = request
-            .get_all(header::ACCESS_CONTROL_REQUEST_HEADERS)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|h| h.trim().to_ascii_lowercase())
-            .filter(|h| !h.is_empty())
-            .collect();
+        let asked = super::header_tokens(request, header::ACCESS_CONTROL_REQUEST_HEADERS);
         if let Some(h) = asked.iter().find(|h| !self.allow_headers.contains(h)) {
             return Err(format!(
                 "request header {h} is not allowed for this function"

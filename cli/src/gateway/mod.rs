@@ -839,8 +839,14 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// The headers a message names in `Connection` (hop-by-hop too, RFC 9110 §7.6.1), lower case.
 fn connection_named(headers: &HeaderMap) -> Vec<String> {
+    header_tokens(headers, header::CONNECTION)
+}
+
+/// The comma-separated tokens of every `name` header, trimmed and in lower case
+/// (`Connection`, `Access-Control-Request-Headers`).
+fn header_tokens(headers: &HeaderMap, name: HeaderName) -> Vec<String> {
     headers
-        .get_all(header::CONNECTION)
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
