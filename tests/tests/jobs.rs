@@ -73,6 +73,10 @@ fn handler(seen: Seen) -> impl zerofn::Handler {
                 Input::Created(t) if t.title == "forget" => {
                     Ok(vec![Emit::cancel(format!("remind-{}", t.task_id))])
                 }
+                // A name only declared schedules may have.
+                Input::Created(t) if t.title == "squat" => {
+                    Ok(vec![Emit::cancel("schedule-weekly")])
+                }
                 Input::Created(_) => Ok(vec![]),
                 Input::Due(r) => {
                     let trace = event
@@ -215,6 +219,29 @@ async fn a_job_type_not_declared_or_without_a_sidecar_is_refused() {
             .unwrap()
             .contains("does not declare under [[jobs]]"),
         "{answer}"
+    );
+    // A handler may not take a name of the declared schedules' (`schedule-…`): dead-lettered,
+    // and nothing reaches the sidecar.
+    let answer = deliver(
+        &server,
+        &fresh_id("t"),
+        "squat",
+        "00-5bf92f3577b34da6a3ce929d0e0e4737-00f067aa0ba902b7-01",
+    )
+    .await;
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("belong to the schedules declared in function.toml"),
+        "{answer}"
+    );
+    assert!(
+        sidecar
+            .requests()
+            .iter()
+            .all(|r| !r.path_and_query.contains("schedule-")),
+        "no Jobs API call for it"
     );
     server.shutdown().await.unwrap();
     // On the HTTP transport there is no Jobs API: refused at start, naming the setting.
