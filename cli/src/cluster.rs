@@ -102,16 +102,12 @@ impl Gateway {
             }
             None => return Err(refuse_open("(no --config)", "no configuration file").into()),
             Some(path) => {
-                let file = path.display().to_string();
-                let config = gateway::config::GatewayConfig::load(path, |v| std::env::var(v).ok())?;
-                if config.auth.is_none() && !self.insecure_open {
+                let (guard, limits) = gateway::Guard::load(path).await?;
+                if guard.is_open() && !self.insecure_open {
+                    let file = path.display().to_string();
                     return Err(refuse_open(&file, "the file has no [auth] section").into());
                 }
-                let guard = gateway::Guard::new(&config).await.map_err(|mut e| {
-                    e.file = file;
-                    e
-                })?;
-                (Some(guard), config.limits)
+                (Some(guard), limits)
             }
         };
         let header_timeout = limits.header_timeout;

@@ -15,7 +15,7 @@ use std::{
 
 use engine::{Engine, manifest, sibling};
 use serde_json::{Value, json};
-use zerofn_tests::{client, fresh_id, store_pool};
+use zerofn_tests::{client, fresh_id, get_json, store_pool};
 
 fn probe_fn() -> String {
     format!("{}={}", manifest("tests/function.toml"), sibling("probe"))
@@ -23,7 +23,12 @@ fn probe_fn() -> String {
 
 /// The probe's sidecar (the engine's Jobs API for it).
 fn sidecar(engine: &Engine) -> String {
-    format!("http://127.0.0.1:{}", engine.sidecar_port("probe"))
+    sidecar_of(engine, "probe")
+}
+
+/// `function`'s sidecar.
+fn sidecar_of(engine: &Engine, function: &str) -> String {
+    format!("http://127.0.0.1:{}", engine.sidecar_port(function))
 }
 
 async fn schedule(engine: &Engine, name: &str, body: &str) -> (u16, Value) {
@@ -96,14 +101,7 @@ async fn a_due_job_wakes_its_function_from_zero_and_fires_once() {
     )
     .await;
     assert_eq!(s, 204, "scheduled, no body");
-    let job: Value = client()
-        .get(format!("{}/v1.0-alpha1/jobs/{name}", sidecar(&engine)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job = get_json(&format!("{}/v1.0-alpha1/jobs/{name}", sidecar(&engine))).await;
     assert_eq!(job["dueTime"], "1s");
     assert_eq!(job["data"], json!({"task": "t-1"}));
     let rows = wait_fired(&engine.state, &name, 1, 30).await;
@@ -298,17 +296,11 @@ async fn a_schedule_declared_in_function_toml_fires_on_its_cron_from_zero_and_su
     let engine = Engine::start(&[ticker_fn()], None, &[], &[]).await;
     // The engine registered the schedule before any replica ran: a function at zero has no
     // other way to get its first trigger.
-    let job: Value = client()
-        .get(format!(
-            "http://127.0.0.1:{}/v1.0-alpha1/jobs/schedule-tick",
-            engine.sidecar_port("ticker")
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job = get_json(&format!(
+        "{}/v1.0-alpha1/jobs/schedule-tick",
+        sidecar_of(&engine, "ticker")
+    ))
+    .await;
     assert_eq!(job["schedule"], "*/2 * * * * *", "{job}");
     assert_eq!(job["data"], json!({"schedule": "tick"}));
     let first = wait_ticks(&engine.state, 3, 30).await;

@@ -201,12 +201,8 @@ impl Dev {
         let (guard, limits) = match &self.gateway_config {
             None => (None, gateway::config::Limits::default()),
             Some(path) => {
-                let config = gateway::config::GatewayConfig::load(path, |v| std::env::var(v).ok())?;
-                let guard = gateway::Guard::new(&config).await.map_err(|mut e| {
-                    e.file = path.display().to_string();
-                    e
-                })?;
-                (Some(guard), config.limits)
+                let (guard, limits) = gateway::Guard::load(path).await?;
+                (Some(guard), limits)
             }
         };
         let header_timeout = limits.header_timeout;

@@ -275,12 +275,6 @@ impl GatewayConfig {
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<GatewayConfig, ConfigError> {
-        let bad = |key: &str, value: &dyn std::fmt::Display, reason: &str| ConfigError {
-            file: String::new(),
-            key: key.to_string(),
-            value: value.to_string(),
-            reason: reason.to_string(),
-        };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             bad(
                 "(file)",
@@ -331,14 +325,6 @@ impl GatewayConfig {
                         "must be at least 1024",
                     ));
                 }
-                let timeout = |key: &str, v: Option<String>, default: Duration| match v {
-                    None => Ok(default),
-                    Some(v) => match zerofn::config::parse_duration(&v) {
-                        Ok(d) if !d.is_zero() => Ok(d),
-                        Ok(_) => Err(bad(key, &v, "must be above zero")),
-                        Err(why) => Err(bad(key, &v, &why)),
-                    },
-                };
                 Limits {
                     per_credential: rate("per_credential", l.per_credential, d.per_credential)?,
                     per_address: rate("per_address", l.per_address, d.per_address)?,
@@ -475,8 +461,7 @@ impl GatewayConfig {
                     "is the hash of another key too",
                 ));
             }
-            let policy = policy(&key(""), k.functions, k.events, None)
-                .map_err(|(f, v, r)| bad(&f, &v, &r))?;
+            let policy = policy(&key(""), k.functions, k.events, None)?;
             api_keys.push(ApiKey {
                 name: k.name,
                 sha256,
@@ -546,10 +531,6 @@ impl GatewayConfig {
                         "needs hs256_secret_env (HS256) or jwks_file / jwks_url (RS256, ES256)",
                     ));
                 }
-                let duration = |key: &str, v: Option<String>, default: Duration| match v {
-                    None => Ok(default),
-                    Some(v) => zerofn::config::parse_duration(&v).map_err(|why| bad(key, &v, &why)),
-                };
                 let leeway = duration("auth.jwt.leeway", j.leeway, Duration::from_secs(30))?;
                 if leeway > MAX_LEEWAY {
                     return Err(bad(
@@ -570,8 +551,7 @@ impl GatewayConfig {
                         "must be at least 10s",
                     ));
                 }
-                let policy = policy("auth.jwt.", j.functions, j.events, j.subject_claim)
-                    .map_err(|(f, v, r)| bad(&f, &v, &r))?;
+                let policy = policy("auth.jwt.", j.functions, j.events, j.subject_claim)?;
                 Some(Jwt {
                     issuer: j.issuer,
                     audience: j.audience,
@@ -598,23 +578,50 @@ impl GatewayConfig {
     }
 }
 
+/// A mistake in the file: its key, its value and why (the file's name is added by `load`).
+fn bad(key: &str, value: &dyn std::fmt::Display, reason: &str) -> ConfigError {
+    ConfigError {
+        file: String::new(),
+        key: key.to_string(),
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// A duration key (`30s`, `5m`), or `default` when absent.
+fn duration(key: &str, v: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(v) => zerofn::config::parse_duration(&v).map_err(|why| bad(key, &v, &why)),
+    }
+}
+
+/// A timeout: a duration above zero.
+fn timeout(key: &str, v: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    let text = v.clone().unwrap_or_default();
+    match duration(key, v, default)? {
+        d if d.is_zero() => Err(bad(key, &text, "must be above zero")),
+        d => Ok(d),
+    }
+}
+
 /// A credential's policy, its globs checked (`prefix` ends with the separator: `auth.jwt.`).
 fn policy(
     prefix: &str,
     functions: Vec<String>,
     events: Vec<String>,
     subject_claim: Option<String>,
-) -> Result<Policy, (String, String, String)> {
+) -> Result<Policy, ConfigError> {
     for (field, globs) in [("functions", &functions), ("events", &events)] {
         for (i, g) in globs.iter().enumerate() {
             let ok = !g.is_empty()
                 && g.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"._-*".contains(&b));
             if !ok {
-                return Err((
-                    format!("{prefix}{field}[{i}]"),
-                    g.clone(),
-                    "must be a name or a glob of letters, digits, . _ - and *".into(),
+                return Err(bad(
+                    &format!("{prefix}{field}[{i}]"),
+                    g,
+                    "must be a name or a glob of letters, digits, . _ - and *",
                 ));
             }
         }
@@ -622,10 +629,10 @@ fn policy(
     if let Some(c) = &subject_claim
         && c.trim().is_empty()
     {
-        return Err((
-            format!("{prefix}subject_claim"),
-            c.clone(),
-            "must name a claim, e.g. sub".into(),
+        return Err(bad(
+            &format!("{prefix}subject_claim"),
+            c,
+            "must name a claim, e.g. sub",
         ));
     }
     Ok(Policy {

@@ -147,26 +147,35 @@ pub(crate) struct Guard {
     auth: Option<auth::Authenticator>,
     per_credential: limit::Limiter,
     per_address: limit::Limiter,
-    trust_forwarded: bool,
-    max_batch: usize,
     cors: std::collections::BTreeMap<String, cors::Cors>,
 }
 
 impl Guard {
-    /// From a checked configuration (reads the JWKS file).
-    pub(crate) async fn new(c: &config::GatewayConfig) -> Result<Guard, config::ConfigError> {
+    /// Read the configuration file at `path` (every error names it; the JWKS file is read too):
+    /// the guard, and the limits that go in [`Options::limits`].
+    pub(crate) async fn load(
+        path: &std::path::Path,
+    ) -> Result<(Guard, config::Limits), config::ConfigError> {
+        let c = config::GatewayConfig::load(path, |v| std::env::var(v).ok())?;
         let auth = match &c.auth {
-            Some(a) => Some(auth::Authenticator::new(a).await?),
+            Some(a) => Some(auth::Authenticator::new(a).await.map_err(|mut e| {
+                e.file = path.display().to_string();
+                e
+            })?),
             None => None,
         };
-        Ok(Guard {
+        let guard = Guard {
             auth,
             per_credential: limit::Limiter::new(c.limits.per_credential),
             per_address: limit::Limiter::new(c.limits.per_address),
-            trust_forwarded: c.limits.trust_forwarded,
-            max_batch: c.limits.max_batch,
-            cors: c.cors.clone(),
-        })
+            cors: c.cors,
+        };
+        Ok((guard, c.limits))
+    }
+
+    /// No `[auth]`: every caller may call everything.
+    pub(crate) fn is_open(&self) -> bool {
+        self.auth.is_none()
     }
 }
 
@@ -262,6 +271,7 @@ pub(crate) async fn serve(
         server::{conn::auto, graceful::GracefulShutdown},
         service::TowerToHyperService,
     };
+    use tower::ServiceExt as _;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -278,8 +288,14 @@ pub(crate) async fn serve(
             () = &mut stopped => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let router = router.clone().layer(axum::Extension(ConnectInfo(peer)));
-                    let service = TowerToHyperService::new(router);
+                    // The peer goes on each request as axum's `ConnectInfo` (a cheap wrapper per
+                    // connection, not a re-layered router).
+                    let service = TowerToHyperService::new(router.clone().map_request(
+                        move |mut request: http::Request<hyper::body::Incoming>| {
+                            request.extensions_mut().insert(ConnectInfo(peer));
+                            request
+                        },
+                    ));
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
@@ -396,7 +412,7 @@ async fn guarded(
     next: Next,
 ) -> Response {
     let now = Instant::now();
-    let address = client_address(&request, guard.trust_forwarded);
+    let address = client_address(&request, g.limits.trust_forwarded);
     if let Err(wait) = guard.per_address.check(&address, now) {
         return too_many(g, "address", wait);
     }
@@ -558,7 +574,8 @@ async fn events(State(g): State<Gateway>, request: Request) -> Response {
             Ok(events) => events,
             Err(rejection) => return refuse(&g, &headers, &bytes, rejection).await,
         };
-        if let Some(max) = g.guard.as_ref().map(|guard| guard.max_batch)
+        // Only a configured gateway caps batches (an open local engine takes what it is sent).
+        if let Some(max) = g.guard.as_ref().map(|_| g.limits.max_batch)
             && events.len() > max
         {
             let r = Rejection {
@@ -937,7 +954,7 @@ async fn forward(
         &format!("{} /fn/{name}", request.method()),
         request.headers(),
     );
-    let trust = g.guard.as_ref().is_some_and(|guard| guard.trust_forwarded);
+    let trust = g.limits.trust_forwarded;
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
