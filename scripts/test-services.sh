@@ -2,7 +2,9 @@
 # Real PostgreSQL and Redis for the test suites, on 127.0.0.1 only, in throwaway directories.
 #   scripts/test-services.sh up     install what is missing, start both, write the env file
 #   scripts/test-services.sh down   stop both and remove their data
-# The env file (printed by `up`) exports ZEROFN_TEST_POSTGRES and ZEROFN_TEST_REDIS.
+# The env file (printed by `up`) exports ZEROFN_TEST_POSTGRES and ZEROFN_TEST_REDIS, and for a second Redis
+# that speaks TLS only and wants a password (its certificate from a throwaway CA made here with openssl)
+# ZEROFN_TEST_REDIS_TLS (a rediss:// URL) and ZEROFN_TEST_REDIS_CA (the CA's PEM).
 set -euo pipefail
 
 # Derived from the checkout's path, so test runs in two checkouts on one machine never share (or
@@ -12,6 +14,7 @@ SLOT=$(( $(printf '%s' "$CHECKOUT" | cksum | cut -d' ' -f1) % 500 ))
 ROOT="${ZEROFN_SERVICES_DIR:-/tmp/zerofn-test-services-$(id -u)-$SLOT}"
 PG_PORT="${ZEROFN_TEST_PG_PORT:-$((54000 + SLOT))}"
 REDIS_PORT="${ZEROFN_TEST_REDIS_PORT:-$((63000 + SLOT))}"
+REDIS_TLS_PORT="${ZEROFN_TEST_REDIS_TLS_PORT:-$((62000 + SLOT))}"
 ENV_FILE="$ROOT/env"
 
 say() { printf 'test-services: %s\n' "$*" >&2; }
@@ -68,11 +71,30 @@ up() {
   done
   redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null
 
+  # Redis over TLS, as the chart connects to it: a CA and a certificate for 127.0.0.1, valid two days.
+  command -v openssl >/dev/null 2>&1 || apt_install openssl
+  local tls="$ROOT/redis-tls"
+  mkdir -p "$tls"
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$tls/ca.key" -out "$tls/ca.pem" -days 2 -subj "/CN=zerofn test CA" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -keyout "$tls/server.key" -out "$tls/server.csr" -subj "/CN=127.0.0.1" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$tls/ext"
+  openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial -out "$tls/server.pem" -days 2 -extfile "$tls/ext" 2>/dev/null
+  redis-server --bind 127.0.0.1 --port 0 --tls-port "$REDIS_TLS_PORT" --tls-cert-file "$tls/server.pem" \
+    --tls-key-file "$tls/server.key" --tls-ca-cert-file "$tls/ca.pem" --tls-auth-clients no --requirepass zerofn-test \
+    --save '' --appendonly no --databases 16 --dir "$tls" --daemonize yes --pidfile "$tls/redis.pid" --logfile "$tls/redis.log"
+  for _ in $(seq 1 100); do
+    redis-cli --tls --cacert "$tls/ca.pem" -h 127.0.0.1 -p "$REDIS_TLS_PORT" --no-auth-warning -a zerofn-test ping >/dev/null 2>&1 && break
+    sleep 0.05
+  done
+  redis-cli --tls --cacert "$tls/ca.pem" -h 127.0.0.1 -p "$REDIS_TLS_PORT" --no-auth-warning -a zerofn-test ping >/dev/null
+
   cat >"$ENV_FILE" <<ENV
 export ZEROFN_TEST_POSTGRES=postgres://postgres@127.0.0.1:$PG_PORT/zerofn
 export ZEROFN_TEST_REDIS=redis://127.0.0.1:$REDIS_PORT
+export ZEROFN_TEST_REDIS_TLS=rediss://:zerofn-test@127.0.0.1:$REDIS_TLS_PORT
+export ZEROFN_TEST_REDIS_CA=$tls/ca.pem
 ENV
-  say "PostgreSQL on 127.0.0.1:$PG_PORT, Redis on 127.0.0.1:$REDIS_PORT"
+  say "PostgreSQL on 127.0.0.1:$PG_PORT, Redis on 127.0.0.1:$REDIS_PORT (TLS: $REDIS_TLS_PORT)"
   echo "$ENV_FILE"
 }
 
@@ -85,6 +107,9 @@ down() {
   fi
   if [ -f "$ROOT/redis/redis.pid" ]; then
     redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || kill "$(cat "$ROOT/redis/redis.pid")" 2>/dev/null || true
+  fi
+  if [ -f "$ROOT/redis-tls/redis.pid" ]; then
+    kill "$(cat "$ROOT/redis-tls/redis.pid")" 2>/dev/null || true
   fi
   rm -rf "$ROOT"
   [ -n "$quiet" ] || say "stopped"

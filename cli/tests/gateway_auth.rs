@@ -67,6 +67,48 @@ async fn jwks_server() -> String {
     url
 }
 
+/// A JWKS URL whose answer the test switches: `None` is a 503 (the issuer down), `Some(kids)`
+/// serves the test JWKS with those keys only.
+async fn switchable_jwks_server() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Option<Vec<&'static str>>>>,
+) {
+    let all: Value =
+        serde_json::from_str(&std::fs::read_to_string(testdata("test-only-jwks.json")).unwrap())
+            .unwrap();
+    let serving = std::sync::Arc::new(std::sync::Mutex::new(None::<Vec<&'static str>>));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    let state = serving.clone();
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let kids = state.lock().unwrap().clone();
+            let all = all.clone();
+            async move {
+                match kids {
+                    None => (axum::http::StatusCode::SERVICE_UNAVAILABLE, String::new()),
+                    Some(kids) => {
+                        let keys: Vec<Value> = all["keys"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .filter(|k| kids.contains(&k["kid"].as_str().unwrap()))
+                            .cloned()
+                            .collect();
+                        (
+                            axum::http::StatusCode::OK,
+                            json!({ "keys": keys }).to_string(),
+                        )
+                    }
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, serving)
+}
+
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
@@ -125,6 +167,37 @@ fn internal_url(engine: &Engine, path: &str) -> String {
         .and_then(|l| l["addr"].as_str().map(str::to_string))
         .expect("the engine logged its internal listener");
     format!("http://{addr}{path}")
+}
+
+/// `zerofn_gateway_rejected_total` by `code`, from the internal listener's /metrics.
+#[derive(Debug)]
+struct Rejected(String);
+
+impl Rejected {
+    fn count(&self, code: &str) -> f64 {
+        self.0
+            .lines()
+            .find(|l| {
+                l.starts_with("zerofn_gateway_rejected_total")
+                    && l.contains(&format!("code=\"{code}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+async fn rejected(engine: &Engine) -> Rejected {
+    Rejected(
+        client()
+            .get(internal_url(engine, "/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
 }
 
 async fn call(
@@ -433,27 +506,9 @@ max_batch = 3
             .status(),
         404
     );
-    let metrics = client()
-        .get(internal_url(&engine, "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let count = |code: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| {
-                l.starts_with("zerofn_gateway_rejected_total")
-                    && l.contains(&format!("code=\"{code}\""))
-            })
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0.0)
-    };
-    assert!(count("unauthenticated") >= 6.0, "{metrics}");
-    assert!(count("forbidden") >= 5.0, "{metrics}");
+    let count = rejected(&engine).await;
+    assert!(count.count("unauthenticated") >= 6.0, "{count:?}");
+    assert!(count.count("forbidden") >= 5.0, "{count:?}");
     let status = client()
         .get(internal_url(&engine, "/_zerofn/status"))
         .send()
@@ -603,6 +658,7 @@ functions = ["probe"]
 
 [limits]
 header_timeout = "1s"
+body_timeout = "1s"
 max_response_bytes = 2048
 "#,
         sha("key-k")
@@ -651,6 +707,22 @@ max_response_bytes = 2048
         200
     );
 
+    // A body promised at 100 bytes of which 10 arrive: 408 once limits.body_timeout has passed.
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stalled
+        .write_all(
+            b"POST /fn/probe/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-k\r\nContent-Length: 100\r\n\r\n0123456789",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408") && answer.contains("limits.body_timeout"),
+        "a stalled body: {answer}"
+    );
+
     // The probe echoes what it is sent: a 1 KiB answer passes, a 4 KiB one is refused.
     let echo = |n: usize| {
         let engine = &engine;
@@ -670,6 +742,117 @@ max_response_bytes = 2048
     let (s, code, message) = error_of(echo(4096).await).await;
     assert_eq!((s, code.as_str()), (502, "upstream_failed"));
     assert!(message.contains("limits.max_response_bytes"), "{message}");
+    engine.stop().await;
+}
+
+/// The issuer's JWKS over its life: down when the gateway starts (the gateway starts anyway and
+/// refuses RS256/ES256 tokens, naming the missing key), up later (read on the next refresh), and
+/// rotated (a token naming a key the cache lacks makes the gateway look again at once).
+#[tokio::test]
+async fn the_jwks_is_read_when_the_issuer_comes_up_and_again_when_it_rotates() {
+    let (jwks, serving) = switchable_jwks_server().await;
+    let config = |refresh: &str| {
+        config_file(&format!(
+            r#"
+[auth.jwt]
+issuer = "https://id.test/"
+audience = "zerofn"
+jwks_url = "{jwks}"
+jwks_refresh = "{refresh}"
+events = ["finance.transaction.*"]
+"#
+        ))
+    };
+    // Down at start, then up: read again after jwks_refresh (10 s, the least allowed).
+    let engine = guarded(&[probe_fn()], &config("10s"), &[]).await;
+    let bob = rs256(&claims("u-2", 300));
+    let (status, _, message) =
+        error_of(post_event(&engine, Some(&bob), &transaction("u-2")).await).await;
+    assert_eq!(status, 401, "no keys while the issuer is down");
+    assert!(message.contains("test-2026"), "{message}");
+    *serving.lock().unwrap() = Some(vec!["test-2026"]);
+    let mut accepted = false;
+    for _ in 0..80 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if post_event(&engine, Some(&bob), &transaction("u-2"))
+            .await
+            .status()
+            == 202
+        {
+            accepted = true;
+            break;
+        }
+    }
+    assert!(accepted, "the JWKS was read once the issuer answered");
+    engine.stop().await;
+
+    // Rotation with the default 5-minute refresh: the ES key appears after the gateway read the
+    // JWKS; the first token naming it makes the gateway read it again, at once.
+    *serving.lock().unwrap() = Some(vec!["test-2026"]);
+    let engine = guarded(&[probe_fn()], &config("5m"), &[]).await;
+    assert_eq!(
+        post_event(&engine, Some(&bob), &transaction("u-2"))
+            .await
+            .status(),
+        202
+    );
+    *serving.lock().unwrap() = Some(vec!["test-2026", "test-es-2026"]);
+    let carol = es256(&claims("u-3", 300));
+    let r = post_event(&engine, Some(&carol), &transaction("u-3")).await;
+    assert_eq!(r.status(), 202, "a rotated-in key: {:?}", r.text().await);
+    // The old key rotated out is still cached until the refresh: no reload per token.
+    *serving.lock().unwrap() = Some(vec!["test-es-2026"]);
+    assert_eq!(
+        post_event(&engine, Some(&bob), &transaction("u-2"))
+            .await
+            .status(),
+        202
+    );
+    engine.stop().await;
+}
+
+/// A function that takes 2 s to start holds at most `limits.max_held` requests for it; the
+/// rest are refused at once with 503 and `Retry-After`, and the held ones are served.
+#[tokio::test]
+async fn a_flood_at_a_cold_function_holds_max_held_and_refuses_the_rest() {
+    let config = config_file(&format!(
+        r#"
+[[auth.api_keys]]
+name = "k"
+sha256 = "{}"
+functions = ["probe"]
+
+[limits]
+max_held = 3
+"#,
+        sha("key-k")
+    ));
+    let engine = guarded(&[probe_fn()], &config, &[("PROBE_START_DELAY_MS", "2000")]).await;
+    let clients: Vec<reqwest::Client> = (0..10).map(|_| client()).collect();
+    let sends: Vec<_> = clients
+        .into_iter()
+        .map(|c| {
+            let request = c.get(engine.url("/fn/probe/hello")).bearer_auth("key-k");
+            tokio::spawn(request.send())
+        })
+        .collect();
+    let mut served = 0;
+    let mut refused = 0;
+    for send in sends {
+        let a = send.await.unwrap().unwrap();
+        match a.status().as_u16() {
+            200 => served += 1,
+            503 => {
+                assert_eq!(a.headers()["retry-after"], "1");
+                let (_, code, message) = error_of(a).await;
+                assert_eq!(code, "too_many_held");
+                assert!(message.contains("limits.max_held"), "{message}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {}", a.text().await.unwrap()),
+        }
+    }
+    assert_eq!((served, refused), (3, 7), "held 3, refused the rest");
     engine.stop().await;
 }
 
@@ -942,6 +1125,9 @@ dead_letter_bytes = 1024
             r.len()
         );
     }
+    // What was refused past the bound is counted, not recorded.
+    let count = rejected(&engine).await;
+    assert!(count.count("dead_letter_dropped") >= 1.0, "{count:?}");
     // Still serving.
     let r = post(
         "application/cloudevents+json",

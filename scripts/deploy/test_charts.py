@@ -49,6 +49,8 @@ CRDS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheus-prometheusrule.crd.yaml",
 }
 CORE_GROUPS = ("v1", "apps/v1", "policy/v1", "networking.k8s.io/v1", "autoscaling/v2")
+# The TLS listener of the Kafka cluster the platform chart declares in its namespace (the renders' "zerofn").
+PLATFORM_BOOTSTRAP = "zerofn-kafka-bootstrap.zerofn.svc:9093"
 SECRET_NAME = re.compile(r"(TOKEN|PASSWORD|SECRET|PASSWD|CREDENTIALS?)$", re.I)
 failures = []
 quiet = False
@@ -215,6 +217,29 @@ def golden_fields(fn, manifest, docs):
             fail(f"{fn}: Dapr app id {ann.get('dapr.io/app-id')} != {name}")
 
 
+def kafka_auth(fn, docs):
+    """KEDA's kafka triggers: SCRAM-SHA-512 over TLS to the platform's cluster, as its read-only user."""
+    so = one(docs, "ScaledObject")
+    ta = {d["metadata"]["name"]: d for d in docs if d["kind"] == "TriggerAuthentication"}
+    cms = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+    for t in so["spec"]["triggers"]:
+        md = t["metadata"]
+        if md.get("sasl") != "scram_sha512" or md.get("tls") != "enable" or md["bootstrapServers"] != PLATFORM_BOOTSTRAP:
+            fail(f"{fn}: trigger {t['name']} does not reach {PLATFORM_BOOTSTRAP} with SCRAM over TLS: {md}")
+        auth = ta.get(t.get("authenticationRef", {}).get("name"))
+        if not auth:
+            fail(f"{fn}: trigger {t['name']} has no TriggerAuthentication")
+            continue
+        refs = {r["parameter"]: r for r in auth["spec"].get("secretTargetRef", []) + auth["spec"].get("configMapTargetRef", [])}
+        user = refs.get("username", {})
+        if cms.get(user.get("name"), {}).get("data", {}).get(user.get("key")) != "zerofn-keda":
+            fail(f"{fn}: KEDA's username is not the platform's read-only user zerofn-keda")
+        if (refs.get("password", {}).get("name"), refs.get("password", {}).get("key")) != ("zerofn-keda", "password"):
+            fail(f"{fn}: KEDA's password is not read from the KafkaUser's Secret: {refs.get('password')}")
+        if (refs.get("ca", {}).get("name"), refs.get("ca", {}).get("key")) != ("zerofn-cluster-ca-cert", "ca.crt"):
+            fail(f"{fn}: KEDA does not trust the cluster CA: {refs.get('ca')}")
+
+
 def env_of(docs):
     """The function container's env of the one pod spec rendered, by name."""
     specs = list(pod_specs(docs))
@@ -327,6 +352,71 @@ current-context: gone
             fail(f"deploy without kubectl: exit {r.returncode}, stderr {r.stderr!r}")
 
 
+def kafka_platform(docs, topics, pub, sub):
+    """The Kafka side as shipped: a KRaft cluster of 3 nodes with the TLS+SCRAM listener only and ACLs on, the
+    topics, users and clients all pointing at it, and each principal's ACLs no wider than the pub/sub scopes."""
+    k = one(docs, "Kafka")
+    name, spec = k["metadata"]["name"], k["spec"]["kafka"]
+    pools = [d for d in docs if d["kind"] == "KafkaNodePool" and d["metadata"]["labels"].get("strimzi.io/cluster") == name]
+    if sum(p["spec"]["replicas"] for p in pools) != 3 or not all({"controller", "broker"} <= set(p["spec"]["roles"]) for p in pools):
+        fail(f"platform: the Kafka cluster is not 3 KRaft nodes: {[(p['spec']['replicas'], p['spec']['roles']) for p in pools]}")
+    if [(l["port"], l["tls"], l.get("authentication", {}).get("type")) for l in spec["listeners"]] != [(9093, True, "scram-sha-512")]:
+        fail(f"platform: Kafka listens other than TLS + SCRAM-SHA-512 only: {spec['listeners']}")
+    if spec.get("authorization", {}).get("type") != "simple" or spec["config"].get("auto.create.topics.enable") is not False:
+        fail("platform: Kafka without ACLs, or creating topics on first use")
+    if spec["config"].get("min.insync.replicas") != 2 or spec["config"].get("offsets.topic.replication.factor") != 3:
+        fail("platform: Kafka's own defaults are not replication 3 / min ISR 2")
+    # One cluster, one namespace: topics and users carry its name, the clients its TLS bootstrap in the release namespace.
+    for d in docs:
+        if d["kind"] in ("KafkaTopic", "KafkaUser") and d["metadata"]["labels"].get("strimzi.io/cluster") != name:
+            fail(f"platform: {d['kind']}/{d['metadata']['name']} belongs to another Kafka cluster")
+    comp = next(d for d in docs if d["kind"] == "Component" and d["metadata"]["name"] == "kafka-pubsub")
+    md = {m["name"]: m for m in comp["spec"]["metadata"]}
+    if md["brokers"]["value"] != PLATFORM_BOOTSTRAP or not PLATFORM_BOOTSTRAP.startswith(f"{name}-kafka-bootstrap."):
+        fail(f"platform: Dapr connects to {md['brokers']['value']}, not the declared cluster's TLS listener")
+    users = {d["metadata"]["name"]: d for d in docs if d["kind"] == "KafkaUser"}
+    dapr_user = md.get("saslUsername", {}).get("value")
+    if md.get("authType", {}).get("value") != "password" or md.get("saslMechanism", {}).get("value") != "SHA-512" \
+            or md.get("saslPassword", {}).get("secretKeyRef") != {"name": dapr_user, "key": "password"} \
+            or md.get("caCert", {}).get("secretKeyRef") != {"name": f"{name}-cluster-ca-cert", "key": "ca.crt"} or "disableTls" in md:
+        fail(f"platform: the Dapr component does not authenticate with SCRAM over TLS as a KafkaUser: {comp['spec']['metadata']}")
+    if set(users) != {dapr_user, "zerofn-keda"} or any(u["spec"]["authentication"]["type"] != "scram-sha-512" for u in users.values()):
+        fail(f"platform: KafkaUsers {sorted(users)}, expected the Dapr component's and KEDA's, SCRAM-SHA-512")
+        return
+    def acls(user):
+        out = {}
+        for a in users[user]["spec"]["authorization"]["acls"]:
+            r = a["resource"]
+            if a.get("type", "allow") != "allow" or r.get("patternType", "literal") != "literal":
+                fail(f"platform: {user} has a non-literal or deny ACL: {a}")
+            out.setdefault((r["type"], r.get("name")), set()).update(a["operations"])
+        return out
+    dapr, keda = acls(dapr_user), acls("zerofn-keda")
+    writes = set().union(*pub.values())
+    reads = set().union(*sub.values())
+    for (kind, res), ops in dapr.items():
+        if kind == "topic" and ("Write" in ops) != (res in writes):
+            fail(f"platform: Dapr's Write on {res} does not mirror the publishing scopes")
+        if kind == "topic" and ("Read" in ops) != (res in reads):
+            fail(f"platform: Dapr's Read on {res} does not mirror the subscription scopes")
+        if kind == "topic" and res not in topics:
+            fail(f"platform: Dapr has rights on {res}, which no KafkaTopic declares")
+        if kind not in ("topic", "group") or not ops <= {"Read", "Write", "Describe"}:
+            fail(f"platform: Dapr's ACL on {kind} {res} is too wide: {sorted(ops)}")
+    if {t for (k_, t), ops in dapr.items() if k_ == "topic" and "Write" in ops} != writes:
+        fail("platform: Dapr may not write every topic the scopes let an app publish")
+    if any(t.startswith("async.") and "Write" in ops for (_, t), ops in dapr.items()):
+        fail("platform: the Dapr principal may write an async.* topic")
+    if any(ops != {"Describe"} for ops in keda.values()) or {t for (k_, t) in keda if k_ == "topic"} != reads:
+        fail(f"platform: KEDA's principal may do more than describe the subscribed topics and groups: {keda}")
+    groups = set(comp.get("scopes", []))
+    if {g for (k_, g) in dapr if k_ == "group"} != groups or {g for (k_, g) in keda if k_ == "group"} != groups:
+        fail("platform: the consumer-group ACLs are not the apps' (group = Dapr app id)")
+    redis = {m["name"]: m.get("value") for m in next(d for d in docs if d["kind"] == "Component" and d["metadata"]["name"] == "statestore")["spec"]["metadata"]}
+    if redis.get("enableTLS") != "true":
+        fail("platform: Dapr's Redis state store is not on TLS")
+
+
 def main():
     functions = sorted(p.parent.name for p in (ROOT / "functions").glob("*/function.toml"))
     all_manifests = {}
@@ -347,13 +437,19 @@ def main():
         via_make = run([str(ROOT / "scripts/deploy/render.sh"), fn], env={**os.environ, "REGISTRY": "registry.test/zerofn", "TAG": "test", "ZEROFN_BIN": ZEROFN})
         if via_make != text:
             fail(f"{fn}: make render differs from the checked rendering")
-        # Every option that renders more: Kafka auth, a ServiceMonitor, a secret store URL by reference.
-        extra = {"kafka": {"auth": {"enabled": True}}, "secretEnv": {"ZEROFN_STORE": {"name": f"{fn}-store", "key": "url"}}}
+        # KEDA reads the lag over TLS with SCRAM as the platform's read-only KafkaUser, by default.
+        if manifest.get("subscriptions"):
+            kafka_auth(fn, docs)
+            _, plain = render("zerofn-function", values, {"kafka": {"insecurePlaintextDevOnly": True}})
+            so = one(plain, "ScaledObject")
+            if any(k in t["metadata"] for t in so["spec"]["triggers"] for k in ("sasl", "tls")) or any(d["kind"] == "TriggerAuthentication" for d in plain) \
+                    or not all(t["metadata"]["bootstrapServers"].endswith(":9092") for t in so["spec"]["triggers"]):
+                fail(f"{fn}: kafka.insecurePlaintextDevOnly still renders SASL/TLS for KEDA")
+        # Every option that renders more: a secret store URL by reference.
+        extra = {"secretEnv": {"ZEROFN_STORE": {"name": f"{fn}-store", "key": "url"}}}
         text, docs = render("zerofn-function", values, extra)
-        validate(f"{fn} (auth)", docs)
-        policies(f"{fn} (auth)", docs, text)
-        if manifest.get("subscriptions") and not any(d["kind"] == "TriggerAuthentication" for d in docs):
-            fail(f"{fn}: kafka.auth.enabled renders no TriggerAuthentication")
+        validate(f"{fn} (secret store)", docs)
+        policies(f"{fn} (secret store)", docs, text)
         # Egress: DNS, Kafka, the store, Dapr, OTLP and the gateway only (and on request no egress rule).
         np = next(d for d in docs if d["kind"] == "NetworkPolicy")
         if np["spec"]["policyTypes"] != ["Ingress", "Egress"] or len(np["spec"]["egress"]) != 6:
@@ -461,6 +557,17 @@ def main():
         fail("platform: the gateway alone writes deadletter.gateway, and subscribes to nothing")
     if any(t.startswith("async.") for ts in pub.values() for t in ts):
         fail("platform: an app may publish to an async.* topic")
+    kafka_platform(docs, topics, pub, sub)
+    _, plain = render("zerofn-platform", platform, image, {"kafka": {"insecurePlaintextDevOnly": True}, "redis": {"insecurePlaintextDevOnly": True}})
+    md = {m["name"]: m.get("value") for m in next(d for d in plain if d["kind"] == "Component" and d["metadata"]["name"] == "kafka-pubsub")["spec"]["metadata"]}
+    listeners = one(plain, "Kafka")["spec"]["kafka"]["listeners"]
+    redis = {m["name"]: m.get("value") for m in next(d for d in plain if d["kind"] == "Component" and d["metadata"]["name"] == "statestore")["spec"]["metadata"]}
+    if md.get("authType") != "none" or md.get("disableTls") != "true" or not md["brokers"].endswith(":9092") or any(d["kind"] == "KafkaUser" for d in plain) \
+            or [(l["port"], l["tls"], "authentication" in l) for l in listeners] != [(9092, False, False)] or redis.get("enableTLS") != "false":
+        fail("platform: the insecure opt-outs do not render plaintext Kafka and Redis")
+    _, own = render("zerofn-platform", platform, image, {"kafka": {"create": False, "bootstrapServers": "kafka.example:9093"}})
+    if any(d["kind"] in ("Kafka", "KafkaNodePool") for d in own) or not any(d["kind"] == "KafkaTopic" for d in own):
+        fail("platform: kafka.create=false still declares a Kafka cluster, or drops the topics")
     pubsub = next(d for d in docs if d["kind"] == "Component" and d["spec"]["type"] == "pubsub.kafka")
     if {m["name"]: m.get("value") for m in pubsub["spec"]["metadata"]}.get("initialOffset") != "oldest":
         fail("platform: the Kafka component must start new groups at the oldest offset (KEDA: earliest)")

@@ -549,3 +549,44 @@ async fn the_outbox_relay_publishes_what_a_failed_publish_left_behind() {
         server.shutdown().await.unwrap();
     }
 }
+
+/// Redis as the platform chart connects to it: TLS (`rediss://`) and a password. The server's
+/// certificate is checked against the roots the process trusts (here `SSL_CERT_FILE`, the test
+/// CA): trusted, the same event delivered twice is one output; untrusted (the system's roots
+/// only), the function refuses to start, naming the store and the certificate.
+#[tokio::test]
+async fn redis_over_tls_checks_the_server_certificate_and_keeps_events_once() {
+    let url = zerofn_tests::service("ZEROFN_TEST_REDIS_TLS");
+    let ca = zerofn_tests::service("ZEROFN_TEST_REDIS_CA");
+    let sink = Recorder::start().await.unwrap();
+    let sink_url = sink.url();
+    let process = FnProcess::start(
+        PROBE,
+        &[
+            ("K_SINK", &sink_url),
+            ("ZEROFN_STORE", &url),
+            ("SSL_CERT_FILE", &ca),
+        ],
+    )
+    .await;
+    let id = fresh_id("tls");
+    for _ in 0..2 {
+        assert_eq!(deliver_until_done(&process.url(), &id, "effect").await, 202);
+    }
+    assert_eq!(published_for(&sink, &id), 1, "one output over TLS");
+    drop(process);
+
+    let mut untrusted =
+        FnProcess::spawn(PROBE, &[("K_SINK", &sink_url), ("ZEROFN_STORE", &url)]).await;
+    let code = untrusted.wait_exit(Duration::from_secs(15)).await;
+    let stderr = untrusted.stderr_lines().join("\n");
+    assert!(code.is_some_and(|c| c != 0), "exit {code:?}: {stderr}");
+    assert!(
+        stderr.contains("rediss://") && stderr.to_lowercase().contains("certificate"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("zerofn-test"),
+        "the password is not printed: {stderr}"
+    );
+}

@@ -119,3 +119,10 @@ dapr.io/sidecar-memory-request: {{ .Values.dapr.sidecar.memoryRequest | quote }}
 dapr.io/sidecar-cpu-limit: {{ .Values.dapr.sidecar.cpuLimit | quote }}
 dapr.io/sidecar-memory-limit: {{ .Values.dapr.sidecar.memoryLimit | quote }}
 {{- end -}}
+
+
+{{/* The brokers KEDA reads the lag from: the platform's Kafka, by its full name, unless overridden. */}}
+{{- define "zerofn.kafkaBootstrap" -}}
+{{- $k := .Values.kafka -}}
+{{- $k.bootstrapServers | default (printf "%s-kafka-bootstrap.%s.svc:%d" $k.cluster .Release.Namespace (ternary 9092 9093 (eq $k.insecurePlaintextDevOnly true))) -}}
+{{- end -}}
