@@ -11,7 +11,7 @@ need-fn = $(if $(fn),,$(error fn=NAME is required, e.g. make $@ fn=notify))
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-run: ## Build the functions and start the local engine: gateway on 127.0.0.1:8080, functions scaled 0..N
+run: ## Build the functions and start the local engine: gateway on 127.0.0.1:8080, functions scaled 0..N, the dashboard at /_zerofn/dashboard
 	$(CARGO) build --locked --bins --workspace --exclude zerofn-tests
 	ZEROFN_LOG_FORMAT=$${ZEROFN_LOG_FORMAT:-compact} $(CARGO_TARGET_DIR_OR_DEFAULT)/debug/zerofn dev $(ARGS)
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Real PostgreSQL and Redis for the test suites, on 127.0.0.1 only, in throwaway directories.
+# Real PostgreSQL and Redis for the test suites, on 127.0.0.1 only, in throwaway directories (and
+# headless Chromium with chromedriver for the dashboard's browser test, installed if missing).
 #   scripts/test-services.sh up     install what is missing, start both, write the env file
 #   scripts/test-services.sh down   stop both and remove their data
 # The env file (printed by `up`) exports ZEROFN_TEST_POSTGRES and ZEROFN_TEST_REDIS, and for a second Redis
@@ -88,11 +89,15 @@ up() {
   done
   redis-cli --tls --cacert "$tls/ca.pem" -h 127.0.0.1 -p "$REDIS_TLS_PORT" --no-auth-warning -a zerofn-test ping >/dev/null
 
+  # Headless Chromium and its WebDriver, for the dashboard's browser test.
+  command -v chromedriver >/dev/null 2>&1 || apt_install chromium chromium-driver
+
   cat >"$ENV_FILE" <<ENV
 export ZEROFN_TEST_POSTGRES=postgres://postgres@127.0.0.1:$PG_PORT/zerofn
 export ZEROFN_TEST_REDIS=redis://127.0.0.1:$REDIS_PORT
 export ZEROFN_TEST_REDIS_TLS=rediss://:zerofn-test@127.0.0.1:$REDIS_TLS_PORT
 export ZEROFN_TEST_REDIS_CA=$tls/ca.pem
+export ZEROFN_TEST_CHROMEDRIVER=$(command -v chromedriver)
 ENV
   say "PostgreSQL on 127.0.0.1:$PG_PORT, Redis on 127.0.0.1:$REDIS_PORT (TLS: $REDIS_TLS_PORT)"
   echo "$ENV_FILE"

@@ -164,7 +164,7 @@ impl Dlq {
                     if i > 0 {
                         tokio::time::sleep(pause).await;
                     }
-                    match replay(&client, &target, record).await {
+                    match replay(&client, &target, record, None).await {
                         Ok(what) => {
                             writeln!(out, "{}  {what}", record.id)?;
                             if !matches!(target, Target::DryRun) {
@@ -188,13 +188,16 @@ impl Dlq {
 
 /// Where dead letters are read: one store, or an engine's state dir (each function's store
 /// under `functions/<name>/`, and the gateway's records on `deadletter.gateway` in its log).
-struct Letters {
+pub(crate) struct Letters {
     stores: Vec<DeadLetters>,
     gateway_log: Option<sqlx::AnyPool>,
 }
 
 impl Letters {
-    async fn open(store: Option<&str>, data_dir: &std::path::Path) -> anyhow::Result<Letters> {
+    pub(crate) async fn open(
+        store: Option<&str>,
+        data_dir: &std::path::Path,
+    ) -> anyhow::Result<Letters> {
         if let Some(url) = store {
             return Ok(Letters {
                 stores: vec![DeadLetters::open(url).await?],
@@ -233,7 +236,7 @@ impl Letters {
 
     /// Newest first, over every source: at most `limit`, or every one (paged from each store)
     /// when `limit` is `None`.
-    async fn list(
+    pub(crate) async fn list(
         &self,
         function: Option<&str>,
         since: Option<chrono::DateTime<chrono::Utc>>,
@@ -280,7 +283,7 @@ impl Letters {
     }
 
     /// One dead letter by id, from whichever source holds it.
-    async fn get(&self, id: &str) -> anyhow::Result<Option<DeadLetter>> {
+    pub(crate) async fn get(&self, id: &str) -> anyhow::Result<Option<DeadLetter>> {
         for store in &self.stores {
             if let Some(d) = store.get(id).await? {
                 return Ok(Some(d));
@@ -290,7 +293,7 @@ impl Letters {
     }
 
     /// Note the replay in the store that holds the record (the gateway's log is read-only).
-    async fn mark_replayed(&self, id: &str) -> anyhow::Result<()> {
+    pub(crate) async fn mark_replayed(&self, id: &str) -> anyhow::Result<()> {
         for store in &self.stores {
             if store.get(id).await?.is_some() {
                 return Ok(store.mark_replayed(id).await?);
@@ -300,14 +303,18 @@ impl Letters {
     }
 }
 
-enum Target {
+/// Where a replay is published.
+pub(crate) enum Target {
+    /// A Dapr sidecar (or the engine's), to the record's pub/sub and topic.
     Dapr { url: String, token: Option<String> },
+    /// A CloudEvents endpoint.
     Sink(String),
+    /// Nowhere: say what would be published.
     DryRun,
 }
 
 /// The original CloudEvent of a dead letter, marked `replayof`.
-fn replay_event(record: &DeadLetter) -> anyhow::Result<Value> {
+pub(crate) fn replay_event(record: &DeadLetter) -> anyhow::Result<Value> {
     let bytes = record.original.bytes();
     let mut event = match serde_json::from_slice::<Value>(&bytes) {
         Ok(v @ Value::Object(_)) if v.get("specversion").is_some() => v,
@@ -340,18 +347,33 @@ fn replay_event(record: &DeadLetter) -> anyhow::Result<Value> {
     Ok(event)
 }
 
-async fn replay(
+/// Publish `record`'s original event again, marked `replayof`, with its `data` replaced by
+/// `fixed_data` when given (a fixed-up copy: same id and source, so the runtime still knows it
+/// for a replay of that dead letter and applies it at most once).
+pub(crate) async fn replay(
     client: &reqwest::Client,
     target: &Target,
     record: &DeadLetter,
+    fixed_data: Option<&Value>,
 ) -> anyhow::Result<String> {
-    let event = replay_event(record)?;
+    let mut event = replay_event(record)?;
+    if let Some(data) = fixed_data {
+        event["data"] = data.clone();
+        event["datacontenttype"] = json!("application/json");
+    }
     let request = match target {
         Target::DryRun => return Ok(format!("would publish {}", serde_json::to_string(&event)?)),
         Target::Sink(url) => client.post(url),
         Target::Dapr { url, token } => {
-            let (Some(pubsub), Some(topic)) = (&record.pubsub, &record.topic) else {
-                bail!("the record names no pub/sub and topic to replay to; use --sink");
+            let (pubsub, topic) = match (&record.pubsub, &record.topic) {
+                (Some(pubsub), Some(topic)) => (pubsub.clone(), topic.clone()),
+                // The gateway refused it before any topic: it puts an event on the topic of
+                // its type, on the pub/sub every function uses by default.
+                _ if record.function == "gateway" => match event["type"].as_str() {
+                    Some(ty) => (zerofn::manifest::DEFAULT_PUBSUB.to_string(), ty.to_string()),
+                    None => bail!("the gateway's record holds an event without a type"),
+                },
+                _ => bail!("the record names no pub/sub and topic to replay to; use --sink"),
             };
             let mut request = client.post(format!(
                 "{}/v1.0/publish/{pubsub}/{topic}",

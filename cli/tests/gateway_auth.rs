@@ -163,7 +163,9 @@ fn internal_url(engine: &Engine, path: &str) -> String {
         .process
         .log_lines()
         .into_iter()
-        .find(|l| l["message"] == "internal listener (/metrics, /_zerofn/status)")
+        .find(|l| {
+            l["message"] == "internal listener (/metrics, /_zerofn/status, /_zerofn/dashboard)"
+        })
         .and_then(|l| l["addr"].as_str().map(str::to_string))
         .expect("the engine logged its internal listener");
     format!("http://{addr}{path}")
@@ -506,6 +508,20 @@ max_batch = 3
             .status(),
         404
     );
+    // The dashboard (which can replay dead letters) likewise: internal only.
+    for path in ["/_zerofn/dashboard", "/_zerofn/dashboard/stream"] {
+        assert_eq!(
+            call(&engine, "GET", path, None, None).await.status(),
+            404,
+            "{path}"
+        );
+    }
+    let board = client()
+        .get(internal_url(&engine, "/_zerofn/dashboard"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(board.status(), 200);
     let count = rejected(&engine).await;
     assert!(count.count("unauthenticated") >= 6.0, "{count:?}");
     assert!(count.count("forbidden") >= 5.0, "{count:?}");

@@ -143,14 +143,15 @@ impl Edge {
     /// and the rejection's code and message.
     pub fn dead_letter(&self, headers: &HeaderMap, body: &[u8], r: &Rejection) -> DeadLetter {
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let [event_id, event_type, event_source] = attributes(headers, body);
         DeadLetter {
             id: uuid::Uuid::now_v7().to_string(),
             function: "gateway".into(),
             function_version: env!("CARGO_PKG_VERSION").into(),
             key: String::new(),
-            event_id: None,
-            event_type: None,
-            event_source: None,
+            event_id,
+            event_type,
+            event_source,
             topic: None,
             pubsub: None,
             original: Original::from_http(headers, body),
@@ -188,6 +189,23 @@ impl Edge {
             .into()),
         }
     }
+}
+
+/// The `id`, `type` and `source` of a refused single event, as far as they can be read (a
+/// structured body's members, or a binary one's `ce-` headers); none for a batch or garbage.
+fn attributes(headers: &HeaderMap, body: &[u8]) -> [Option<String>; 3] {
+    const NAMES: [&str; 3] = ["id", "type", "source"];
+    if let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(body)
+        && o.contains_key("specversion")
+    {
+        return NAMES.map(|n| o.get(n).and_then(Value::as_str).map(str::to_string));
+    }
+    NAMES.map(|n| {
+        headers
+            .get(format!("ce-{n}").as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    })
 }
 
 /// Extensions only the platform sets: `replayof` (a replay of a dead letter, which the
@@ -400,5 +418,33 @@ mod tests {
             let r = edge.decode(&headers(ct), body).unwrap_err();
             assert_eq!((r.status.as_u16(), r.code), (*status, *code), "{ct}: {r}");
         }
+    }
+
+    #[test]
+    fn a_refused_event_is_named_by_what_can_be_read_of_it() {
+        let structured = br#"{"specversion":"1.0","id":"e-1","type":"todo.task.created","source":"/c","data":{}}"#;
+        assert_eq!(
+            attributes(&headers("application/cloudevents+json"), structured),
+            [
+                Some("e-1".into()),
+                Some("todo.task.created".into()),
+                Some("/c".into())
+            ]
+        );
+        let mut binary = headers("application/json");
+        binary.insert("ce-id", HeaderValue::from_static("e-2"));
+        binary.insert("ce-type", HeaderValue::from_static("todo.task.created"));
+        assert_eq!(
+            attributes(&binary, b"{}"),
+            [Some("e-2".into()), Some("todo.task.created".into()), None]
+        );
+        assert_eq!(
+            attributes(&headers("application/json"), b"[1,2]"),
+            [None, None, None]
+        );
+        assert_eq!(
+            attributes(&headers("text/plain"), b"\xff"),
+            [None, None, None]
+        );
     }
 }

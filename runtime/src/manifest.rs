@@ -197,8 +197,12 @@ struct RawFunction {
     pubsub: String,
 }
 
+/// The pub/sub component a subscription uses unless it names another (and the one the gateway
+/// publishes to).
+pub const DEFAULT_PUBSUB: &str = "kafka-pubsub";
+
 fn default_pubsub() -> String {
-    "kafka-pubsub".into()
+    DEFAULT_PUBSUB.into()
 }
 
 #[derive(Deserialize)]

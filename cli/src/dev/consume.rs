@@ -84,6 +84,44 @@ fn bulk_statuses(code: u16, body: &[u8], n: usize) -> Vec<Status> {
     }
 }
 
+/// What the runtime said it did with each record, beside the status Dapr reads: `duplicate`
+/// or `dead_letter` (it recorded the event as a dead letter and acknowledged it); `None` for a
+/// plain success or an answer that says nothing more.
+fn runtime_outcomes(body: &[u8], n: usize) -> Vec<Option<String>> {
+    let mut out = vec![None; n];
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return out;
+    };
+    let outcome = |e: &Value| e.get("outcome").and_then(Value::as_str).map(str::to_string);
+    match v.get("statuses").and_then(Value::as_array) {
+        Some(entries) => {
+            for e in entries {
+                let idx = e
+                    .get("entryId")
+                    .and_then(Value::as_str)
+                    .and_then(|i| i.parse::<usize>().ok());
+                if let Some(i) = idx.filter(|i| *i < n) {
+                    out[i] = outcome(e);
+                }
+            }
+        }
+        None if n == 1 => out[0] = outcome(&v),
+        None => {}
+    }
+    out
+}
+
+/// The dashboard's word for a record's fate after one attempt.
+fn shown_outcome(status: Status, runtime: Option<&str>) -> &'static str {
+    match (status, runtime) {
+        (Status::Success, Some("duplicate")) => "duplicate",
+        (Status::Success, Some("dead_letter")) => "dead_letter",
+        (Status::Success, _) => "applied",
+        (Status::Drop, _) => "dropped",
+        (Status::Retry, _) => "retry",
+    }
+}
+
 /// The replayed request's answer: 2xx done, 4xx (but 408/429) never succeeds, others retry.
 fn async_status(code: u16) -> Status {
     match code {
@@ -218,16 +256,40 @@ async fn deliver(
             }
             continue;
         };
-        let statuses = match attempt(engine, &lease, route.as_ref(), &records).await {
-            Some(statuses) => statuses,
+        let started = std::time::Instant::now();
+        let (statuses, outcomes) = match attempt(engine, &lease, route.as_ref(), &records).await {
+            Some(answer) => answer,
             None if exited(&lease).await => {
                 drop(lease);
                 tokio::time::sleep(REBALANCE_PAUSE).await;
                 continue;
             }
-            None => vec![Status::Retry; records.len()],
+            None => (
+                vec![Status::Retry; records.len()],
+                vec![None; records.len()],
+            ),
         };
         drop(lease);
+        // The dashboard's stream: each record up to the first retry (the rest wait behind it).
+        let took = started.elapsed().as_secs_f64() * 1000.0 / records.len() as f64;
+        for ((record, status), outcome) in records.iter().zip(&statuses).zip(&outcomes) {
+            let shown = super::activity::shown(&record.value);
+            engine.activity.delivered(super::activity::Delivery {
+                seq: 0,
+                at: 0,
+                function: f.name.clone(),
+                topic: record.topic.clone(),
+                id: shown.id,
+                event_type: shown.event_type,
+                subject: shown.subject,
+                outcome: shown_outcome(*status, outcome.as_deref()).to_string(),
+                duration_ms: took,
+                trace_id: shown.trace_id,
+            });
+            if *status == Status::Retry {
+                break;
+            }
+        }
         // Finish the prefix that is final; the first retry holds the rest (head of line). A
         // dropped record is final only once its dead-letter copy is stored.
         let mut done = 0;
@@ -322,11 +384,11 @@ async fn attempt(
     lease: &Lease,
     route: Option<&Route>,
     records: &[Record],
-) -> Option<Vec<Status>> {
+) -> Option<(Vec<Status>, Vec<Option<String>>)> {
     let addr = lease.replica.addr;
     let first = &records[0];
     let Some(route) = route else {
-        return Some(vec![replay(engine, addr, first).await]);
+        return Some((vec![replay(engine, addr, first).await], vec![None]));
     };
     let kafka_headers = |r: &Record| {
         let mut h = vec![
@@ -373,14 +435,17 @@ async fn attempt(
             Ok(r) => {
                 let code = r.status().as_u16();
                 let bytes = r.bytes().await.unwrap_or_default();
-                Some(bulk_statuses(code, &bytes, records.len()))
+                Some((
+                    bulk_statuses(code, &bytes, records.len()),
+                    runtime_outcomes(&bytes, records.len()),
+                ))
             }
             Err(_) => None,
         };
     }
     let Some(event) = envelope(first, &route.pubsub) else {
         // daprd cannot decode a non-CloudEvent record: straight to the dead-letter topic.
-        return Some(vec![Status::Drop]);
+        return Some((vec![Status::Drop], vec![None]));
     };
     let mut request = engine
         .client
@@ -398,7 +463,10 @@ async fn attempt(
         Ok(r) => {
             let code = r.status().as_u16();
             let bytes = r.bytes().await.unwrap_or_default();
-            Some(vec![single_status(code, &bytes)])
+            Some((
+                vec![single_status(code, &bytes)],
+                runtime_outcomes(&bytes, 1),
+            ))
         }
         Err(_) => None,
     }
@@ -510,5 +578,32 @@ mod tests {
         assert_eq!(async_status(400), Status::Drop);
         assert_eq!(async_status(429), Status::Retry);
         assert_eq!(async_status(502), Status::Retry);
+    }
+
+    #[test]
+    fn the_dashboard_shows_what_the_runtime_did_beside_what_dapr_reads() {
+        let single = runtime_outcomes(
+            br#"{"status":"SUCCESS","outcome":"dead_letter","deadLetterId":"d"}"#,
+            1,
+        );
+        assert_eq!(single, vec![Some("dead_letter".to_string())]);
+        assert_eq!(runtime_outcomes(br#"{"status":"SUCCESS"}"#, 1), vec![None]);
+        assert_eq!(runtime_outcomes(b"", 1), vec![None]);
+        let bulk = runtime_outcomes(
+            br#"{"statuses":[{"entryId":"1","status":"SUCCESS","outcome":"duplicate"},{"entryId":"7","status":"SUCCESS","outcome":"duplicate"}]}"#,
+            2,
+        );
+        assert_eq!(bulk, vec![None, Some("duplicate".to_string())]);
+        assert_eq!(shown_outcome(Status::Success, None), "applied");
+        assert_eq!(
+            shown_outcome(Status::Success, Some("duplicate")),
+            "duplicate"
+        );
+        assert_eq!(
+            shown_outcome(Status::Success, Some("dead_letter")),
+            "dead_letter"
+        );
+        assert_eq!(shown_outcome(Status::Drop, None), "dropped");
+        assert_eq!(shown_outcome(Status::Retry, Some("dead_letter")), "retry");
     }
 }

@@ -19,6 +19,7 @@ use zerofn::Manifest;
 use base64::Engine as _;
 
 use super::{
+    activity::Activity,
     log::{Log, NewRecord},
     replica::{Replica, Spec},
     scaler::{Inputs, Params, Scaler},
@@ -354,6 +355,8 @@ pub(crate) struct Engine {
     pub(crate) functions: BTreeMap<String, Arc<Function>>,
     pub(crate) opts: Options,
     pub(crate) client: reqwest::Client,
+    /// Deliveries, scaling decisions and replica counts, for the dashboard.
+    pub(crate) activity: Activity,
     stop: watch::Sender<bool>,
 }
 
@@ -372,6 +375,7 @@ impl Engine {
             functions,
             opts,
             client,
+            activity: Activity::default(),
             stop: watch::channel(false).0,
         })
     }
@@ -411,10 +415,12 @@ impl Engine {
             let jobs_topic = jobs_topic(&f.name);
             let jobs_due: i64 = lags.iter().filter(|l| l.0 == jobs_topic).map(|l| l.2).sum();
             let jobs_due = u64::try_from(jobs_due).unwrap_or(0);
-            let idle = {
+            let (idle, serving) = {
                 let st = f.st();
-                total == 0 && st.starting == 0 && !st.replicas.iter().any(|r| r.serving())
+                let serving = st.replicas.iter().filter(|r| r.serving()).count() as u32;
+                (total == 0 && st.starting == 0 && serving == 0, serving)
             };
+            self.activity.replicas(&f.name, serving);
             // At zero, outputs a dead replica left unsent count as work: only a replica's
             // relay (or its flush on the way out) publishes them.
             let unsent = idle && backlog.pending(&self.store_of(&f), &f.name).await;
@@ -457,7 +463,9 @@ impl Engine {
         }
         let mut st = f.st();
         if st.desired != desired {
-            tracing::info!(function = %f.name, from = current, to = desired, "scaling");
+            tracing::info!(function = %f.name, from = current, to = desired, reason = %st.reason, "scaling");
+            self.activity
+                .decided(&f.name, st.desired, desired, &st.reason);
             st.desired = desired;
         }
         if desired > current {

@@ -3,7 +3,9 @@
 //! real OS processes of the unchanged function binaries, and the API gateway on
 //! `127.0.0.1:8080`.
 
+pub(crate) mod activity;
 pub(crate) mod consume;
+pub(crate) mod dashboard;
 pub(crate) mod engine;
 pub(crate) mod jobs;
 pub(crate) mod log;
@@ -315,22 +317,31 @@ impl Dev {
             (None, Some(_)) => Some(SocketAddr::from(([127, 0, 0, 1], 8081))),
             (None, None) => None,
         };
-        let routers = gateway::router(
+        let open = guard.is_none();
+        let mut routers = gateway::router(
             backend,
             gateway::Options {
                 max_body: self.max_body_bytes,
-                internal_on_public: guard.is_none(),
+                internal_on_public: open,
                 guard,
                 limits,
             },
         )?;
+        // The dashboard goes where /_zerofn/status goes: the internal listener, and the public
+        // one of an open local engine.
+        let board = dashboard::router(engine.clone());
+        if open {
+            routers.public = routers.public.merge(board.clone());
+        }
+        routers.internal = routers.internal.merge(board);
         let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
         let mut servers = Vec::new();
         if let Some(addr) = internal_addr {
             let internal = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("--internal-listen {addr}: cannot bind"))?;
-            tracing::info!(addr = %internal.local_addr()?, "internal listener (/metrics, /_zerofn/status)");
+            tracing::info!(addr = %internal.local_addr()?, "internal listener (/metrics, /_zerofn/status, /_zerofn/dashboard)");
+            tracing::info!(url = %format!("http://{}/_zerofn/dashboard", internal.local_addr()?), "dashboard");
             servers.push(tokio::spawn(gateway::serve(
                 internal,
                 routers.internal,
@@ -339,6 +350,9 @@ impl Dev {
             )));
         }
         tracing::info!(addr = %listener.local_addr()?, functions = engine.functions.len(), chaos = ?self.chaos, "gateway listening");
+        if open && internal_addr.is_none() {
+            tracing::info!(url = %format!("http://{}/_zerofn/dashboard", listener.local_addr()?), "dashboard");
+        }
         servers.push(tokio::spawn(gateway::serve(
             listener,
             routers.public,
@@ -491,6 +505,21 @@ impl Backend for Local {
 
     fn replays_async(&self) -> bool {
         true
+    }
+
+    fn served(&self, name: &str, what: &str, status: u16, took: Duration) {
+        self.engine.activity.delivered(activity::Delivery {
+            seq: 0,
+            at: 0,
+            function: name.to_string(),
+            topic: "http".into(),
+            id: None,
+            event_type: Some(what.to_string()),
+            subject: None,
+            outcome: activity::http_outcome(status).into(),
+            duration_ms: took.as_secs_f64() * 1000.0,
+            trace_id: None,
+        });
     }
 
     fn status(&self) -> Option<Value> {

@@ -108,6 +108,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// Whether something replays `async.{name}` here (the local engine does). Where nothing
     /// would, `POST /async` is refused rather than accepted and never run.
     fn replays_async(&self) -> bool;
+    /// A request to HTTP function `name` (`what`: method and path) was answered `status`
+    /// after `took` (the local engine shows it on its dashboard).
+    fn served(&self, _name: &str, _what: &str, _status: u16, _took: Duration) {}
 }
 
 /// A ready upstream for one request.
@@ -954,6 +957,7 @@ async fn forward(
         &format!("{} /fn/{name}", request.method()),
         request.headers(),
     );
+    let what = format!("{} /{rest}", request.method());
     let trust = g.limits.trust_forwarded;
     let peer = request
         .extensions()
@@ -1071,6 +1075,8 @@ async fn forward(
     span.record("http.response.status_code", response.status().as_u16());
     g.metrics
         .request(&name, "fn", response.status().as_u16(), started.elapsed());
+    g.backend
+        .served(&name, &what, response.status().as_u16(), started.elapsed());
     response
 }
 
