@@ -417,6 +417,91 @@ def kafka_platform(docs, topics, pub, sub):
         fail("platform: Dapr's Redis state store is not on TLS")
 
 
+def alerts_fire_as_documented(rule):
+    """Evaluate the PrometheusRule with promtool on synthetic series: each alert fires when its story
+    happens (for as long as its `for`), and not on the near miss beside it."""
+    promtool = run([str(ROOT / "scripts" / "deploy" / "promtool.sh")]).strip()
+    rules = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+
+    def alert(name, **labels):
+        r = rules[name]
+        fill = lambda t: re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels[m.group(1)], t)
+        return {"exp_labels": {**labels, **r.get("labels", {})},
+                "exp_annotations": {k: fill(v) for k, v in r.get("annotations", {}).items()}}
+
+    def counter(series, per_minute, minutes=40):
+        return {"series": series, "values": f"0+{per_minute}x{minutes}"}
+
+    tests = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {   # 10 % of budget's deliveries fail (paged after 2 minutes); 3 % of notify's do not.
+                "interval": "1m",
+                "input_series": [
+                    counter('zerofn_events_handled_total{function="budget",outcome="success"}', 90),
+                    counter('zerofn_events_handled_total{function="budget",outcome="retry"}', 10),
+                    counter('zerofn_events_handled_total{function="notify",outcome="success"}', 97),
+                    counter('zerofn_events_handled_total{function="notify",outcome="dead_letter"}', 3),
+                    counter('zerofn_gateway_requests_total{function="ledger",status="503"}', 10),
+                    counter('zerofn_gateway_requests_total{function="ledger",status="200"}', 90),
+                    counter('zerofn_gateway_requests_total{function="tasks",status="500"}', 1),
+                    counter('zerofn_gateway_requests_total{function="tasks",status="200"}', 99),
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "2m", "alertname": "ZerofnFunctionErrorRate", "exp_alerts": []},
+                    {"eval_time": "10m", "alertname": "ZerofnFunctionErrorRate", "exp_alerts": [alert("ZerofnFunctionErrorRate", function="budget")]},
+                    {"eval_time": "10m", "alertname": "ZerofnGatewayErrorRate", "exp_alerts": [alert("ZerofnGatewayErrorRate", function="ledger")]},
+                ],
+            },
+            {   # A dead letter at minute 5: an alert at once, gone ten minutes later.
+                "interval": "1m",
+                "input_series": [{"series": 'zerofn_dead_letters_total{function="notify",kind="schema_violation"}', "values": "0 0 0 0 0 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1"}],
+                "alert_rule_test": [
+                    {"eval_time": "4m", "alertname": "ZerofnDeadLetters", "exp_alerts": []},
+                    {"eval_time": "6m", "alertname": "ZerofnDeadLetters", "exp_alerts": [alert("ZerofnDeadLetters", function="notify", kind="schema_violation")]},
+                    {"eval_time": "20m", "alertname": "ZerofnDeadLetters", "exp_alerts": []},
+                ],
+            },
+            {   # budget's lag grows at its max replicas (paged after 15 minutes); notify's grows below it.
+                "interval": "1m",
+                "input_series": [
+                    counter('keda_scaler_metrics_value{namespace="zerofn",scaledObject="budget",metric="s0-kafka"}', 50),
+                    {"series": 'kube_horizontalpodautoscaler_status_current_replicas{namespace="zerofn",horizontalpodautoscaler="keda-hpa-budget"}', "values": "4x40"},
+                    {"series": 'kube_horizontalpodautoscaler_spec_max_replicas{namespace="zerofn",horizontalpodautoscaler="keda-hpa-budget"}', "values": "4x40"},
+                    counter('keda_scaler_metrics_value{namespace="zerofn",scaledObject="notify",metric="s0-kafka"}', 50),
+                    {"series": 'kube_horizontalpodautoscaler_status_current_replicas{namespace="zerofn",horizontalpodautoscaler="keda-hpa-notify"}', "values": "2x40"},
+                    {"series": 'kube_horizontalpodautoscaler_spec_max_replicas{namespace="zerofn",horizontalpodautoscaler="keda-hpa-notify"}', "values": "4x40"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "10m", "alertname": "ZerofnLagGrowingAtMaxReplicas", "exp_alerts": []},
+                    {"eval_time": "30m", "alertname": "ZerofnLagGrowingAtMaxReplicas", "exp_alerts": [alert("ZerofnLagGrowingAtMaxReplicas", namespace="zerofn", scaledObject="budget")]},
+                ],
+            },
+            {   # A function's container in CrashLoopBackOff for 5 minutes; the Dapr sidecar's does not count.
+                "interval": "1m",
+                "input_series": [
+                    {"series": 'kube_pod_container_status_waiting_reason{namespace="zerofn",pod="budget-7d9f",container="function",reason="CrashLoopBackOff"}', "values": "1x20"},
+                    {"series": 'kube_pod_container_status_waiting_reason{namespace="zerofn",pod="notify-5c2a",container="daprd",reason="CrashLoopBackOff"}', "values": "1x20"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "3m", "alertname": "ZerofnFunctionCannotStart", "exp_alerts": []},
+                    {"eval_time": "10m", "alertname": "ZerofnFunctionCannotStart", "exp_alerts": [alert("ZerofnFunctionCannotStart", namespace="zerofn", pod="budget-7d9f")]},
+                ],
+            },
+        ],
+    }
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "rules.yaml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+        (Path(d) / "tests.yaml").write_text(yaml.safe_dump(tests))
+        r = subprocess.run([promtool, "check", "rules", "rules.yaml"], cwd=d, capture_output=True, text=True)
+        if r.returncode != 0:
+            fail(f"platform: promtool check rules: {r.stdout}{r.stderr}")
+        r = subprocess.run([promtool, "test", "rules", "tests.yaml"], cwd=d, capture_output=True, text=True)
+        if r.returncode != 0:
+            fail(f"platform: the alerts do not fire as documented (promtool test rules):\n{r.stdout}{r.stderr}")
+
+
 def main():
     functions = sorted(p.parent.name for p in (ROOT / "functions").glob("*/function.toml"))
     all_manifests = {}
@@ -591,6 +676,7 @@ def main():
     for name in ("ZerofnFunctionErrorRate", "ZerofnGatewayErrorRate"):
         if rules[name]["for"] != "2m" or "> 0.05" not in rules[name]["expr"]:
             fail(f"platform: {name} is not 5 % for 2 minutes: {rules[name]}")
+    alerts_fire_as_documented(rule)
     _, quiet_docs = render("zerofn-platform", platform, image, {"alerts": {"enabled": False}})
     if any(d["kind"] == "PrometheusRule" for d in quiet_docs):
         fail("platform: alerts.enabled=false still renders the PrometheusRule")
