@@ -31,8 +31,6 @@ use crate::dlq::{Letters, Target, replay, replay_event};
 
 /// How often the stream sends an update.
 pub(crate) const TICK: Duration = Duration::from_millis(500);
-/// Every this many updates the dead-letter stores are opened again (new functions' stores).
-const REOPEN_EVERY: u64 = 4;
 /// Dead letters sent with each update.
 const DEAD_LETTERS_SHOWN: usize = 50;
 /// The header a replay must carry (see the module's docs).
@@ -87,6 +85,23 @@ async fn script() -> Response {
 /// Where dead letters are read: the engine's state dir, or its `--store`.
 async fn letters(engine: &Engine) -> anyhow::Result<Letters> {
     Letters::open(engine.opts.store.as_deref(), &engine.opts.state_dir).await
+}
+
+/// The functions' SQLite stores that exist now (none to watch with one `--store`).
+fn stores_present(engine: &Engine) -> Vec<std::path::PathBuf> {
+    if engine.opts.store.is_some() {
+        return Vec::new();
+    }
+    let mut dbs: Vec<_> = std::fs::read_dir(engine.opts.state_dir.join("functions"))
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.path().join("zerofn.db"))
+                .filter(|db| db.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    dbs.sort();
+    dbs
 }
 
 /// One update: every function's status and figures, what happened after `after`, and the
@@ -145,11 +160,15 @@ async fn stream(State(engine): State<Arc<Engine>>) -> Response {
     tokio::spawn(async move {
         let mut after = 0;
         let mut opened: Option<Letters> = None;
+        let mut seen = Vec::new();
         let mut stop = engine.stopping();
-        for tick in 0u64.. {
-            // A function's store appears at its first start: look again now and then.
-            if opened.is_none() || tick % REOPEN_EVERY == 0 {
+        loop {
+            // A function's store appears at its first start: open the stores again when the
+            // set of them changed.
+            let present = stores_present(&engine);
+            if opened.is_none() || present != seen {
                 opened = letters(&engine).await.ok();
+                seen = present;
             }
             let (body, last) = update(&engine, after, opened.as_ref()).await;
             after = last;
