@@ -81,7 +81,7 @@ deploy-platform: ## helm upgrade --install --atomic --wait of the platform chart
 	@$(CARGO) build --locked -q -p zerofn-cli >&2
 	@scripts/deploy/deploy.sh deploy-platform
 
-services-up: ## Start the test PostgreSQL and Redis (prints the env file to source)
+services-up: ## Start the test PostgreSQL, Redis and Kafka broker (tansu) on 127.0.0.1 (prints the env file to source)
 	@scripts/test-services.sh up
 
 services-down: ## Stop them

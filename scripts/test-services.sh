@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Real PostgreSQL and Redis for the test suites, on 127.0.0.1 only, in throwaway directories (and
-# headless Chromium with chromedriver for the dashboard's browser test, installed if missing).
+# Real PostgreSQL, Redis and a Kafka-protocol broker (tansu) for the test suites, on 127.0.0.1 only, in
+# throwaway directories (and headless Chromium with chromedriver for the dashboard's browser test,
+# installed if missing).
 #   scripts/test-services.sh up     install what is missing, start both, write the env file
 #   scripts/test-services.sh down   stop both and remove their data
 # The env file (printed by `up`) exports ZEROFN_TEST_POSTGRES and ZEROFN_TEST_REDIS, and for a second Redis
 # that speaks TLS only and wants a password (its certificate from a throwaway CA made here with openssl)
-# ZEROFN_TEST_REDIS_TLS (a rediss:// URL) and ZEROFN_TEST_REDIS_CA (the CA's PEM).
+# ZEROFN_TEST_REDIS_TLS (a rediss:// URL) and ZEROFN_TEST_REDIS_CA (the CA's PEM); the broker's address as
+# ZEROFN_TEST_KAFKA and KAFKA_BROKERS.
 set -euo pipefail
 
 # Derived from the checkout's path, so test runs in two checkouts on one machine never share (or
@@ -16,6 +18,7 @@ ROOT="${ZEROFN_SERVICES_DIR:-/tmp/zerofn-test-services-$(id -u)-$SLOT}"
 PG_PORT="${ZEROFN_TEST_PG_PORT:-$((54000 + SLOT))}"
 REDIS_PORT="${ZEROFN_TEST_REDIS_PORT:-$((63000 + SLOT))}"
 REDIS_TLS_PORT="${ZEROFN_TEST_REDIS_TLS_PORT:-$((62000 + SLOT))}"
+KAFKA_PORT="${ZEROFN_TEST_KAFKA_PORT:-$((61000 + SLOT))}"
 ENV_FILE="$ROOT/env"
 
 say() { printf 'test-services: %s\n' "$*" >&2; }
@@ -89,6 +92,24 @@ up() {
   done
   redis-cli --tls --cacert "$tls/ca.pem" -h 127.0.0.1 -p "$REDIS_TLS_PORT" --no-auth-warning -a zerofn-test ping >/dev/null
 
+  # A Kafka-protocol broker (tansu, sqlite engine), built once into a cache outside the clone.
+  local tansu
+  tansu=$("$CHECKOUT/scripts/tansu.sh")
+  mkdir -p "$ROOT/kafka"
+  # tansu joins a sqlite:/// path onto its working directory: start it inside its data dir.
+  (
+    cd "$ROOT/kafka"
+    nohup "$tansu" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine sqlite://tansu.db \
+      </dev/null >"$ROOT/kafka/broker.log" 2>&1 &
+    echo $! >"$ROOT/kafka/broker.pid"
+  )
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null && break
+    sleep 0.05
+  done
+  (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null || { say "tansu did not start: $(tail -n 5 "$ROOT/kafka/broker.log")"; exit 1; }
+
   # Headless Chromium and its WebDriver, for the dashboard's browser test.
   command -v chromedriver >/dev/null 2>&1 || apt_install chromium chromium-driver
 
@@ -98,8 +119,10 @@ export ZEROFN_TEST_REDIS=redis://127.0.0.1:$REDIS_PORT
 export ZEROFN_TEST_REDIS_TLS=rediss://:zerofn-test@127.0.0.1:$REDIS_TLS_PORT
 export ZEROFN_TEST_REDIS_CA=$tls/ca.pem
 export ZEROFN_TEST_CHROMEDRIVER=$(command -v chromedriver)
+export ZEROFN_TEST_KAFKA=127.0.0.1:$KAFKA_PORT
+export KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
 ENV
-  say "PostgreSQL on 127.0.0.1:$PG_PORT, Redis on 127.0.0.1:$REDIS_PORT (TLS: $REDIS_TLS_PORT)"
+  say "PostgreSQL on 127.0.0.1:$PG_PORT, Redis on 127.0.0.1:$REDIS_PORT (TLS: $REDIS_TLS_PORT), Kafka (tansu) on 127.0.0.1:$KAFKA_PORT"
   echo "$ENV_FILE"
 }
 
@@ -112,6 +135,9 @@ down() {
   fi
   if [ -f "$ROOT/redis/redis.pid" ]; then
     redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || kill "$(cat "$ROOT/redis/redis.pid")" 2>/dev/null || true
+  fi
+  if [ -f "$ROOT/kafka/broker.pid" ]; then
+    kill "$(cat "$ROOT/kafka/broker.pid")" 2>/dev/null || true
   fi
   if [ -f "$ROOT/redis-tls/redis.pid" ]; then
     kill "$(cat "$ROOT/redis-tls/redis.pid")" 2>/dev/null || true

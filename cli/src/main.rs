@@ -7,6 +7,7 @@
 //! zerofn values (functions/NAME [--image REPOSITORY:TAG] | --platform)
 //! zerofn new NAME [--kind event|http] [--description TEXT]
 //! zerofn demo [--gateway URL]
+//! zerofn scaler [--listen 0.0.0.0:9600] [--watch-every 100ms] [--kafka-setting KEY=VALUE]...
 //! zerofn dlq ls [--fn NAME] [--since 1h] [--limit N] [--json]
 //! zerofn dlq show ID [--json]
 //! zerofn dlq replay (ID | --all [--fn NAME] [--since 1h]) [--rate N/s] [--dry-run] (--dapr URL | --sink URL)
@@ -18,7 +19,9 @@ mod demo;
 mod dev;
 mod dlq;
 mod gateway;
+mod lag;
 mod new;
+mod scaler;
 mod status;
 mod values;
 
@@ -52,6 +55,8 @@ enum Command {
     New(new::New),
     /// The finance companion with a month of data, through a running engine's gateway.
     Demo(demo::Demo),
+    /// A KEDA external push scaler for Kafka consumer-group lag (trigger type external-push).
+    Scaler(scaler::Scaler),
 }
 
 #[tokio::main]
@@ -65,6 +70,7 @@ async fn main() -> std::process::ExitCode {
         Command::Values(values) => values.run(&mut std::io::stdout()),
         Command::New(new) => new.run(&mut std::io::stdout()),
         Command::Demo(demo) => demo.run(&mut std::io::stdout()).await,
+        Command::Scaler(scaler) => scaler.run().await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -96,6 +96,7 @@ pub(crate) fn function_values(m: &Manifest) -> anyhow::Result<Value> {
             "lagThreshold": m.scaling.lag_threshold,
             "activationLagThreshold": m.scaling.activation_lag_threshold,
             "cooldownSeconds": m.scaling.cooldown.as_secs(),
+            "push": m.scaling.push,
         },
     });
     if let Some(h) = &m.http {
@@ -218,14 +219,14 @@ mod tests {
     fn scaling_and_topics_come_from_function_toml() {
         let m = manifest(
             "[function]\nname = \"notify\"\n[[subscriptions]]\ntopic = \"a\"\n[[subscriptions]]\ntopic = \"b\"\n\
-             [scaling]\nmax = 4\nlag_threshold = 50\nactivation_lag_threshold = 2\ncooldown = \"2m\"\n",
+             [scaling]\nmax = 4\nlag_threshold = 50\nactivation_lag_threshold = 2\ncooldown = \"2m\"\npush = true\n",
         );
         let v = function_values(&m).unwrap();
         assert_eq!(v["function"]["kind"], "events");
         assert_eq!(v["kafka"]["topics"], json!(["a", "b"]));
         assert_eq!(
             v["scaling"],
-            json!({"min": 0, "max": 4, "lagThreshold": 50, "activationLagThreshold": 2, "cooldownSeconds": 120})
+            json!({"min": 0, "max": 4, "lagThreshold": 50, "activationLagThreshold": 2, "cooldownSeconds": 120, "push": true})
         );
         assert_eq!(v["deadLetterTopic"], "deadletter.notify");
         let too_many =

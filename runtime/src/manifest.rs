@@ -282,6 +282,8 @@ struct RawScaling {
     activation_lag_threshold: u64,
     #[serde(default = "default_cooldown")]
     cooldown: String,
+    #[serde(default)]
+    push: bool,
 }
 
 impl Default for RawScaling {
@@ -292,6 +294,7 @@ impl Default for RawScaling {
             lag_threshold: default_lag_threshold(),
             activation_lag_threshold: 0,
             cooldown: default_cooldown(),
+            push: false,
         }
     }
 }
@@ -501,6 +504,9 @@ pub struct Scaling {
     pub activation_lag_threshold: u64,
     /// Idle time before scaling to zero.
     pub cooldown: Duration,
+    /// In a cluster, wake through `zerofn scaler` (KEDA's `external-push` trigger: within a
+    /// second of an event) instead of KEDA's polling `kafka` trigger.
+    pub push: bool,
 }
 
 /// Retry and dead-letter policy.
@@ -668,6 +674,7 @@ impl Manifest {
             lag_threshold: s.lag_threshold,
             activation_lag_threshold: s.activation_lag_threshold,
             cooldown: manifest_duration("scaling.cooldown", &s.cooldown)?,
+            push: s.push,
         };
         let d = raw.delivery;
         if d.max_attempts == 0 {

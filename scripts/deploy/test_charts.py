@@ -51,6 +51,8 @@ CRDS = {
 CORE_GROUPS = ("v1", "apps/v1", "policy/v1", "networking.k8s.io/v1", "autoscaling/v2")
 # The TLS listener of the Kafka cluster the platform chart declares in its namespace (the renders' "zerofn").
 PLATFORM_BOOTSTRAP = "zerofn-kafka-bootstrap.zerofn.svc:9093"
+# The platform's zerofn scaler, where a function with [scaling] push points KEDA.
+PLATFORM_SCALER = "zerofn-scaler.zerofn.svc:9600"
 SECRET_NAME = re.compile(r"(TOKEN|PASSWORD|SECRET|PASSWD|CREDENTIALS?)$", re.I)
 failures = []
 quiet = False
@@ -412,6 +414,20 @@ def kafka_platform(docs, topics, pub, sub):
     groups = set(comp.get("scopes", []))
     if {g for (k_, g) in dapr if k_ == "group"} != groups or {g for (k_, g) in keda if k_ == "group"} != groups:
         fail("platform: the consumer-group ACLs are not the apps' (group = Dapr app id)")
+    # The push scaler: reachable where function charts point KEDA, reading as KEDA's user over TLS.
+    scaler = next((d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "zerofn-scaler"), None)
+    service = next((d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "zerofn-scaler"), None)
+    if not scaler or not service or f"{service['metadata']['name']}.zerofn.svc:{service['spec']['ports'][0]['port']}" != PLATFORM_SCALER:
+        fail(f"platform: no zerofn scaler at {PLATFORM_SCALER}")
+    else:
+        c = scaler["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e for e in c.get("env", [])}
+        if c["args"][0] != "scaler" or "--kafka-setting=sasl.username=zerofn-keda" not in c["args"] \
+                or env.get("ZEROFN_SCALER_SASL_PASSWORD", {}).get("valueFrom", {}).get("secretKeyRef") != {"name": "zerofn-keda", "key": "password"}:
+            fail(f"platform: the scaler does not read the lag as zerofn-keda over SASL: {c['args']}")
+        policy = next((d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "zerofn-scaler"), None)
+        if not policy or policy["spec"]["ingress"][0]["from"] != [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}]:
+            fail("platform: the scaler is open to more than KEDA's operator")
     redis = {m["name"]: m.get("value") for m in next(d for d in docs if d["kind"] == "Component" and d["metadata"]["name"] == "statestore")["spec"]["metadata"]}
     if redis.get("enableTLS") != "true":
         fail("platform: Dapr's Redis state store is not on TLS")
@@ -530,6 +546,17 @@ def main():
             if any(k in t["metadata"] for t in so["spec"]["triggers"] for k in ("sasl", "tls")) or any(d["kind"] == "TriggerAuthentication" for d in plain) \
                     or not all(t["metadata"]["bootstrapServers"].endswith(":9092") for t in so["spec"]["triggers"]):
                 fail(f"{fn}: kafka.insecurePlaintextDevOnly still renders SASL/TLS for KEDA")
+            # [scaling] push: KEDA's external-push trigger to the platform's scaler, the same metadata.
+            _, pushed = render("zerofn-function", values, {"scaling": {"push": True}})
+            validate(f"{fn} (push)", pushed)
+            kafka_triggers = one(docs, "ScaledObject")["spec"]["triggers"]
+            push_triggers = one(pushed, "ScaledObject")["spec"]["triggers"]
+            for k, p_ in zip(kafka_triggers, push_triggers):
+                same = {key: v for key, v in k["metadata"].items() if key not in ("sasl", "tls")}
+                if p_["type"] != "external-push" or p_["metadata"] != {**same, "scalerAddress": PLATFORM_SCALER}:
+                    fail(f"{fn}: scaling.push renders {p_}, not an external-push trigger to {PLATFORM_SCALER} with {same}")
+            if any(d["kind"] in ("TriggerAuthentication", "ConfigMap") for d in pushed):
+                fail(f"{fn}: scaling.push still renders KEDA's Kafka credentials (the scaler has its own)")
         # Every option that renders more: a secret store URL by reference.
         extra = {"secretEnv": {"ZEROFN_STORE": {"name": f"{fn}-store", "key": "url"}}}
         text, docs = render("zerofn-function", values, extra)

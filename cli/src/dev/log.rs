@@ -575,12 +575,13 @@ impl Log {
                 .unwrap_or(self.default_partitions);
             for p in 0..n {
                 let end = meta.ends.get(&(topic.clone(), p)).copied().unwrap_or(0);
+                // Dapr starts a new group at the oldest record (KEDA: `earliest`).
                 let committed = meta
                     .committed
                     .get(&(group.to_string(), topic.clone(), p))
-                    .copied()
-                    .unwrap_or(0);
-                out.push((topic.clone(), p, (end - committed).max(0)));
+                    .copied();
+                let lag = crate::lag::partition_lag(end, committed, crate::lag::Rules::default());
+                out.push((topic.clone(), p, i64::try_from(lag).unwrap_or(i64::MAX)));
             }
         }
         out

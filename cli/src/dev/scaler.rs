@@ -43,14 +43,11 @@ const TOLERANCE: f64 = 0.1;
 
 /// KEDA's capped metric and the replica count it asks for (HPA `AverageValue` target).
 fn lag_recommendation(total: u64, partitions: Option<u32>, threshold: u64, current: u32) -> u32 {
-    let mut metric = total;
-    if let Some(upper) = partitions {
-        // Integer division, exactly like the scaler: the cap triggers at (upper+1)·threshold.
-        if metric / threshold > u64::from(upper) {
-            metric = u64::from(upper) * threshold;
-        }
-    }
-    hpa(metric, threshold, current)
+    hpa(
+        crate::lag::capped(total, partitions, threshold),
+        threshold,
+        current,
+    )
 }
 
 fn hpa(metric: u64, target: u64, current: u32) -> u32 {
@@ -68,7 +65,9 @@ impl Scaler {
     /// The replica count wanted at `now`.
     pub(crate) fn desired(&mut self, p: Params, i: &Inputs, now: Instant) -> u32 {
         let demand = i.http.map_or(0, |(d, _)| d);
-        let active = i.total_lag > p.activation_lag_threshold || demand > 0 || p.min > 0;
+        let active = crate::lag::is_active(i.total_lag, p.activation_lag_threshold)
+            || demand > 0
+            || p.min > 0;
         if active {
             self.last_active = Some(now);
         }
@@ -140,6 +139,17 @@ pub(crate) fn reason(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_engine_scales_on_the_metric_keda_reports() {
+        for &(total, partitions, threshold, metric) in crate::lag::tests::CAP_CASES {
+            assert_eq!(
+                u64::from(lag_recommendation(total, partitions, threshold, 0)),
+                metric.div_ceil(threshold),
+                "{total} over {partitions:?} at {threshold}"
+            );
+        }
+    }
 
     const P: Params = Params {
         min: 0,

@@ -1,0 +1,131 @@
+//! A consumer group's position on a topic, read from Kafka's own APIs through librdkafka:
+//! the partitions (Metadata), each partition's log end (ListOffsets, the high watermark) and the
+//! group's committed offsets (OffsetFetch). One client per (brokers, group), never joining the
+//! group: it reads offsets, it does not consume.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use rdkafka::{
+    ClientConfig, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer},
+};
+
+/// How long one call to the brokers may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One partition: its log end, and the group's committed offset (`None`: never committed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Position {
+    pub(crate) partition: i32,
+    pub(crate) end: i64,
+    pub(crate) committed: Option<i64>,
+}
+
+/// Extra client settings for every connection (`security.protocol`, `sasl.*`, `ssl.*`).
+pub(crate) type Settings = Vec<(String, String)>;
+
+/// Clients by (brokers, group), made on first use.
+#[derive(Default)]
+pub(crate) struct Offsets {
+    settings: Settings,
+    clients: Mutex<HashMap<(String, String), Arc<BaseConsumer>>>,
+}
+
+impl std::fmt::Debug for Offsets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Offsets").finish_non_exhaustive()
+    }
+}
+
+impl Offsets {
+    pub(crate) fn new(settings: Settings) -> Offsets {
+        Offsets {
+            settings,
+            clients: Mutex::default(),
+        }
+    }
+
+    fn client(&self, brokers: &str, group: &str) -> Result<Arc<BaseConsumer>, String> {
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = clients.get(&(brokers.to_string(), group.to_string())) {
+            return Ok(c.clone());
+        }
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("client.id", "zerofn-scaler");
+        for (k, v) in &self.settings {
+            config.set(k, v);
+        }
+        let consumer: BaseConsumer = config
+            .create()
+            .map_err(|e| format!("cannot make a Kafka client for {brokers}: {e}"))?;
+        let consumer = Arc::new(consumer);
+        clients.insert((brokers.to_string(), group.to_string()), consumer.clone());
+        Ok(consumer)
+    }
+
+    /// Every partition of `topic` with its log end and `group`'s committed offset.
+    pub(crate) async fn positions(
+        &self,
+        brokers: &str,
+        group: &str,
+        topic: &str,
+    ) -> Result<Vec<Position>, String> {
+        let client = self.client(brokers, group)?;
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || read(&client, &topic))
+            .await
+            .map_err(|e| format!("the Kafka read was cut off: {e}"))?
+    }
+}
+
+fn read(client: &BaseConsumer, topic: &str) -> Result<Vec<Position>, String> {
+    let metadata = client
+        .fetch_metadata(Some(topic), CALL_TIMEOUT)
+        .map_err(|e| format!("metadata of {topic}: {e}"))?;
+    let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Err(format!("no topic {topic}"));
+    };
+    if let Some(e) = t.error() {
+        return Err(format!("topic {topic}: {e:?}"));
+    }
+    let partitions: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+    if partitions.is_empty() {
+        return Err(format!("topic {topic} has no partitions"));
+    }
+    let mut list = TopicPartitionList::new();
+    for p in &partitions {
+        list.add_partition(topic, *p);
+    }
+    let committed = client
+        .committed_offsets(list, CALL_TIMEOUT)
+        .map_err(|e| format!("committed offsets on {topic}: {e}"))?;
+    let mut out = Vec::with_capacity(partitions.len());
+    for p in partitions {
+        let (_, end) = client
+            .fetch_watermarks(topic, p, CALL_TIMEOUT)
+            .map_err(|e| format!("log end of {topic}/{p}: {e}"))?;
+        let committed = committed
+            .find_partition(topic, p)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(n) if n >= 0 => Some(n),
+                _ => None,
+            });
+        out.push(Position {
+            partition: p,
+            end,
+            committed,
+        });
+    }
+    Ok(out)
+}

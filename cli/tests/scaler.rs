@@ -1,0 +1,277 @@
+//! `zerofn scaler` against a real Kafka-protocol broker (tansu, started by `make test` on
+//! 127.0.0.1; its address in `ZEROFN_TEST_KAFKA`), through KEDA's own `externalscaler.proto`:
+//! inactive at zero lag, `StreamIsActive` pushing `true` within a second of a produce,
+//! `GetMetrics` equal to the engine's arithmetic for the same lags (the cap's cases of
+//! `lag.rs` reproduced on the broker), and bad metadata refused as `InvalidArgument` naming the
+//! key.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod engine;
+
+use std::{collections::HashMap, time::Duration};
+
+use engine::ZEROFN;
+use rdkafka::{
+    ClientConfig, Offset, TopicPartitionList,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, CommitMode, Consumer},
+    producer::{FutureProducer, FutureRecord},
+};
+use zerofn_tests::{FnProcess, fresh_id, service};
+
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    clippy::all,
+    clippy::pedantic
+)]
+mod proto {
+    tonic::include_proto!("externalscaler");
+}
+
+use proto::{GetMetricsRequest, ScaledObjectRef, external_scaler_client::ExternalScalerClient};
+
+type Client = ExternalScalerClient<tonic::transport::Channel>;
+
+fn brokers() -> String {
+    service("ZEROFN_TEST_KAFKA")
+}
+
+/// A fresh topic of `partitions` partitions.
+async fn topic(partitions: i32) -> String {
+    let name = fresh_id("scaler");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap();
+    for r in created {
+        r.unwrap();
+    }
+    name
+}
+
+/// `n` records on `partition` of `topic`.
+async fn produce(topic: &str, partition: i32, n: usize) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    for i in 0..n {
+        let payload = format!("record {i}");
+        producer
+            .send(
+                FutureRecord::<(), _>::to(topic)
+                    .partition(partition)
+                    .payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// `group` commits `offset` on `partition` of `topic`, as a consumer that read up to there.
+fn commit(group: &str, topic: &str, partition: i32, offset: i64) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, partition, Offset::Offset(offset))
+        .unwrap();
+    consumer.commit(&list, CommitMode::Sync).unwrap();
+}
+
+fn object(pairs: &[(&str, String)]) -> ScaledObjectRef {
+    ScaledObjectRef {
+        name: "probe".into(),
+        namespace: "zerofn".into(),
+        scaler_metadata: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect::<HashMap<_, _>>(),
+    }
+}
+
+fn trigger(group: &str, topic: &str, threshold: u64) -> ScaledObjectRef {
+    object(&[
+        ("bootstrapServers", brokers()),
+        ("consumerGroup", group.to_string()),
+        ("topic", topic.to_string()),
+        ("lagThreshold", threshold.to_string()),
+        ("offsetResetPolicy", "earliest".into()),
+    ])
+}
+
+async fn scaler() -> (FnProcess, Client) {
+    let process = FnProcess::spawn_with_args(
+        ZEROFN,
+        &["scaler", "--listen", "127.0.0.1:{port}"],
+        &[("ZEROFN_LOG_FORMAT", "json")],
+    )
+    .await;
+    process
+        .wait_for_log("scaler listening", Duration::from_secs(30))
+        .await;
+    let client = ExternalScalerClient::connect(format!("http://{}", process.addr()))
+        .await
+        .unwrap();
+    (process, client)
+}
+
+async fn metric(client: &mut Client, r: &ScaledObjectRef) -> f64 {
+    let answer = client
+        .get_metrics(GetMetricsRequest {
+            scaled_object_ref: Some(r.clone()),
+            metric_name: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    answer.metric_values[0].metric_value_float
+}
+
+#[tokio::test]
+async fn the_scaler_wakes_a_group_within_a_second_and_reports_keda_s_metric() {
+    let (_process, mut client) = scaler().await;
+    let topic = topic(3).await;
+    let group = fresh_id("group");
+    let r = trigger(&group, &topic, 10);
+
+    // Nothing produced: inactive, metric 0, and the spec's target is the threshold.
+    assert!(
+        !client
+            .is_active(r.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .result
+    );
+    assert_eq!(metric(&mut client, &r).await, 0.0);
+    let spec = client
+        .get_metric_spec(r.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(spec.metric_specs[0].target_size_float, 10.0);
+    assert!(spec.metric_specs[0].metric_name.starts_with("kafka-"));
+
+    // A stream at zero: false first; one produce, and true within a second.
+    let mut stream = client
+        .stream_is_active(r.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(!first.result, "inactive before any record");
+    let produced = std::time::Instant::now();
+    produce(&topic, 0, 1).await;
+    let pushed = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("pushed")
+        .unwrap()
+        .unwrap();
+    let took = produced.elapsed();
+    assert!(pushed.result);
+    assert!(
+        took < Duration::from_secs(1),
+        "pushed {took:?} after the produce"
+    );
+
+    // The cap's cases of lag.rs on the broker: 3 partitions, threshold 10. 35 records of lag
+    // stay 35 (35 / 10 = 3, not > 3); 40 become 30.
+    produce(&topic, 0, 11).await; // partition 0: 12
+    produce(&topic, 1, 12).await;
+    produce(&topic, 2, 11).await; // 35 in all
+    assert_eq!(metric(&mut client, &r).await, 35.0);
+    produce(&topic, 2, 5).await; // 40
+    assert_eq!(metric(&mut client, &r).await, 30.0);
+
+    // Commits count: the group read 12 of partition 0 and 2 of partition 1; 26 left, uncapped.
+    commit(&group, &topic, 0, 12);
+    commit(&group, &topic, 1, 2);
+    assert_eq!(metric(&mut client, &r).await, 26.0);
+    // latest: a partition never committed counts 1 (KEDA's rule), so 10 + 1.
+    let latest = object(&[
+        ("bootstrapServers", brokers()),
+        ("consumerGroup", group.clone()),
+        ("topic", topic.clone()),
+        ("lagThreshold", "10".into()),
+    ]);
+    assert_eq!(metric(&mut client, &latest).await, 11.0);
+    // Everything read: inactive again, and the stream says so.
+    commit(&group, &topic, 1, 12);
+    commit(&group, &topic, 2, 16);
+    assert!(
+        !client
+            .is_active(r.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .result
+    );
+    let back = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("pushed")
+        .unwrap()
+        .unwrap();
+    assert!(!back.result, "inactive once the group caught up");
+}
+
+#[tokio::test]
+async fn bad_metadata_is_an_invalid_argument_naming_the_key() {
+    let (_process, mut client) = scaler().await;
+    // A valid trigger with one key changed (or, given "", removed).
+    let with = |key: &str, value: &str| {
+        let mut pairs = vec![
+            ("bootstrapServers", brokers()),
+            ("consumerGroup", "g".to_string()),
+            ("topic", "t".to_string()),
+        ];
+        pairs.retain(|(k, _)| *k != key);
+        if !value.is_empty() {
+            pairs.push((key, value.to_string()));
+        }
+        let pairs: Vec<(&str, String)> = pairs.into_iter().collect();
+        object(&pairs)
+    };
+    let cases = [
+        (with("bootstrapServers", ""), "bootstrapServers"),
+        (with("lagThreshold", "0"), "lagThreshold"),
+        (with("offsetResetPolicy", "oldest"), "offsetResetPolicy"),
+    ];
+    for (r, key) in cases {
+        let e = client.is_active(r.clone()).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{key}: {e:?}");
+        assert!(
+            e.message().contains(&format!("scalerMetadata.{key}")),
+            "{}",
+            e.message()
+        );
+        let e = client.stream_is_active(r.clone()).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let e = client.get_metric_spec(r).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    }
+    // A topic the broker does not have: Unavailable, named; the server keeps serving.
+    let missing = trigger("g", &fresh_id("no-such-topic"), 10);
+    let e = client.is_active(missing).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+}
