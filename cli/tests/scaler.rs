@@ -116,20 +116,55 @@ fn trigger(group: &str, topic: &str, threshold: u64) -> ScaledObjectRef {
     ])
 }
 
-async fn scaler() -> (FnProcess, Client) {
+/// The scaler, a client, and its `/metrics` URL.
+async fn scaler() -> (FnProcess, Client, String) {
     let process = FnProcess::spawn_with_args(
         ZEROFN,
-        &["scaler", "--listen", "127.0.0.1:{port}"],
+        &[
+            "scaler",
+            "--listen",
+            "127.0.0.1:{port}",
+            "--internal-listen",
+            "127.0.0.1:0",
+        ],
         &[("ZEROFN_LOG_FORMAT", "json")],
     )
     .await;
+    let internal = process
+        .wait_for_log(
+            "internal listener (/healthz, /metrics)",
+            Duration::from_secs(30),
+        )
+        .await;
+    let metrics = format!("http://{}/metrics", internal["addr"].as_str().unwrap());
     process
         .wait_for_log("scaler listening", Duration::from_secs(30))
         .await;
     let client = ExternalScalerClient::connect(format!("http://{}", process.addr()))
         .await
         .unwrap();
-    (process, client)
+    (process, client, metrics)
+}
+
+/// The value of the sample `name{labels}` in `url`'s exposition.
+async fn sample(url: &str, name: &str, labels: &str) -> Option<f64> {
+    let text = zerofn_tests::client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let found = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && labels.split(',').all(|p| l.contains(p)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok());
+    if found.is_none() {
+        eprintln!("no {name}{{{labels}}} in:\n{text}");
+    }
+    found
 }
 
 async fn metric(client: &mut Client, r: &ScaledObjectRef) -> f64 {
@@ -146,7 +181,7 @@ async fn metric(client: &mut Client, r: &ScaledObjectRef) -> f64 {
 
 #[tokio::test]
 async fn the_scaler_wakes_a_group_within_a_second_and_reports_keda_s_metric() {
-    let (_process, mut client) = scaler().await;
+    let (_process, mut client, metrics) = scaler().await;
     let topic = topic(3).await;
     let group = fresh_id("group");
     let r = trigger(&group, &topic, 10);
@@ -233,11 +268,28 @@ async fn the_scaler_wakes_a_group_within_a_second_and_reports_keda_s_metric() {
         .unwrap()
         .unwrap();
     assert!(!back.result, "inactive once the group caught up");
+    // What an operator sees: the lag last read, the activity last pushed, the reads.
+    let labels = format!("consumer_group=\"{group}\",topic=\"{topic}\"");
+    assert_eq!(
+        sample(&metrics, "zerofn_scaler_lag", &labels).await,
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&metrics, "zerofn_scaler_active", &labels).await,
+        Some(0.0)
+    );
+    let ok = sample(
+        &metrics,
+        "zerofn_scaler_reads_total",
+        &format!("{labels},outcome=\"ok\""),
+    )
+    .await;
+    assert!(ok >= Some(8.0), "{ok:?}");
 }
 
 #[tokio::test]
 async fn bad_metadata_is_an_invalid_argument_naming_the_key() {
-    let (_process, mut client) = scaler().await;
+    let (_process, mut client, metrics) = scaler().await;
     // A valid trigger with one key changed (or, given "", removed).
     let with = |key: &str, value: &str| {
         let mut pairs = vec![
@@ -271,7 +323,13 @@ async fn bad_metadata_is_an_invalid_argument_naming_the_key() {
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
     }
     // A topic the broker does not have: Unavailable, named; the server keeps serving.
-    let missing = trigger("g", &fresh_id("no-such-topic"), 10);
+    let absent = fresh_id("no-such-topic");
+    let missing = trigger("g", &absent, 10);
     let e = client.is_active(missing).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    let failed = format!("consumer_group=\"g\",topic=\"{absent}\",outcome=\"error\"");
+    assert_eq!(
+        sample(&metrics, "zerofn_scaler_reads_total", &failed).await,
+        Some(1.0)
+    );
 }

@@ -74,6 +74,32 @@ pub const GATEWAY: &[(&str, &str, Unit)] = &[
     ),
 ];
 
+/// `zerofn scaler`: the lag it last read, by consumer group and topic.
+pub const SCALER_LAG: &str = "zerofn_scaler_lag";
+/// `zerofn scaler`: reads of a group's position, by consumer group, topic and outcome.
+pub const SCALER_READS: &str = "zerofn_scaler_reads_total";
+/// `zerofn scaler`: whether it last told KEDA the trigger is active (1) or not (0).
+pub const SCALER_ACTIVE: &str = "zerofn_scaler_active";
+
+/// Every `zerofn scaler` metric: name, help text, unit.
+pub const SCALER: &[(&str, &str, Unit)] = &[
+    (
+        SCALER_LAG,
+        "Consumer-group lag last read by the push scaler, by consumer group and topic",
+        Unit::Count,
+    ),
+    (
+        SCALER_READS,
+        "Reads of a group's position (ok or error), by consumer group and topic",
+        Unit::Count,
+    ),
+    (
+        SCALER_ACTIVE,
+        "Activity last pushed to KEDA (1 active, 0 not), by consumer group and topic",
+        Unit::Count,
+    ),
+];
+
 /// Every function metric: name, help text, unit.
 pub const ALL: &[(&str, &str, Unit)] = &[
     (
@@ -254,6 +280,71 @@ impl GatewayInstruments {
         self.recorder
             .register_counter(&self.key(GATEWAY_REJECTED, &[("code", code)]), &METADATA)
             .increment(1);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+}
+
+/// `zerofn scaler`'s metrics, in its own registry.
+pub struct ScalerInstruments {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+}
+
+impl std::fmt::Debug for ScalerInstruments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScalerInstruments").finish_non_exhaustive()
+    }
+}
+
+impl Default for ScalerInstruments {
+    fn default() -> Self {
+        let (recorder, handle) = recorder(SCALER, &[SCALER_LAG, SCALER_ACTIVE]);
+        ScalerInstruments { recorder, handle }
+    }
+}
+
+impl ScalerInstruments {
+    fn key(name: &'static str, group: &str, topic: &str) -> Key {
+        Key::from_parts(
+            name,
+            vec![
+                Label::new("consumer_group", group.to_string()),
+                Label::new("topic", topic.to_string()),
+            ],
+        )
+    }
+
+    /// A read of `group`'s position on `topic`: its lag, or `None` when it failed.
+    pub fn read(&self, group: &str, topic: &str, lag: Option<u64>) {
+        let mut key = Self::key(SCALER_READS, group, topic);
+        key = Key::from_parts(
+            SCALER_READS,
+            key.labels()
+                .cloned()
+                .chain([Label::new(
+                    "outcome",
+                    if lag.is_some() { "ok" } else { "error" },
+                )])
+                .collect::<Vec<_>>(),
+        );
+        self.recorder.register_counter(&key, &METADATA).increment(1);
+        if let Some(lag) = lag {
+            self.recorder
+                .register_gauge(&Self::key(SCALER_LAG, group, topic), &METADATA)
+                .set(lag as f64);
+        }
+    }
+
+    /// The activity pushed to KEDA for `group` on `topic`.
+    pub fn active(&self, group: &str, topic: &str, active: bool) {
+        self.recorder
+            .register_gauge(&Self::key(SCALER_ACTIVE, group, topic), &METADATA)
+            .set(if active { 1.0 } else { 0.0 });
     }
 
     /// The Prometheus text exposition.

@@ -494,6 +494,18 @@ def alerts_fire_as_documented(rule):
                     {"eval_time": "30m", "alertname": "ZerofnLagGrowingAtMaxReplicas", "exp_alerts": [alert("ZerofnLagGrowingAtMaxReplicas", namespace="zerofn", scaledObject="budget")]},
                 ],
             },
+            {   # The push scaler fails every read of one group for 5 minutes (paged); another's fail now and then (not).
+                "interval": "1m",
+                "input_series": [
+                    counter('zerofn_scaler_reads_total{consumer_group="budget",topic="finance.transaction.created",outcome="error"}', 600),
+                    counter('zerofn_scaler_reads_total{consumer_group="notify",topic="finance.budget.exceeded",outcome="error"}', 1),
+                    counter('zerofn_scaler_reads_total{consumer_group="notify",topic="finance.budget.exceeded",outcome="ok"}', 599),
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "4m", "alertname": "ZerofnScalerCannotReadLag", "exp_alerts": []},
+                    {"eval_time": "12m", "alertname": "ZerofnScalerCannotReadLag", "exp_alerts": [alert("ZerofnScalerCannotReadLag", consumer_group="budget", topic="finance.transaction.created")]},
+                ],
+            },
             {   # A function's container in CrashLoopBackOff for 5 minutes; the Dapr sidecar's does not count.
                 "interval": "1m",
                 "input_series": [
@@ -697,7 +709,7 @@ def main():
     for expr in re.findall(r"zerofn_[a-z_]+", json.dumps(rule)):
         if re.sub(r"_(bucket|sum|count)$", "", expr) not in names:
             fail(f"platform: the alerts query {expr}, which nothing exports")
-    for name in ("ZerofnFunctionErrorRate", "ZerofnGatewayErrorRate", "ZerofnDeadLetters", "ZerofnLagGrowingAtMaxReplicas", "ZerofnFunctionCannotStart"):
+    for name in ("ZerofnFunctionErrorRate", "ZerofnGatewayErrorRate", "ZerofnDeadLetters", "ZerofnLagGrowingAtMaxReplicas", "ZerofnFunctionCannotStart", "ZerofnScalerCannotReadLag"):
         if name not in rules:
             fail(f"platform: no {name} alert")
     for name in ("ZerofnFunctionErrorRate", "ZerofnGatewayErrorRate"):

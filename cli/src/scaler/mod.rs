@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::lag;
 use kafka::Offsets;
 use metadata::Trigger;
+use zerofn::instruments::ScalerInstruments;
 
 /// The code generated from `proto/externalscaler.proto`.
 #[allow(
@@ -44,6 +45,9 @@ pub(crate) struct Scaler {
     /// Where KEDA connects (gRPC over plaintext HTTP/2 inside the cluster).
     #[arg(long, env = "ZEROFN_SCALER_LISTEN", default_value = "0.0.0.0:9600")]
     listen: SocketAddr,
+    /// `/healthz` and `/metrics` (the lag read, reads that failed, the activity pushed).
+    #[arg(long, default_value = "0.0.0.0:9601")]
+    internal_listen: SocketAddr,
     /// How often a stream looks at its topic's log end.
     #[arg(long, default_value = "100ms", value_parser = crate::dev::duration)]
     watch_every: Duration,
@@ -80,10 +84,29 @@ impl Scaler {
         let listener = tokio::net::TcpListener::bind(self.listen)
             .await
             .with_context(|| format!("--listen {}: cannot bind", self.listen))?;
+        let internal = tokio::net::TcpListener::bind(self.internal_listen)
+            .await
+            .with_context(|| format!("--internal-listen {}: cannot bind", self.internal_listen))?;
+        let instruments = Arc::new(ScalerInstruments::default());
+        let metrics = instruments.clone();
+        let routes = axum::Router::new()
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let metrics = metrics.clone();
+                    async move { metrics.render() }
+                }),
+            );
+        tracing::info!(addr = %internal.local_addr()?, "internal listener (/healthz, /metrics)");
+        tokio::spawn(async move {
+            let _ = axum::serve(internal, routes).await;
+        });
         tracing::info!(addr = %listener.local_addr()?, watch_every = ?self.watch_every, "scaler listening");
         let service = Service {
             offsets: Arc::new(Offsets::new(settings)),
             watch_every: self.watch_every,
+            instruments,
         };
         tonic::transport::Server::builder()
             .add_service(ExternalScalerServer::new(service))
@@ -102,6 +125,7 @@ impl Scaler {
 struct Service {
     offsets: Arc<Offsets>,
     watch_every: Duration,
+    instruments: Arc<ScalerInstruments>,
 }
 
 /// What a trigger's group is behind by now.
@@ -113,11 +137,21 @@ struct Measure {
     metric: u64,
 }
 
-async fn measure(offsets: &Offsets, t: &Trigger) -> Result<Measure, Status> {
-    let positions = offsets
+async fn measure(
+    offsets: &Offsets,
+    instruments: &ScalerInstruments,
+    t: &Trigger,
+) -> Result<Measure, Status> {
+    let positions = match offsets
         .positions(&t.bootstrap_servers, &t.consumer_group, &t.topic)
         .await
-        .map_err(Status::unavailable)?;
+    {
+        Ok(p) => p,
+        Err(e) => {
+            instruments.read(&t.consumer_group, &t.topic, None);
+            return Err(Status::unavailable(e));
+        }
+    };
     let rules = t.rules.rules();
     let total = positions
         .iter()
@@ -125,6 +159,7 @@ async fn measure(offsets: &Offsets, t: &Trigger) -> Result<Measure, Status> {
         .sum();
     let partitions =
         (!t.allow_idle_consumers).then(|| u32::try_from(positions.len()).unwrap_or(u32::MAX));
+    instruments.read(&t.consumer_group, &t.topic, Some(total));
     Ok(Measure {
         total,
         metric: lag::capped(total, partitions, t.lag_threshold),
@@ -159,7 +194,7 @@ impl ExternalScaler for Service {
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<IsActiveResponse>, Status> {
         let t = trigger(request.get_ref())?;
-        let m = measure(&self.offsets, &t).await?;
+        let m = measure(&self.offsets, &self.instruments, &t).await?;
         Ok(Response::new(IsActiveResponse {
             result: lag::is_active(m.total, t.activation_lag_threshold),
         }))
@@ -177,15 +212,17 @@ impl ExternalScaler for Service {
         let t = trigger(&r)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let offsets = self.offsets.clone();
+        let instruments = self.instruments.clone();
         let every = self.watch_every;
         tokio::spawn(async move {
             let mut last: Option<bool> = None;
             loop {
-                match measure(&offsets, &t).await {
+                match measure(&offsets, &instruments, &t).await {
                     Ok(m) => {
                         let active = lag::is_active(m.total, t.activation_lag_threshold);
                         if last != Some(active) {
                             tracing::info!(scaled_object = %r.name, namespace = %r.namespace, group = %t.consumer_group, topic = %t.topic, lag = m.total, active, "activity");
+                            instruments.active(&t.consumer_group, &t.topic, active);
                             if tx
                                 .send(Ok(IsActiveResponse { result: active }))
                                 .await
@@ -232,7 +269,7 @@ impl ExternalScaler for Service {
             return Err(Status::invalid_argument("scaledObjectRef: required"));
         };
         let t = trigger(object)?;
-        let m = measure(&self.offsets, &t).await?;
+        let m = measure(&self.offsets, &self.instruments, &t).await?;
         Ok(Response::new(GetMetricsResponse {
             metric_values: vec![MetricValue {
                 metric_name: if r.metric_name.is_empty() {
