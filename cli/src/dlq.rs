@@ -193,6 +193,20 @@ pub(crate) struct Letters {
     gateway_log: Option<sqlx::AnyPool>,
 }
 
+/// The SQLite stores of an engine's functions (`functions/<name>/zerofn.db` under its state
+/// dir) that exist now, sorted; a function's appears at its first start.
+pub(crate) fn function_stores(
+    state_dir: &std::path::Path,
+) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut dbs: Vec<_> = std::fs::read_dir(state_dir.join("functions"))?
+        .flatten()
+        .map(|e| e.path().join("zerofn.db"))
+        .filter(|db| db.is_file())
+        .collect();
+    dbs.sort();
+    Ok(dbs)
+}
+
 impl Letters {
     pub(crate) async fn open(
         store: Option<&str>,
@@ -214,14 +228,9 @@ impl Letters {
             });
         }
         let mut stores = Vec::new();
-        let mut dirs: Vec<_> = std::fs::read_dir(&functions)
+        for db in function_stores(data_dir)
             .with_context(|| format!("cannot list {}", functions.display()))?
-            .flatten()
-            .map(|e| e.path().join("zerofn.db"))
-            .filter(|db| db.is_file())
-            .collect();
-        dirs.sort();
-        for db in dirs {
+        {
             stores.push(DeadLetters::open(&format!("sqlite:{}", db.display())).await?);
         }
         sqlx::any::install_default_drivers();
@@ -365,15 +374,8 @@ pub(crate) async fn replay(
         Target::DryRun => return Ok(format!("would publish {}", serde_json::to_string(&event)?)),
         Target::Sink(url) => client.post(url),
         Target::Dapr { url, token } => {
-            let (pubsub, topic) = match (&record.pubsub, &record.topic) {
-                (Some(pubsub), Some(topic)) => (pubsub.clone(), topic.clone()),
-                // The gateway refused it before any topic: it puts an event on the topic of
-                // its type, on the pub/sub every function uses by default.
-                _ if record.function == "gateway" => match event["type"].as_str() {
-                    Some(ty) => (zerofn::manifest::DEFAULT_PUBSUB.to_string(), ty.to_string()),
-                    None => bail!("the gateway's record holds an event without a type"),
-                },
-                _ => bail!("the record names no pub/sub and topic to replay to; use --sink"),
+            let (Some(pubsub), Some(topic)) = (&record.pubsub, &record.topic) else {
+                bail!("the record names no pub/sub and topic to replay to; use --sink");
             };
             let mut request = client.post(format!(
                 "{}/v1.0/publish/{pubsub}/{topic}",

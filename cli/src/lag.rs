@@ -15,7 +15,7 @@ pub(crate) enum ResetPolicy {
 }
 
 /// How partitions without a committed offset count.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Rules {
     pub(crate) policy: ResetPolicy,
     /// `scaleToZeroOnInvalidOffset`: such partitions count no lag at all.

@@ -51,6 +51,14 @@ fn config_file(text: &str) -> String {
     path.display().to_string()
 }
 
+/// A configuration file with one API key, `key-k`, allowed to call `probe`, and these `[limits]`.
+fn probe_key_config(limits: &str) -> String {
+    config_file(&format!(
+        "[[auth.api_keys]]\nname = \"k\"\nsha256 = \"{}\"\nfunctions = [\"probe\"]\n\n[limits]\n{limits}\n",
+        sha("key-k")
+    ))
+}
+
 /// A JWKS on 127.0.0.1 (the RS256 key's public half), as an identity provider serves it.
 async fn jwks_server() -> String {
     let jwks = std::fs::read_to_string(testdata("test-only-jwks.json")).unwrap();
@@ -665,20 +673,11 @@ async fn a_gateway_without_credentials_or_with_a_bad_file_does_not_start() {
 
 #[tokio::test]
 async fn a_slow_client_is_cut_off_and_an_oversized_answer_is_refused() {
-    let config = config_file(&format!(
-        r#"
-[[auth.api_keys]]
-name = "k"
-sha256 = "{}"
-functions = ["probe"]
-
-[limits]
-header_timeout = "1s"
+    let config = probe_key_config(
+        r#"header_timeout = "1s"
 body_timeout = "1s"
-max_response_bytes = 2048
-"#,
-        sha("key-k")
-    ));
+max_response_bytes = 2048"#,
+    );
     let engine = guarded(&[probe_fn()], &config, &[]).await;
     // Headers trickled one byte every 300 ms: cut off, never answered.
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -831,18 +830,7 @@ events = ["finance.transaction.*"]
 /// rest are refused at once with 503 and `Retry-After`, and the held ones are served.
 #[tokio::test]
 async fn a_flood_at_a_cold_function_holds_max_held_and_refuses_the_rest() {
-    let config = config_file(&format!(
-        r#"
-[[auth.api_keys]]
-name = "k"
-sha256 = "{}"
-functions = ["probe"]
-
-[limits]
-max_held = 3
-"#,
-        sha("key-k")
-    ));
+    let config = probe_key_config(r#"max_held = 3"#);
     let engine = guarded(&[probe_fn()], &config, &[("PROBE_START_DELAY_MS", "2000")]).await;
     let clients: Vec<reqwest::Client> = (0..10).map(|_| client()).collect();
     let sends: Vec<_> = clients

@@ -149,11 +149,15 @@ impl Edge {
             function: "gateway".into(),
             function_version: env!("CARGO_PKG_VERSION").into(),
             key: String::new(),
+            // Where the gateway would have put it (the topic of its type, on the default
+            // pub/sub), so a replay goes there.
+            topic: event_type.clone(),
+            pubsub: event_type
+                .is_some()
+                .then(|| crate::manifest::DEFAULT_PUBSUB.to_string()),
             event_id,
             event_type,
             event_source,
-            topic: None,
-            pubsub: None,
             original: Original::from_http(headers, body),
             error: DeadLetterError {
                 kind: r.code.into(),

@@ -10,7 +10,6 @@ use std::{
 };
 
 use serde::Serialize;
-use serde_json::Value;
 
 /// Deliveries kept for the stream of recent events.
 const EVENTS_KEPT: usize = 500;
@@ -65,20 +64,27 @@ pub(crate) struct Shown {
     pub(crate) trace_id: Option<String>,
 }
 
+/// The attributes read from a record: a typed read that skips everything else (the data is not
+/// built into a tree: this runs for every delivery).
+#[derive(serde::Deserialize)]
+struct Attributes {
+    id: Option<String>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    subject: Option<String>,
+    traceparent: Option<String>,
+}
+
 /// Read what is shown of an event from its bytes.
 pub(crate) fn shown(bytes: &[u8]) -> Shown {
-    let Ok(v) = serde_json::from_slice::<Value>(bytes) else {
+    let Ok(a) = serde_json::from_slice::<Attributes>(bytes) else {
         return Shown::default();
     };
-    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
     Shown {
-        id: s("id"),
-        event_type: s("type"),
-        subject: s("subject"),
-        trace_id: v
-            .get("traceparent")
-            .and_then(Value::as_str)
-            .and_then(trace_id),
+        trace_id: a.traceparent.as_deref().and_then(trace_id),
+        id: a.id,
+        event_type: a.event_type,
+        subject: a.subject,
     }
 }
 

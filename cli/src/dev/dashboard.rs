@@ -92,16 +92,7 @@ fn stores_present(engine: &Engine) -> Vec<std::path::PathBuf> {
     if engine.opts.store.is_some() {
         return Vec::new();
     }
-    let mut dbs: Vec<_> = std::fs::read_dir(engine.opts.state_dir.join("functions"))
-        .map(|dir| {
-            dir.flatten()
-                .map(|e| e.path().join("zerofn.db"))
-                .filter(|db| db.is_file())
-                .collect()
-        })
-        .unwrap_or_default();
-    dbs.sort();
-    dbs
+    crate::dlq::function_stores(&engine.opts.state_dir).unwrap_or_default()
 }
 
 /// One update: every function's status and figures, what happened after `after`, and the

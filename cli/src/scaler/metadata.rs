@@ -15,29 +15,9 @@ pub(crate) struct Trigger {
     pub(crate) topic: String,
     pub(crate) lag_threshold: u64,
     pub(crate) activation_lag_threshold: u64,
-    pub(crate) rules: RulesKey,
+    pub(crate) rules: Rules,
     /// `allowIdleConsumers`: no partition cap.
     pub(crate) allow_idle_consumers: bool,
-}
-
-/// [`Rules`] in a comparable form (a trigger is a map key of the stream's state).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct RulesKey {
-    pub(crate) earliest: bool,
-    pub(crate) scale_to_zero_on_invalid_offset: bool,
-}
-
-impl RulesKey {
-    pub(crate) fn rules(self) -> Rules {
-        Rules {
-            policy: if self.earliest {
-                ResetPolicy::Earliest
-            } else {
-                ResetPolicy::Latest
-            },
-            scale_to_zero_on_invalid_offset: self.scale_to_zero_on_invalid_offset,
-        }
-    }
 }
 
 /// Metadata that cannot be used: the key and why (a gRPC `InvalidArgument`).
@@ -114,9 +94,9 @@ pub(crate) fn parse(m: &HashMap<String, String>) -> Result<Trigger, BadMetadata>
     })?;
     let lag_threshold = number(m, "lagThreshold", 10, 1)?;
     let activation_lag_threshold = number(m, "activationLagThreshold", 0, 0)?;
-    let earliest = match m.get("offsetResetPolicy").map(|v| v.trim()) {
-        None | Some("latest") => false,
-        Some("earliest") => true,
+    let policy = match m.get("offsetResetPolicy").map(|v| v.trim()) {
+        None | Some("latest") => ResetPolicy::Latest,
+        Some("earliest") => ResetPolicy::Earliest,
         Some(v) => {
             return Err(bad(
                 "offsetResetPolicy",
@@ -141,8 +121,8 @@ pub(crate) fn parse(m: &HashMap<String, String>) -> Result<Trigger, BadMetadata>
         topic,
         lag_threshold,
         activation_lag_threshold,
-        rules: RulesKey {
-            earliest,
+        rules: Rules {
+            policy,
             scale_to_zero_on_invalid_offset,
         },
         allow_idle_consumers,
@@ -175,7 +155,7 @@ mod tests {
             (
                 t.lag_threshold,
                 t.activation_lag_threshold,
-                t.rules.earliest
+                t.rules.policy == ResetPolicy::Earliest
             ),
             (10, 0, false)
         );
@@ -191,7 +171,7 @@ mod tests {
             (
                 t.lag_threshold,
                 t.activation_lag_threshold,
-                t.rules.earliest,
+                t.rules.policy == ResetPolicy::Earliest,
                 t.allow_idle_consumers
             ),
             (100, 5, true, true)

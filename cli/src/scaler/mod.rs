@@ -152,10 +152,9 @@ async fn measure(
             return Err(Status::unavailable(e));
         }
     };
-    let rules = t.rules.rules();
     let total = positions
         .iter()
-        .map(|p| lag::partition_lag(p.end, p.committed, rules))
+        .map(|p| lag::partition_lag(p.end, p.committed, t.rules))
         .sum();
     let partitions =
         (!t.allow_idle_consumers).then(|| u32::try_from(positions.len()).unwrap_or(u32::MAX));
