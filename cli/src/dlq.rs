@@ -190,7 +190,13 @@ impl Dlq {
 /// under `functions/<name>/`, and the gateway's records on `deadletter.gateway` in its log).
 pub(crate) struct Letters {
     stores: Vec<DeadLetters>,
-    gateway_log: Option<sqlx::AnyPool>,
+    gateway_log: Option<GatewayLog>,
+}
+
+/// Where an engine keeps the gateway's dead-letter topic: its SQLite log, or Kafka.
+enum GatewayLog {
+    Sqlite(sqlx::AnyPool),
+    Kafka(Box<crate::dev::kafka::Kafka>),
 }
 
 /// The SQLite stores of an engine's functions (`functions/<name>/zerofn.db` under its state
@@ -233,10 +239,23 @@ impl Letters {
         {
             stores.push(DeadLetters::open(&format!("sqlite:{}", db.display())).await?);
         }
-        sqlx::any::install_default_drivers();
-        let gateway_log = sqlx::AnyPool::connect(&format!("sqlite://{}?mode=ro", log.display()))
-            .await
-            .with_context(|| format!("cannot open the engine's log {}", log.display()))?;
+        let gateway_log = match crate::dev::kafka::Location::read(data_dir)? {
+            Some(location) => {
+                GatewayLog::Kafka(Box::new(location.connect().await.map_err(|e| {
+                    anyhow::anyhow!("the engine's log is on Kafka at {}: {e}", location.brokers)
+                })?))
+            }
+            None => {
+                sqlx::any::install_default_drivers();
+                GatewayLog::Sqlite(
+                    sqlx::AnyPool::connect(&format!("sqlite://{}?mode=ro", log.display()))
+                        .await
+                        .with_context(|| {
+                            format!("cannot open the engine's log {}", log.display())
+                        })?,
+                )
+            }
+        };
         Ok(Letters {
             stores,
             gateway_log: Some(gateway_log),
@@ -275,16 +294,25 @@ impl Letters {
         &self,
         since: Option<chrono::DateTime<chrono::Utc>>,
     ) -> anyhow::Result<Vec<DeadLetter>> {
-        let Some(pool) = &self.gateway_log else {
-            return Ok(Vec::new());
-        };
         let since = since.map_or(0, |t| t.timestamp_millis());
-        let values: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT value FROM records WHERE topic = 'deadletter.gateway' AND ts >= $1",
-        )
-        .bind(since)
-        .fetch_all(pool)
-        .await?;
+        let values: Vec<Vec<u8>> = match &self.gateway_log {
+            None => return Ok(Vec::new()),
+            Some(GatewayLog::Sqlite(pool)) => {
+                sqlx::query_scalar(
+                    "SELECT value FROM records WHERE topic = 'deadletter.gateway' AND ts >= $1",
+                )
+                .bind(since)
+                .fetch_all(pool)
+                .await?
+            }
+            Some(GatewayLog::Kafka(kafka)) => kafka
+                .scan(crate::gateway::DEAD_LETTER_TOPIC, since)
+                .await
+                .map_err(|e| anyhow::anyhow!("the gateway's dead letters on Kafka: {e}"))?
+                .into_iter()
+                .map(|r| r.value)
+                .collect(),
+        };
         Ok(values
             .iter()
             .filter_map(|v| serde_json::from_slice(v).ok())

@@ -19,6 +19,7 @@ mod demo;
 mod dev;
 mod dlq;
 mod gateway;
+mod kafka;
 mod lag;
 mod new;
 mod scaler;

@@ -201,7 +201,11 @@ pub(crate) async fn partition_loop(
         let max = route.as_ref().and_then(|r| r.bulk).unwrap_or(1);
         // One read for several deliveries; each chunk is still delivered and committed alone.
         let ahead = max.max(READ_AHEAD);
-        let records = match engine.log.read(&topic, partition, committed, ahead).await {
+        let records = match engine
+            .log
+            .read(&group, &topic, partition, committed, ahead)
+            .await
+        {
             Ok(Read::Records(r)) => r,
             // Removed by retention: resume where the log starts now (Kafka's earliest reset),
             // never past a record appended since the read.

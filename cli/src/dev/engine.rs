@@ -724,6 +724,7 @@ impl Engine {
         json!({
             "functions": self.functions.values().map(|f| f.status(&self.log)).collect::<Vec<_>>(),
             "topics": self.log.topics(),
+            "log": if self.log.on_kafka() { "kafka" } else { "sqlite" },
             "retention_dropped_unread": self.log.dropped_unread(),
         })
     }

@@ -2,6 +2,9 @@
 //! topics with partitions, records keyed and ordered per partition, committed offsets per
 //! consumer group (the next offset to read), lag = log end − committed, and retention by age.
 //! Everything survives a restart.
+//!
+//! With `--kafka`, the records, the log ends and the committed offsets are a Kafka cluster's
+//! ([`super::kafka`]); the SQLite file keeps the state store and the scheduled jobs.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -19,7 +22,31 @@ use sqlx::{
 };
 use tokio::sync::watch;
 
-use super::jobs::JobSpec;
+use super::{jobs::JobSpec, kafka::Kafka};
+
+/// Why the log refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    /// The SQLite file.
+    #[error(transparent)]
+    Sqlite(#[from] sqlx::Error),
+    /// The Kafka cluster; `stored` are the records of an append before the first refused one
+    /// that were stored (a Kafka append is not atomic).
+    #[error("{reason}")]
+    Kafka {
+        reason: String,
+        stored: Vec<Position>,
+    },
+}
+
+impl From<String> for Error {
+    fn from(reason: String) -> Error {
+        Error::Kafka {
+            reason,
+            stored: Vec::new(),
+        }
+    }
+}
 
 /// A scheduled job as the log keeps it.
 #[derive(Clone, Debug)]
@@ -105,6 +132,8 @@ pub(crate) struct Log {
     dropped_unread: std::sync::atomic::AtomicU64,
     /// Notified when a job is scheduled.
     jobs_changed: tokio::sync::Notify,
+    /// The records, ends and commits are Kafka's.
+    kafka: Option<Kafka>,
 }
 
 impl std::fmt::Debug for Log {
@@ -148,8 +177,13 @@ fn partition_of(key: &str, partitions: u32) -> u32 {
 }
 
 impl Log {
-    /// Open (or create) the log at `path`; new topics get `default_partitions`.
-    pub(crate) async fn open(path: &Path, default_partitions: u32) -> Result<Log, sqlx::Error> {
+    /// Open (or create) the log at `path`; new topics get `default_partitions`. With `kafka`,
+    /// records live on that cluster and `path` keeps the state store and the jobs.
+    pub(crate) async fn open(
+        path: &Path,
+        default_partitions: u32,
+        kafka: Option<Kafka>,
+    ) -> Result<Log, sqlx::Error> {
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -161,6 +195,10 @@ impl Log {
             .await?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await?;
         let mut meta = Meta::default();
+        if kafka.is_some() {
+            // Topics, ends and commits are read from the cluster as they are used.
+            return Ok(Log::new(pool, default_partitions, meta, kafka));
+        }
         for row in sqlx::query("SELECT name, partitions FROM topics")
             .fetch_all(&pool)
             .await?
@@ -190,7 +228,11 @@ impl Log {
                 row.get("committed"),
             );
         }
-        Ok(Log {
+        Ok(Log::new(pool, default_partitions, meta, None))
+    }
+
+    fn new(pool: SqlitePool, default_partitions: u32, meta: Meta, kafka: Option<Kafka>) -> Log {
+        Log {
             pool,
             default_partitions: default_partitions.max(1),
             meta: Mutex::new(meta),
@@ -198,7 +240,49 @@ impl Log {
             appended: watch::channel(0).0,
             dropped_unread: std::sync::atomic::AtomicU64::new(0),
             jobs_changed: tokio::sync::Notify::new(),
-        })
+            kafka,
+        }
+    }
+
+    /// Whether the records are a Kafka cluster's.
+    pub(crate) fn on_kafka(&self) -> bool {
+        self.kafka.is_some()
+    }
+
+    /// Read `group`'s committed offsets on `topics` (Kafka: from the group coordinator; the
+    /// SQLite log has them all since it opened).
+    pub(crate) async fn join(&self, group: &str, topics: &[String]) -> Result<(), Error> {
+        let Some(kafka) = &self.kafka else {
+            return Ok(());
+        };
+        let mut counts = Vec::new();
+        for t in topics {
+            counts.push((t.clone(), self.ensure_topic(t).await?));
+        }
+        let committed = kafka.committed(group, &counts).await?;
+        let mut meta = self.meta();
+        for ((topic, partition), next) in committed {
+            meta.committed
+                .insert((group.to_string(), topic, partition), next);
+        }
+        Ok(())
+    }
+
+    /// Kafka: follow the log ends of every topic (records other clients produce), waking the
+    /// consumers and scalers when one moves. Returns at once for the SQLite log, where only
+    /// the engine appends.
+    pub(crate) async fn follow(&self, every: Duration) {
+        let Some(kafka) = &self.kafka else {
+            return;
+        };
+        loop {
+            tokio::time::sleep(every).await;
+            let topics: Vec<(String, u32)> = self.topics().into_iter().collect();
+            match kafka.ends(&topics).await {
+                Ok(ends) => self.moved(ends),
+                Err(e) => tracing::warn!(error = %e, "cannot read the Kafka log ends"),
+            }
+        }
     }
 
     fn meta(&self) -> std::sync::MutexGuard<'_, Meta> {
@@ -218,9 +302,16 @@ impl Log {
     }
 
     /// Partitions of `topic`, creating it with the default count if it is new.
-    pub(crate) async fn ensure_topic(&self, topic: &str) -> Result<u32, sqlx::Error> {
+    pub(crate) async fn ensure_topic(&self, topic: &str) -> Result<u32, Error> {
         if let Some(n) = self.meta().partitions.get(topic) {
             return Ok(*n);
+        }
+        if let Some(kafka) = &self.kafka {
+            let n = kafka.ensure_topic(topic, self.default_partitions).await?;
+            let ends = kafka.ends(&[(topic.to_string(), n)]).await?;
+            self.meta().partitions.insert(topic.to_string(), n);
+            self.moved(ends);
+            return Ok(n);
         }
         let _writing = self.write_lock().await;
         sqlx::query("INSERT OR IGNORE INTO topics (name, partitions) VALUES (?, ?)")
@@ -238,12 +329,12 @@ impl Log {
 
     /// Append `records` atomically (all or none); each goes to the partition of its key
     /// (round-robin without one).
-    pub(crate) async fn append(
-        &self,
-        records: Vec<NewRecord>,
-    ) -> Result<Vec<Position>, sqlx::Error> {
+    pub(crate) async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<Position>, Error> {
         for r in &records {
             self.ensure_topic(&r.topic).await?;
+        }
+        if let Some(kafka) = &self.kafka {
+            return self.produce(kafka, &records).await;
         }
         let _writing = self.write_lock().await;
         let mut tx = self.pool.begin().await?;
@@ -266,18 +357,7 @@ impl Log {
         let mut next: HashMap<TopicPartition, i64> = HashMap::new();
         let ts = now_ms();
         for r in records {
-            let partition = {
-                let mut meta = self.meta();
-                let n = meta.partitions.get(&r.topic).copied().unwrap_or(1);
-                match &r.key {
-                    Some(k) => partition_of(k, n),
-                    None => {
-                        let c = meta.round_robin.entry(r.topic.clone()).or_default();
-                        *c = c.wrapping_add(1);
-                        *c % n
-                    }
-                }
-            };
+            let partition = self.place(&r);
             let tp = (r.topic.clone(), partition);
             let offset = match next.get(&tp) {
                 Some(o) => *o,
@@ -323,15 +403,66 @@ impl Log {
         Ok((positions, next))
     }
 
-    /// After a commit that appended: the new partition ends, and a wake-up for consumers.
+    /// The partition of a record: of its key (the same rule on SQLite and Kafka), round-robin
+    /// without one.
+    fn place(&self, r: &NewRecord) -> u32 {
+        let mut meta = self.meta();
+        let n = meta.partitions.get(&r.topic).copied().unwrap_or(1);
+        match &r.key {
+            Some(k) => partition_of(k, n),
+            None => {
+                let c = meta.round_robin.entry(r.topic.clone()).or_default();
+                *c = c.wrapping_add(1);
+                *c % n
+            }
+        }
+    }
+
+    /// Kafka: produce `records` (their topics known), moving the ends past them.
+    async fn produce(&self, kafka: &Kafka, records: &[NewRecord]) -> Result<Vec<Position>, Error> {
+        let outgoing: Vec<super::kafka::Outgoing<'_>> = records
+            .iter()
+            .map(|r| super::kafka::Outgoing {
+                topic: &r.topic,
+                partition: self.place(r),
+                key: r.key.as_deref(),
+                value: &r.value,
+                headers: &r.headers,
+            })
+            .collect();
+        let (stored, failed) = match kafka.produce(&outgoing).await {
+            Ok(stored) => (stored, None),
+            Err((stored, reason)) => (stored, Some(reason)),
+        };
+        self.moved(
+            stored
+                .iter()
+                .map(|p| ((p.topic.clone(), p.partition), p.offset + 1))
+                .collect(),
+        );
+        match failed {
+            None => Ok(stored),
+            Some(reason) => Err(Error::Kafka { reason, stored }),
+        }
+    }
+
+    /// Partition ends moved (after a commit that appended, or read from Kafka): the new ends,
+    /// and a wake-up for consumers when one moved forward.
     fn moved(&self, next: HashMap<TopicPartition, i64>) {
+        let mut forward = false;
         {
             let mut meta = self.meta();
             for (tp, n) in next {
-                meta.ends.insert(tp, n);
+                let end = meta.ends.entry(tp).or_default();
+                if n > *end {
+                    *end = n;
+                    forward = true;
+                }
             }
         }
-        self.appended.send_modify(|g| *g = g.wrapping_add(1));
+        if forward {
+            self.appended.send_modify(|g| *g = g.wrapping_add(1));
+        }
     }
 
     /// Keep `function`'s job `name`, due first at `due`; `false` when one exists and `spec`
@@ -433,10 +564,39 @@ impl Log {
         job: &Job,
         next: Option<i64>,
         record: NewRecord,
-    ) -> Result<bool, sqlx::Error> {
+    ) -> Result<bool, Error> {
         self.ensure_topic(&record.topic).await?;
+        if let Some(kafka) = &self.kafka {
+            // Two stores, no transaction across them: the trigger first, then the job moves. A
+            // crash between the two fires it again, with the same event id (`job:…@due`), which
+            // the function's idempotency applies once.
+            if self.job(&job.function, &job.name).await?.map(|j| j.due) != Some(job.due) {
+                return Ok(false);
+            }
+            self.produce(kafka, std::slice::from_ref(&record)).await?;
+            let _writing = self.write_lock().await;
+            let mut tx = self.pool.begin().await?;
+            let moved = Log::move_job(&mut tx, job, next).await?;
+            tx.commit().await?;
+            return Ok(moved);
+        }
         let _writing = self.write_lock().await;
         let mut tx = self.pool.begin().await?;
+        if !Log::move_job(&mut tx, job, next).await? {
+            return Ok(false); // rescheduled, deleted or fired meanwhile
+        }
+        let (_, ends) = self.insert_records(&mut tx, vec![record]).await?;
+        tx.commit().await?;
+        self.moved(ends);
+        Ok(true)
+    }
+
+    /// Move `job` to `next` (or remove it) in `tx` if it is still due when it was read.
+    async fn move_job(
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        job: &Job,
+        next: Option<i64>,
+    ) -> Result<bool, sqlx::Error> {
         let moved = match next {
             Some(due) => sqlx::query(
                 "UPDATE jobs SET due = ?, repeats_left = repeats_left - 1 WHERE fn = ? AND name = ? AND due = ?",
@@ -447,15 +607,9 @@ impl Log {
         .bind(&job.function)
         .bind(&job.name)
         .bind(job.due)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-        if moved.rows_affected() != 1 {
-            return Ok(false); // rescheduled, deleted or fired meanwhile
-        }
-        let (_, ends) = self.insert_records(&mut tx, vec![record]).await?;
-        tx.commit().await?;
-        self.moved(ends);
-        Ok(true)
+        Ok(moved.rows_affected() == 1)
     }
 
     /// Woken when a job is scheduled (the engine's job loop waits on it).
@@ -463,19 +617,25 @@ impl Log {
         &self.jobs_changed
     }
 
-    /// Up to `max` records of a partition from `offset` on, or, when retention removed all of
-    /// them, where to resume.
+    /// Up to `max` records of a partition for `group` from `offset` on, or, when retention
+    /// removed all of them, where to resume.
     pub(crate) async fn read(
         &self,
+        group: &str,
         topic: &str,
         partition: u32,
         offset: i64,
         max: u32,
-    ) -> Result<Read, sqlx::Error> {
+    ) -> Result<Read, Error> {
         // The end before reading: ends move only after an append committed, so every record
         // below it is visible to the read, and an empty read means all of [offset, end) is gone.
         // A record appended meanwhile is at `end` or later: resuming at `end` never skips it.
         let end = self.end(topic, partition);
+        if let Some(kafka) = &self.kafka {
+            return Ok(kafka
+                .read(group, topic, partition, offset, max, end)
+                .await?);
+        }
         let records = self.records(topic, partition, offset, max).await?;
         Ok(if records.is_empty() {
             Read::Gone {
@@ -543,7 +703,14 @@ impl Log {
         topic: &str,
         partition: u32,
         next: i64,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<(), Error> {
+        if let Some(kafka) = &self.kafka {
+            kafka.commit(group, topic, partition, next).await?;
+            self.meta()
+                .committed
+                .insert((group.to_string(), topic.to_string(), partition), next);
+            return Ok(());
+        }
         let _writing = self.write_lock().await;
         sqlx::query(
             "INSERT INTO offsets (grp, topic, part, committed) VALUES (?, ?, ?, ?)
@@ -600,7 +767,11 @@ impl Log {
 
     /// Delete records older than `age` (offsets keep counting; a consumer behind the
     /// retention point skips to the oldest record left, like Kafka's `earliest` reset).
+    /// Kafka applies its own retention (the topic's `retention.ms`): nothing is deleted here.
     pub(crate) async fn apply_retention(&self, age: Duration) -> Result<u64, sqlx::Error> {
+        if self.kafka.is_some() {
+            return Ok(0);
+        }
         let _writing = self.write_lock().await;
         let cutoff = now_ms() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
         // Kafka's retention is by age, but a dead letter no consumer group has committed past
@@ -688,7 +859,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("log.db");
         {
-            let log = Log::open(&path, 4).await.unwrap();
+            let log = Log::open(&path, 4, None).await.unwrap();
             let batch = (0..20)
                 .map(|i| rec("t", Some("user-1"), &format!("v{i}")))
                 .collect();
@@ -705,7 +876,7 @@ mod tests {
             log.commit("g", "t", p, 5).await.unwrap();
             let lag: i64 = log.lags("g", &["t".into()]).iter().map(|l| l.2).sum();
             assert_eq!(lag, 15);
-            let got = log.read("t", p, 5, 3).await.unwrap().records();
+            let got = log.read("g", "t", p, 5, 3).await.unwrap().records();
             assert_eq!(
                 got.iter().map(|r| r.value.clone()).collect::<Vec<_>>(),
                 vec![b"v5".to_vec(), b"v6".to_vec(), b"v7".to_vec()]
@@ -722,7 +893,7 @@ mod tests {
             let used: std::collections::BTreeSet<u32> = pos.iter().map(|p| p.partition).collect();
             assert_eq!(used.len(), 4);
         }
-        let log = Log::open(&path, 4).await.unwrap();
+        let log = Log::open(&path, 4, None).await.unwrap();
         let lag: i64 = log.lags("g", &["t".into()]).iter().map(|l| l.2).sum();
         assert_eq!(lag, 15, "offsets and ends survive a restart");
         assert_eq!(log.topics().get("u"), Some(&4));
@@ -740,7 +911,7 @@ mod tests {
     async fn a_consumer_behind_retention_resumes_without_skipping_racing_appends() {
         let dir = std::env::temp_dir().join(format!("zerofn-log-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
-        let log = std::sync::Arc::new(Log::open(&dir.join("log.db"), 1).await.unwrap());
+        let log = std::sync::Arc::new(Log::open(&dir.join("log.db"), 1, None).await.unwrap());
         log.append((0..5).map(|i| rec("t", None, &format!("old{i}"))).collect())
             .await
             .unwrap();
@@ -761,7 +932,7 @@ mod tests {
         let mut delivered = Vec::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while delivered.len() < 200 && std::time::Instant::now() < deadline {
-            match log.read("t", 0, committed, 7).await.unwrap() {
+            match log.read("g", "t", 0, committed, 7).await.unwrap() {
                 Read::Records(r) => {
                     committed = r.last().unwrap().offset + 1;
                     delivered.extend(r.into_iter().map(|r| r.value));
@@ -782,7 +953,7 @@ mod tests {
     async fn retention_counts_what_it_deletes_unread_and_keeps_unread_dead_letters() {
         let dir = std::env::temp_dir().join(format!("zerofn-log-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
-        let log = Log::open(&dir.join("log.db"), 1).await.unwrap();
+        let log = Log::open(&dir.join("log.db"), 1, None).await.unwrap();
         log.append((0..10).map(|i| rec("t", None, &i.to_string())).collect())
             .await
             .unwrap();
@@ -801,7 +972,11 @@ mod tests {
             6,
             "offsets 4..9 of t were never read by g"
         );
-        let left = log.read("deadletter.f", 0, 0, 10).await.unwrap().records();
+        let left = log
+            .read("g", "deadletter.f", 0, 0, 10)
+            .await
+            .unwrap()
+            .records();
         assert_eq!(left.len(), 2, "unread dead letters are kept");
     }
 }

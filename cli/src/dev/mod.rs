@@ -8,6 +8,7 @@ pub(crate) mod consume;
 pub(crate) mod dashboard;
 pub(crate) mod engine;
 pub(crate) mod jobs;
+pub(crate) mod kafka;
 pub(crate) mod log;
 pub(crate) mod replica;
 pub(crate) mod scaler;
@@ -55,6 +56,24 @@ pub(crate) struct Dev {
     /// Partitions of each new topic.
     #[arg(long, default_value_t = 4)]
     partitions: u32,
+    /// Run on a Kafka cluster instead of the SQLite log: its bootstrap servers (HOST:PORT,…).
+    /// Topics, consumer groups (one per function, named after it) and offsets are Kafka's;
+    /// the state store and scheduled jobs stay in the state dir.
+    #[arg(long, env = "ZEROFN_KAFKA_BROKERS", value_name = "HOST:PORT")]
+    kafka: Option<String>,
+    /// Put this in front of every Kafka topic and consumer group name, so that several
+    /// engines can share one cluster (e.g. `alice.`).
+    #[arg(
+        long,
+        env = "ZEROFN_KAFKA_PREFIX",
+        default_value = "",
+        requires = "kafka"
+    )]
+    kafka_prefix: String,
+    /// A librdkafka setting for every Kafka client, KEY=VALUE, repeatable (e.g.
+    /// security.protocol=SASL_SSL). The SASL password comes from ZEROFN_KAFKA_SASL_PASSWORD.
+    #[arg(long = "kafka-setting", value_name = "KEY=VALUE", requires = "kafka")]
+    kafka_settings: Vec<String>,
     /// Longest a replica may take to become ready.
     #[arg(long, default_value = "30s", value_parser = duration)]
     start_timeout: Duration,
@@ -90,6 +109,11 @@ pub(crate) struct Dev {
     #[arg(long)]
     internal_listen: Option<SocketAddr>,
 }
+
+/// The environment variable holding the Kafka SASL password (never on the command line).
+pub(crate) const ENV_KAFKA_SASL_PASSWORD: &str = "ZEROFN_KAFKA_SASL_PASSWORD";
+/// How often the engine on Kafka reads the log ends (records other clients produced).
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 
 fn min_replicas(v: &str) -> Result<(String, u32), String> {
     let (name, n) = v
@@ -219,8 +243,36 @@ impl Dev {
                 "replicas of a previous engine on this state dir were still running: killed"
             );
         }
+        let kafka = match &self.kafka {
+            None => None,
+            Some(brokers) => {
+                let location = kafka::Location {
+                    brokers: brokers.clone(),
+                    prefix: self.kafka_prefix.clone(),
+                    settings: crate::kafka::settings(
+                        &self.kafka_settings,
+                        ENV_KAFKA_SASL_PASSWORD,
+                    )?,
+                };
+                let kafka = location
+                    .connect()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("--kafka {brokers}: {e}"))?;
+                tracing::info!(brokers = %brokers, prefix = %self.kafka_prefix, "the log is a Kafka cluster");
+                Some((kafka, location))
+            }
+        };
+        kafka::Location::write(kafka.as_ref().map(|(_, l)| l), &self.state_dir).with_context(
+            || {
+                format!(
+                    "--state-dir {}: cannot record where the log is",
+                    self.state_dir.display()
+                )
+            },
+        )?;
+        let kafka = kafka.map(|(k, _)| k);
         let log = Arc::new(
-            log::Log::open(&self.state_dir.join("log.db"), self.partitions)
+            log::Log::open(&self.state_dir.join("log.db"), self.partitions, kafka)
                 .await
                 .with_context(|| format!("cannot open the log in {}", self.state_dir.display()))?,
         );
@@ -251,6 +303,8 @@ impl Dev {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let port = listener.local_addr()?.port();
             let function = Arc::new(Function::new(spec, port, &log));
+            // Where its consumer group stands (on Kafka, read from the cluster).
+            log.join(&function.name, &function.topics).await?;
             let router =
                 sidecar::router(function.clone(), log.clone(), drop_publish, token.clone());
             tokio::spawn(async move {
@@ -301,6 +355,10 @@ impl Dev {
             loops.push(tokio::spawn(engine.clone().chaos_loop()));
         }
         loops.push(tokio::spawn(engine.clone().jobs_loop()));
+        let following = log.clone();
+        loops.push(tokio::spawn(async move {
+            following.follow(FOLLOW_EVERY).await;
+        }));
         let retention = self.retention;
         let retention_log = log.clone();
         loops.push(tokio::spawn(async move {
@@ -414,6 +472,11 @@ async fn register_schedules(log: &log::Log, f: &zerofn::Manifest) -> anyhow::Res
     Ok(())
 }
 
+/// Where a record landed, as the gateway answers it.
+fn position(p: &log::Position) -> Value {
+    json!({"topic": p.topic, "partition": p.partition, "offset": p.offset})
+}
+
 /// The gateway's backend in `zerofn dev`: the engine.
 struct Local {
     engine: Arc<Engine>,
@@ -439,12 +502,15 @@ impl Backend for Local {
                 .log
                 .append(records)
                 .await
-                // One transaction: all or nothing.
-                .map_err(|e| Partial::none(e.to_string()))?;
-            Ok(positions
-                .into_iter()
-                .map(|p| json!({"topic": p.topic, "partition": p.partition, "offset": p.offset}))
-                .collect())
+                // SQLite: one transaction, all or nothing. Kafka: the stored prefix.
+                .map_err(|e| match e {
+                    log::Error::Kafka { reason, stored } => Partial {
+                        stored: stored.iter().map(position).collect(),
+                        reason,
+                    },
+                    e => Partial::none(e.to_string()),
+                })?;
+            Ok(positions.iter().map(position).collect())
         })
     }
 

@@ -468,7 +468,7 @@ mod tests {
     ) -> (Router, Arc<Log>, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("zerofn-sidecar-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
-        let log = Arc::new(Log::open(&dir.join("log.db"), 4).await.unwrap());
+        let log = Arc::new(Log::open(&dir.join("log.db"), 4, None).await.unwrap());
         for t in ["todo.reminder.due", "todo.notification.sent"] {
             log.ensure_topic(t).await.unwrap();
         }
@@ -550,7 +550,7 @@ mod tests {
         let mut records = Vec::new();
         for p in 0..4 {
             records.extend(
-                log.read("todo.notification.sent", p, 0, 10)
+                log.read("g", "todo.notification.sent", p, 0, 10)
                     .await
                     .unwrap()
                     .records(),

@@ -7,7 +7,6 @@
 //! and `GetMetrics` answer as KEDA's kafka scaler would for the same state (the same metadata
 //! keys, and the arithmetic of [`crate::lag`], which the local engine's scaler uses too).
 
-pub(crate) mod kafka;
 pub(crate) mod metadata;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -16,8 +15,8 @@ use anyhow::Context as _;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
 
+use crate::kafka::Offsets;
 use crate::lag;
-use kafka::Offsets;
 use metadata::Trigger;
 use zerofn::instruments::ScalerInstruments;
 
@@ -66,21 +65,10 @@ impl Scaler {
     pub(crate) async fn run(self) -> anyhow::Result<()> {
         let _telemetry =
             zerofn::edge::Telemetry::init("zerofn-scaler").map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut settings = Vec::new();
-        for s in &self.kafka_settings {
-            let Some((k, v)) = s.split_once('=') else {
-                anyhow::bail!("--kafka-setting {s:?}: expected KEY=VALUE");
-            };
-            if k.trim() == "sasl.password" {
-                anyhow::bail!("--kafka-setting sasl.password: give it in {ENV_SASL_PASSWORD}");
-            }
-            settings.push((k.trim().to_string(), v.trim().to_string()));
-        }
-        if let Ok(p) = std::env::var(ENV_SASL_PASSWORD)
-            && !p.is_empty()
-        {
-            settings.push(("sasl.password".into(), p));
-        }
+        let settings = crate::kafka::with_password(
+            crate::kafka::settings(&self.kafka_settings, ENV_SASL_PASSWORD)?,
+            ENV_SASL_PASSWORD,
+        );
         let listener = tokio::net::TcpListener::bind(self.listen)
             .await
             .with_context(|| format!("--listen {}: cannot bind", self.listen))?;

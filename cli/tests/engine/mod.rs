@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each suite uses the part it needs
 
+pub(crate) mod cases;
+
 use std::{
     path::PathBuf,
     time::{Duration, Instant},
@@ -60,7 +62,12 @@ impl Engine {
         }
         args.extend(extra);
         let process = FnProcess::start_with_args(ZEROFN, &args, env).await;
-        Engine { process, state }
+        let engine = Engine { process, state };
+        // The log asked for is the log used.
+        let log = get_json(&engine.url("/_zerofn/status")).await["log"].clone();
+        let kafka = extra.contains(&"--kafka");
+        assert_eq!(log, if kafka { "kafka" } else { "sqlite" });
+        engine
     }
 
     pub(crate) fn url(&self, path: &str) -> String {

@@ -1,4 +1,5 @@
-//! A consumer group's position on a topic, read from Kafka's own APIs through librdkafka:
+//! Kafka clients' shared parts: settings, client configuration, and a consumer group's position
+//! on a topic, read from Kafka's own APIs through librdkafka:
 //! the partitions (Metadata), each partition's log end (ListOffsets, the high watermark) and the
 //! group's committed offsets (OffsetFetch). One client per (brokers, group), never joining the
 //! group: it reads offsets, it does not consume.
@@ -27,6 +28,44 @@ pub(crate) struct Position {
 
 /// Extra client settings for every connection (`security.protocol`, `sasl.*`, `ssl.*`).
 pub(crate) type Settings = Vec<(String, String)>;
+
+/// `--kafka-setting KEY=VALUE` arguments as settings; the SASL password is refused there (`ps`
+/// would show it): it belongs in the environment variable `password_env`.
+pub(crate) fn settings(args: &[String], password_env: &str) -> anyhow::Result<Settings> {
+    let mut settings = Vec::new();
+    for s in args {
+        let Some((k, v)) = s.split_once('=') else {
+            anyhow::bail!("--kafka-setting {s:?}: expected KEY=VALUE");
+        };
+        if k.trim() == "sasl.password" {
+            anyhow::bail!("--kafka-setting sasl.password: give it in {password_env}");
+        }
+        settings.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    Ok(settings)
+}
+
+/// `settings` with the SASL password from the environment variable `password_env`, if set.
+pub(crate) fn with_password(mut settings: Settings, password_env: &str) -> Settings {
+    if let Ok(p) = std::env::var(password_env)
+        && !p.is_empty()
+    {
+        settings.push(("sasl.password".into(), p));
+    }
+    settings
+}
+
+/// A client's configuration: the brokers, a client id the brokers' logs show, and `settings`.
+pub(crate) fn config(brokers: &str, client_id: &str, settings: &Settings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("client.id", client_id);
+    for (k, v) in settings {
+        config.set(k, v);
+    }
+    config
+}
 
 /// Clients by (brokers, group), made on first use.
 #[derive(Default)]
@@ -57,16 +96,9 @@ impl Offsets {
         if let Some(c) = clients.get(&(brokers.to_string(), group.to_string())) {
             return Ok(c.clone());
         }
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", brokers)
+        let consumer: BaseConsumer = config(brokers, "zerofn-scaler", &self.settings)
             .set("group.id", group)
             .set("enable.auto.commit", "false")
-            .set("client.id", "zerofn-scaler");
-        for (k, v) in &self.settings {
-            config.set(k, v);
-        }
-        let consumer: BaseConsumer = config
             .create()
             .map_err(|e| format!("cannot make a Kafka client for {brokers}: {e}"))?;
         let consumer = Arc::new(consumer);
