@@ -87,10 +87,12 @@ services-up: ## Start the test PostgreSQL, Redis and Kafka broker (tansu) on 127
 services-down: ## Stop them
 	@scripts/test-services.sh down
 
-bench: ## Measure: per-event runtime cost (tracing off / logs off / OTLP), the engine's throughput, the finance chain's latency warm and from zero, the todo app's search over 10 000 tasks and reminder lateness (release build)
+bench: ## Measure: per-event runtime cost (tracing off / logs off / OTLP), the engine's throughput (SQLite log and Kafka), the push scaler's wake-up, the finance chain's latency warm and from zero, the todo app's search over 10 000 tasks and reminder lateness (release build)
 	$(CARGO) build --release --locked --workspace --bins
 	$(CARGO_TARGET_DIR_OR_DEFAULT)/release/bench
-	$(CARGO) bench --locked -p zerofn-cli --bench engine
+	@set -e; env_file=$$(scripts/test-services.sh up); . "$$env_file"; \
+	$(CARGO) bench --locked -p zerofn-cli --bench engine; \
+	$(CARGO) bench --locked -p zerofn-cli --bench scaler
 	$(CARGO) bench --locked -p zerofn-cli --bench chain
 	$(CARGO) bench --locked -p zerofn-cli --bench todo
 

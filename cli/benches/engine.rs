@@ -18,45 +18,39 @@ async fn status(url: &str) -> Value {
     all["functions"][0].clone()
 }
 
-#[tokio::main]
-async fn main() {
-    let zerofn = env!("CARGO_BIN_EXE_zerofn");
-    let probe = std::path::Path::new(zerofn).with_file_name("probe");
-    assert!(
-        probe.is_file(),
-        "build the probe first: cargo build --release -p zerofn-tests --bins"
-    );
-    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/function.toml");
-    let state = std::env::temp_dir().join(format!("zerofn-bench-{}", std::process::id()));
-    let function = format!("{}={}", manifest.display(), probe.display());
+/// `EVENTS` events posted to the probe at zero on an engine with `log` (its `--kafka` args, or
+/// none for the SQLite log), until all are committed; the engine, still running.
+async fn events(zerofn: &str, function: &str, log: &[String], what: &str) -> FnProcess {
+    let state = std::env::temp_dir().join(format!("zerofn-bench-{}", uuid::Uuid::new_v4()));
     let state_arg = state.display().to_string();
-    let mut engine = FnProcess::start_with_args(
-        zerofn,
-        &[
-            "dev",
-            "--listen",
-            "127.0.0.1:{port}",
-            "--state-dir",
-            &state_arg,
-            "--fn",
-            &function,
-        ],
-        &[("ZEROFN_LOG", "warn")],
-    )
-    .await;
+    let mut args = vec![
+        "dev",
+        "--listen",
+        "127.0.0.1:{port}",
+        "--state-dir",
+        &state_arg,
+        "--fn",
+        function,
+    ];
+    args.extend(log.iter().map(String::as_str));
+    let engine = FnProcess::start_with_args(zerofn, &args, &[("ZEROFN_LOG", "warn")]).await;
     let url = engine.url();
-
     // Events: posted in batches of 500 to a function at zero; time until all are committed.
     let started = Instant::now();
     for batch in 0..EVENTS / 500 {
         let events: Vec<Value> = (0..500)
             .map(|i| {
                 let n = batch * 500 + i;
-                json!({"specversion": "1.0", "id": format!("bench-{n}"), "source": "/bench", "type": "todo.task.created",
+                json!({"specversion": "1.0", "id": format!("bench-{what}-{n}"), "source": "/bench", "type": "todo.task.created",
                        "partitionkey": format!("k{}", n % 64), "data": task("fine")})
             })
             .collect();
-        let r = client()
+        // A broker slower than the SQLite log takes longer than the usual 20 s to store 500.
+        let slow_ok = reqwest::Client::builder()
+            .timeout(Duration::from_secs(300))
+            .build()
+            .unwrap();
+        let r = slow_ok
             .post(format!("{url}/events"))
             .header("content-type", "application/cloudevents-batch+json")
             .json(&events)
@@ -79,10 +73,7 @@ async fn main() {
     }
     let total = started.elapsed();
     let s = status(&url).await;
-    println!(
-        "zerofn dev, probe function, 4 partitions, lag threshold 100, max 4 replicas (release build)\n"
-    );
-    println!("{EVENTS} events from zero replicas");
+    println!("\n{EVENTS} events from zero replicas, {what}");
     println!(
         "  appended through POST /events in {:.0} ms ({:.0} events/s)",
         appended.as_secs_f64() * 1e3,
@@ -97,6 +88,46 @@ async fn main() {
         "  replicas at most {most}; cold start to ready {} ms",
         s["last_cold_start_ms"]
     );
+
+    engine
+}
+
+#[tokio::main]
+async fn main() {
+    let zerofn = env!("CARGO_BIN_EXE_zerofn");
+    let probe = std::path::Path::new(zerofn).with_file_name("probe");
+    assert!(
+        probe.is_file(),
+        "build the probe first: cargo build --release -p zerofn-tests --bins"
+    );
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/function.toml");
+    let function = format!("{}={}", manifest.display(), probe.display());
+    println!(
+        "zerofn dev, probe function, 4 partitions, lag threshold 100, max 4 replicas (release build)"
+    );
+    let mut engine = events(zerofn, &function, &[], "the SQLite log").await;
+    let url = engine.url();
+    // The same on a Kafka broker, in the same run, when one is up (`make bench` starts tansu).
+    if let Ok(brokers) = std::env::var("ZEROFN_TEST_KAFKA") {
+        let prefix = format!("bench-{}.", uuid::Uuid::new_v4());
+        let log = [
+            "--kafka".to_string(),
+            brokers,
+            "--kafka-prefix".to_string(),
+            prefix,
+        ];
+        let mut on_kafka = events(
+            zerofn,
+            &function,
+            &log,
+            "Kafka log (tansu, sqlite engine, on 127.0.0.1)",
+        )
+        .await;
+        on_kafka.sigterm();
+        let _ = on_kafka.wait_exit(Duration::from_secs(60)).await;
+    } else {
+        println!("\n(no Kafka broker: ZEROFN_TEST_KAFKA is unset; make bench starts one)");
+    }
 
     // HTTP: REQUESTS requests, CONCURRENCY at a time, through /fn/probe/hello (replicas are warm by now).
     let latencies = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::with_capacity(REQUESTS)));
@@ -135,5 +166,4 @@ async fn main() {
     // SIGTERM: the engine drains and stops its replicas (dropping it would SIGKILL the engine alone).
     engine.sigterm();
     let _ = engine.wait_exit(Duration::from_secs(60)).await;
-    let _ = std::fs::remove_dir_all(state);
 }
