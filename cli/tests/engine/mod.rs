@@ -63,10 +63,12 @@ impl Engine {
         args.extend(extra);
         let process = FnProcess::start_with_args(ZEROFN, &args, env).await;
         let engine = Engine { process, state };
-        // The log asked for is the log used.
-        let log = get_json(&engine.url("/_zerofn/status")).await["log"].clone();
-        let kafka = extra.contains(&"--kafka");
-        assert_eq!(log, if kafka { "kafka" } else { "sqlite" });
+        // The log asked for is the log used (the Kafka suites run with the status on the
+        // public listener; a `--gateway-config` takes it off).
+        if extra.contains(&"--kafka") {
+            let log = get_json(&engine.url("/_zerofn/status")).await["log"].clone();
+            assert_eq!(log, "kafka");
+        }
         engine
     }
 
