@@ -94,8 +94,15 @@ async fn a_sigkilled_engine_leaves_no_replica_and_one_engine_owns_a_state_dir() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!left, "replica {pid} outlived its SIGKILLed engine");
-    // The state dir is free again: a new engine starts on it (and sweeps nothing alive).
-    let restarted = Engine::start(&[probe_fn()], Some(engine.state.clone()), &[], &[]).await;
+    // The state dir is free again: a new engine starts on it (and sweeps nothing alive). It
+    // redelivers the 60 s event, so its stop is bounded by a short grace, not by that handler.
+    let restarted = Engine::start(
+        &[probe_fn()],
+        Some(engine.state.clone()),
+        &[],
+        &["--stop-grace", "5s"],
+    )
+    .await;
     restarted.stop().await;
 }
 
