@@ -35,6 +35,11 @@ async fn events(zerofn: &str, function: &str, log: &[String], what: &str) -> FnP
     args.extend(log.iter().map(String::as_str));
     let engine = FnProcess::start_with_args(zerofn, &args, &[("ZEROFN_LOG", "warn")]).await;
     let url = engine.url();
+    // A broker slower than the SQLite log takes longer than the usual 20 s to store 500.
+    let slow_ok = reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap();
     // Events: posted in batches of 500 to a function at zero; time until all are committed.
     let started = Instant::now();
     for batch in 0..EVENTS / 500 {
@@ -45,11 +50,6 @@ async fn events(zerofn: &str, function: &str, log: &[String], what: &str) -> FnP
                        "partitionkey": format!("k{}", n % 64), "data": task("fine")})
             })
             .collect();
-        // A broker slower than the SQLite log takes longer than the usual 20 s to store 500.
-        let slow_ok = reqwest::Client::builder()
-            .timeout(Duration::from_secs(300))
-            .build()
-            .unwrap();
         let r = slow_ok
             .post(format!("{url}/events"))
             .header("content-type", "application/cloudevents-batch+json")

@@ -5,6 +5,8 @@ use std::{io::Write, time::Duration};
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
+use std::collections::HashMap;
+
 use zerofn::{dead_letter::DeadLetter, dlq::DeadLetters};
 
 /// Dead-letter tools.
@@ -87,7 +89,7 @@ enum DlqCommand {
 
 impl Dlq {
     pub(crate) async fn run(self, out: &mut impl Write) -> anyhow::Result<()> {
-        let letters = Letters::open(self.store.as_deref(), &self.data_dir).await?;
+        let letters = Letters::open(self.store.as_deref(), &self.data_dir, None).await?;
         match self.command {
             DlqCommand::Ls {
                 function,
@@ -193,10 +195,19 @@ pub(crate) struct Letters {
     gateway_log: Option<GatewayLog>,
 }
 
-/// Where an engine keeps the gateway's dead-letter topic: its SQLite log, or Kafka.
+/// A Kafka topic's reading so far: each partition's next offset, and the records read (their
+/// timestamps and values).
+type Scanned = (HashMap<u32, i64>, Vec<(i64, Vec<u8>)>);
+
+/// Where an engine keeps the gateway's dead-letter topic: its SQLite log, or Kafka (with the
+/// records read so far and where each partition's reading stands, so that a listing reads only
+/// what is new).
 enum GatewayLog {
     Sqlite(sqlx::AnyPool),
-    Kafka(Box<crate::dev::kafka::Kafka>),
+    Kafka {
+        kafka: std::sync::Arc<crate::dev::kafka::Kafka>,
+        read: tokio::sync::Mutex<Scanned>,
+    },
 }
 
 /// The SQLite stores of an engine's functions (`functions/<name>/zerofn.db` under its state
@@ -214,9 +225,13 @@ pub(crate) fn function_stores(
 }
 
 impl Letters {
+    /// The dead letters of `store`, or of the engine whose state dir is `data_dir`. `kafka`:
+    /// the engine's own clients when the engine itself reads (else the state dir says where
+    /// its log is).
     pub(crate) async fn open(
         store: Option<&str>,
         data_dir: &std::path::Path,
+        kafka: Option<std::sync::Arc<crate::dev::kafka::Kafka>>,
     ) -> anyhow::Result<Letters> {
         if let Some(url) = store {
             return Ok(Letters {
@@ -239,12 +254,18 @@ impl Letters {
         {
             stores.push(DeadLetters::open(&format!("sqlite:{}", db.display())).await?);
         }
-        let gateway_log = match crate::dev::kafka::Location::read(data_dir)? {
-            Some(location) => {
-                GatewayLog::Kafka(Box::new(location.connect().await.map_err(|e| {
-                    anyhow::anyhow!("the engine's log is on Kafka at {}: {e}", location.brokers)
-                })?))
-            }
+        let kafka = match (kafka, crate::dev::kafka::Location::read(data_dir)?) {
+            (Some(kafka), _) => Some(kafka),
+            (None, Some(location)) => Some(std::sync::Arc::new(location.connect().await.map_err(
+                |e| anyhow::anyhow!("the engine's log is on Kafka at {}: {e}", location.brokers),
+            )?)),
+            (None, None) => None,
+        };
+        let gateway_log = match kafka {
+            Some(kafka) => GatewayLog::Kafka {
+                kafka,
+                read: tokio::sync::Mutex::default(),
+            },
             None => {
                 sqlx::any::install_default_drivers();
                 GatewayLog::Sqlite(
@@ -305,13 +326,19 @@ impl Letters {
                 .fetch_all(pool)
                 .await?
             }
-            Some(GatewayLog::Kafka(kafka)) => kafka
-                .scan(crate::gateway::DEAD_LETTER_TOPIC, since)
-                .await
-                .map_err(|e| anyhow::anyhow!("the gateway's dead letters on Kafka: {e}"))?
-                .into_iter()
-                .map(|r| r.value)
-                .collect(),
+            Some(GatewayLog::Kafka { kafka, read }) => {
+                let (next, values) = &mut *read.lock().await;
+                let new = kafka
+                    .scan(crate::gateway::DEAD_LETTER_TOPIC, next)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("the gateway's dead letters on Kafka: {e}"))?;
+                values.extend(new.into_iter().map(|r| (r.timestamp_ms, r.value)));
+                values
+                    .iter()
+                    .filter(|(ts, _)| *ts >= since)
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            }
         };
         Ok(values
             .iter()

@@ -139,14 +139,16 @@ fn read(client: &BaseConsumer, topic: &str) -> Result<Vec<Position>, String> {
     for p in &partitions {
         list.add_partition(topic, *p);
     }
+    let ends = log_ends(client, &list)?;
     let committed = client
         .committed_offsets(list, CALL_TIMEOUT)
         .map_err(|e| format!("committed offsets on {topic}: {e}"))?;
     let mut out = Vec::with_capacity(partitions.len());
     for p in partitions {
-        let (_, end) = client
-            .fetch_watermarks(topic, p, CALL_TIMEOUT)
-            .map_err(|e| format!("log end of {topic}/{p}: {e}"))?;
+        let end = match ends.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(n)) => n,
+            _ => return Err(format!("no log end for {topic}/{p}")),
+        };
         let committed = committed
             .find_partition(topic, p)
             .and_then(|e| match e.offset() {
@@ -160,4 +162,18 @@ fn read(client: &BaseConsumer, topic: &str) -> Result<Vec<Position>, String> {
         });
     }
     Ok(out)
+}
+
+/// The log end of every partition in `partitions` (ListOffsets for the latest offset, one
+/// request per broker, not one per partition). Blocking.
+pub(crate) fn log_ends(
+    client: &BaseConsumer,
+    partitions: &TopicPartitionList,
+) -> Result<TopicPartitionList, String> {
+    let mut list = partitions.clone();
+    list.set_all_offsets(Offset::End)
+        .map_err(|e| format!("log ends: {e}"))?;
+    client
+        .offsets_for_times(list, CALL_TIMEOUT)
+        .map_err(|e| format!("log ends: {e}"))
 }

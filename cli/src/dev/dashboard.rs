@@ -84,7 +84,12 @@ async fn script() -> Response {
 
 /// Where dead letters are read: the engine's state dir, or its `--store`.
 async fn letters(engine: &Engine) -> anyhow::Result<Letters> {
-    Letters::open(engine.opts.store.as_deref(), &engine.opts.state_dir).await
+    Letters::open(
+        engine.opts.store.as_deref(),
+        &engine.opts.state_dir,
+        engine.log.kafka(),
+    )
+    .await
 }
 
 /// The functions' SQLite stores that exist now (none to watch with one `--store`).

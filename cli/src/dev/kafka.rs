@@ -296,36 +296,45 @@ impl Kafka {
         }
     }
 
+    /// Every partition of `topics` (with their partition counts), under their Kafka names.
+    fn partition_list(&self, topics: &[(String, u32)]) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        for (topic, n) in topics {
+            for p in 0..*n {
+                list.add_partition(&self.name(topic), p as i32);
+            }
+        }
+        list
+    }
+
+    /// The offsets in `found`, by the engine's (topic, partition); none that is not an offset.
+    fn by_partition(&self, found: &TopicPartitionList) -> HashMap<(String, u32), i64> {
+        found
+            .elements()
+            .iter()
+            .filter_map(
+                |e| match (e.topic().strip_prefix(self.prefix.as_str()), e.offset()) {
+                    (Some(topic), Offset::Offset(n)) if n >= 0 => {
+                        Some(((topic.to_string(), e.partition() as u32), n))
+                    }
+                    _ => None,
+                },
+            )
+            .collect()
+    }
+
     /// Each partition's log end (ListOffsets, latest), in one request per broker.
     pub(crate) async fn ends(
         &self,
         topics: &[(String, u32)],
     ) -> Result<HashMap<(String, u32), i64>, String> {
-        let mut list = TopicPartitionList::new();
-        for (topic, n) in topics {
-            for p in 0..*n {
-                list.add_partition_offset(&self.name(topic), p as i32, Offset::End)
-                    .map_err(|e| format!("{topic}/{p}: {e}"))?;
-            }
-        }
+        let list = self.partition_list(topics);
         if list.count() == 0 {
             return Ok(HashMap::new());
         }
         let meta = self.meta.clone();
-        let found = blocking(move || {
-            meta.offsets_for_times(list, CALL_TIMEOUT)
-                .map_err(|e| format!("log ends: {e}"))
-        })
-        .await?;
-        let mut out = HashMap::new();
-        for e in found.elements() {
-            if let (Some(topic), Offset::Offset(end)) =
-                (e.topic().strip_prefix(self.prefix.as_str()), e.offset())
-            {
-                out.insert((topic.to_string(), e.partition() as u32), end);
-            }
-        }
-        Ok(out)
+        let found = blocking(move || crate::kafka::log_ends(&meta, &list)).await?;
+        Ok(self.by_partition(&found))
     }
 
     fn group(&self, group: &str) -> Result<Arc<BaseConsumer>, String> {
@@ -352,28 +361,14 @@ impl Kafka {
         topics: &[(String, u32)],
     ) -> Result<HashMap<(String, u32), i64>, String> {
         let client = self.group(group)?;
-        let mut list = TopicPartitionList::new();
-        for (topic, n) in topics {
-            for p in 0..*n {
-                list.add_partition(&self.name(topic), p as i32);
-            }
-        }
+        let list = self.partition_list(topics);
         let found = blocking(move || {
             client
                 .committed_offsets(list, CALL_TIMEOUT)
                 .map_err(|e| format!("committed offsets: {e}"))
         })
         .await?;
-        let mut out = HashMap::new();
-        for e in found.elements() {
-            if let (Some(topic), Offset::Offset(n)) =
-                (e.topic().strip_prefix(self.prefix.as_str()), e.offset())
-                && n >= 0
-            {
-                out.insert((topic.to_string(), e.partition() as u32), n);
-            }
-        }
-        Ok(out)
+        Ok(self.by_partition(&found))
     }
 
     /// Commit `next` for `group` on a partition (OffsetCommit, synchronous: done when the
@@ -461,9 +456,14 @@ impl Kafka {
         Ok(stored)
     }
 
-    /// Every record of `topic` from `since_ms` on, partition by partition (for listing a
-    /// dead-letter topic; nothing is committed).
-    pub(crate) async fn scan(&self, topic: &str, since_ms: i64) -> Result<Vec<Record>, String> {
+    /// The records of `topic` after `next` (each partition's next offset to read, 0 when
+    /// absent), moving `next` past them: a listing of a dead-letter topic reads each record once
+    /// however often it is listed. Nothing is committed.
+    pub(crate) async fn scan(
+        &self,
+        topic: &str,
+        next: &mut HashMap<u32, i64>,
+    ) -> Result<Vec<Record>, String> {
         let Some(n) = self.partitions(topic).await? else {
             return Ok(Vec::new());
         };
@@ -471,14 +471,16 @@ impl Kafka {
         let mut out = Vec::new();
         for p in 0..n {
             let end = ends.get(&(topic.to_string(), p)).copied().unwrap_or(0);
-            let mut at = 0;
-            while at < end {
-                match self.read(SCAN_GROUP, topic, p, at, 500, end).await? {
+            let at = next.entry(p).or_default();
+            while *at < end {
+                match self.read(SCAN_GROUP, topic, p, *at, 500, end).await? {
                     Read::Records(records) if !records.is_empty() => {
-                        at = records.last().map_or(end, |r| r.offset + 1);
-                        out.extend(records.into_iter().filter(|r| r.timestamp_ms >= since_ms));
+                        *at = records.last().map_or(end, |r| r.offset + 1);
+                        out.extend(records);
                     }
-                    _ => break,
+                    Read::Gone { resume_at } => *at = resume_at,
+                    // Nothing arrived in time: the next listing reads on from here.
+                    Read::Records(_) => break,
                 }
             }
         }

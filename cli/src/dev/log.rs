@@ -10,7 +10,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     path::Path,
     str::FromStr,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -133,7 +133,7 @@ pub(crate) struct Log {
     /// Notified when a job is scheduled.
     jobs_changed: tokio::sync::Notify,
     /// The records, ends and commits are Kafka's.
-    kafka: Option<Kafka>,
+    kafka: Option<Arc<Kafka>>,
 }
 
 impl std::fmt::Debug for Log {
@@ -197,7 +197,12 @@ impl Log {
         let mut meta = Meta::default();
         if kafka.is_some() {
             // Topics, ends and commits are read from the cluster as they are used.
-            return Ok(Log::new(pool, default_partitions, meta, kafka));
+            return Ok(Log::new(
+                pool,
+                default_partitions,
+                meta,
+                kafka.map(Arc::new),
+            ));
         }
         for row in sqlx::query("SELECT name, partitions FROM topics")
             .fetch_all(&pool)
@@ -231,7 +236,12 @@ impl Log {
         Ok(Log::new(pool, default_partitions, meta, None))
     }
 
-    fn new(pool: SqlitePool, default_partitions: u32, meta: Meta, kafka: Option<Kafka>) -> Log {
+    fn new(
+        pool: SqlitePool,
+        default_partitions: u32,
+        meta: Meta,
+        kafka: Option<Arc<Kafka>>,
+    ) -> Log {
         Log {
             pool,
             default_partitions: default_partitions.max(1),
@@ -247,6 +257,12 @@ impl Log {
     /// Whether the records are a Kafka cluster's.
     pub(crate) fn on_kafka(&self) -> bool {
         self.kafka.is_some()
+    }
+
+    /// The Kafka clients, when the records are a Kafka cluster's (for readers of its topics
+    /// in the engine, such as the dashboard's dead letters).
+    pub(crate) fn kafka(&self) -> Option<Arc<Kafka>> {
+        self.kafka.clone()
     }
 
     /// Read `group`'s committed offsets on `topics` (Kafka: from the group coordinator; the

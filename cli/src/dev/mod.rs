@@ -243,34 +243,31 @@ impl Dev {
                 "replicas of a previous engine on this state dir were still running: killed"
             );
         }
-        let kafka = match &self.kafka {
+        let location = match &self.kafka {
             None => None,
-            Some(brokers) => {
-                let location = kafka::Location {
-                    brokers: brokers.clone(),
-                    prefix: self.kafka_prefix.clone(),
-                    settings: crate::kafka::settings(
-                        &self.kafka_settings,
-                        ENV_KAFKA_SASL_PASSWORD,
-                    )?,
-                };
-                let kafka = location
+            Some(brokers) => Some(kafka::Location {
+                brokers: brokers.clone(),
+                prefix: self.kafka_prefix.clone(),
+                settings: crate::kafka::settings(&self.kafka_settings, ENV_KAFKA_SASL_PASSWORD)?,
+            }),
+        };
+        let kafka = match &location {
+            None => None,
+            Some(l) => {
+                let kafka = l
                     .connect()
                     .await
-                    .map_err(|e| anyhow::anyhow!("--kafka {brokers}: {e}"))?;
-                tracing::info!(brokers = %brokers, prefix = %self.kafka_prefix, "the log is a Kafka cluster");
-                Some((kafka, location))
+                    .map_err(|e| anyhow::anyhow!("--kafka {}: {e}", l.brokers))?;
+                tracing::info!(brokers = %l.brokers, prefix = %l.prefix, "the log is a Kafka cluster");
+                Some(kafka)
             }
         };
-        kafka::Location::write(kafka.as_ref().map(|(_, l)| l), &self.state_dir).with_context(
-            || {
-                format!(
-                    "--state-dir {}: cannot record where the log is",
-                    self.state_dir.display()
-                )
-            },
-        )?;
-        let kafka = kafka.map(|(k, _)| k);
+        kafka::Location::write(location.as_ref(), &self.state_dir).with_context(|| {
+            format!(
+                "--state-dir {}: cannot record where the log is",
+                self.state_dir.display()
+            )
+        })?;
         let log = Arc::new(
             log::Log::open(&self.state_dir.join("log.db"), self.partitions, kafka)
                 .await
