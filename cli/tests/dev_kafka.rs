@@ -125,7 +125,17 @@ async fn the_lag_the_engine_shows_is_the_lag_kafka_reports_for_the_group() {
     // A function that never becomes ready holds its backlog: the lag stands still.
     let manifest = engine::manifest("tests/function.toml");
     let stuck = format!("{manifest}=/bin/false");
-    let engine = Engine::start(&[stuck], None, &[], &strs(&args)).await;
+    let password = "never-on-disk-7f3a";
+    let env = [("ZEROFN_KAFKA_SASL_PASSWORD", password)];
+    let engine = Engine::start(&[stuck], None, &env, &strs(&args)).await;
+    // The state dir says where the log is (for zerofn dlq), without the password.
+    let recorded = std::fs::read_to_string(engine.state.join("kafka.json")).unwrap();
+    let location: Value = serde_json::from_str(&recorded).unwrap();
+    assert_eq!(
+        (location["brokers"].as_str(), location["prefix"].as_str()),
+        (Some(brokers().as_str()), Some(prefix.as_str()))
+    );
+    assert!(!recorded.contains(password), "{recorded}");
     let events: Vec<Value> = (0..12)
         .map(|i| task_event(&fresh_id("lag"), "record", &format!("key-{}", i % 5)))
         .collect();
