@@ -6,7 +6,7 @@ CARGO_TARGET_DIR_OR_DEFAULT := $(or $(CARGO_TARGET_DIR),target)
 export ZEROFN_BIN := $(abspath $(CARGO_TARGET_DIR_OR_DEFAULT))/debug/zerofn
 need-fn = $(if $(fn),,$(error fn=NAME is required, e.g. make $@ fn=notify))
 
-.PHONY: help run demo status build new test test-fast test-deploy test-image test-new services-up services-down bench lint fmt doc clean values render image deploy rollback deploy-platform
+.PHONY: help run demo status build new test test-fast test-deploy test-image test-new services-up services-down bench profile lint fmt doc clean values render image deploy rollback deploy-platform
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -87,14 +87,23 @@ services-up: ## Start the test PostgreSQL, Redis and Kafka broker (tansu) on 127
 services-down: ## Stop them
 	@scripts/test-services.sh down
 
-bench: ## Measure: per-event runtime cost (tracing off / logs off / OTLP), the engine's throughput (SQLite log and Kafka), the push scaler's wake-up, the finance chain's latency warm and from zero, the todo app's search over 10 000 tasks and reminder lateness (release build)
+bench: ## Measure, side by side: per-event runtime cost (in-process per store, over HTTP, 1/8/64 in flight), cold start vs the spawn floor, idle RSS, the engine's throughput (SQLite log and Kafka), the gateway vs nginx (wrk), the push scaler vs KEDA polling, the finance chain and the todo app; writes bench/results/ and the README's table (release build)
 	$(CARGO) build --release --locked --workspace --bins
-	$(CARGO_TARGET_DIR_OR_DEFAULT)/release/bench
-	@set -e; env_file=$$(scripts/test-services.sh up); . "$$env_file"; \
+	@scripts/test-services.sh bench-tools
+	@set -e; rows=$$(mktemp); export ZEROFN_BENCH_ROWS=$$rows; \
+	env_file=$$(scripts/test-services.sh up); . "$$env_file"; \
+	$(CARGO_TARGET_DIR_OR_DEFAULT)/release/bench; \
 	$(CARGO) bench --locked -p zerofn-cli --bench engine; \
-	$(CARGO) bench --locked -p zerofn-cli --bench scaler
-	$(CARGO) bench --locked -p zerofn-cli --bench chain
-	$(CARGO) bench --locked -p zerofn-cli --bench todo
+	$(CARGO) bench --locked -p zerofn-cli --bench gateway; \
+	$(CARGO) bench --locked -p zerofn-cli --bench scaler; \
+	$(CARGO) bench --locked -p zerofn-cli --bench chain; \
+	$(CARGO) bench --locked -p zerofn-cli --bench todo; \
+	scripts/image-size.sh >> $$rows; \
+	$(CARGO_TARGET_DIR_OR_DEFAULT)/release/bench-report $$rows $(CURDIR); rm -f $$rows
+
+profile: ## Where the engine's time goes: perf over 20 000 events to the probe from zero (N=, ARGS="--store memory"); target/profile/perf.txt (+ flamegraph.svg with inferno)
+	$(CARGO) build --profile profiling --locked -p zerofn-cli -p zerofn-tests --bins
+	scripts/profile.py $(ARGS)
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

@@ -4,6 +4,7 @@
 # installed if missing).
 #   scripts/test-services.sh up     install what is missing, start both, write the env file
 #   scripts/test-services.sh down   stop both and remove their data
+#   scripts/test-services.sh bench-tools   install nginx and wrk (make bench) if missing
 # The env file (printed by `up`) exports ZEROFN_TEST_POSTGRES and ZEROFN_TEST_REDIS, and for a second Redis
 # that speaks TLS only and wants a password (its certificate from a throwaway CA made here with openssl)
 # ZEROFN_TEST_REDIS_TLS (a rediss:// URL) and ZEROFN_TEST_REDIS_CA (the CA's PEM); the broker's address as
@@ -146,8 +147,15 @@ down() {
   [ -n "$quiet" ] || say "stopped"
 }
 
+# make bench's load generator and the reverse proxy the gateway is measured against.
+bench_tools() {
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || apt_install nginx-light
+  command -v wrk >/dev/null 2>&1 || apt_install wrk
+}
+
 case "${1:-}" in
   up) up ;;
   down) down ;;
-  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+  bench-tools) bench_tools ;;
+  *) echo "usage: $0 up|down|bench-tools" >&2; exit 2 ;;
 esac

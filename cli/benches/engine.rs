@@ -7,9 +7,15 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use zerofn_tests::{FnProcess, client, get_json, task};
+use zerofn_tests::{
+    FnProcess, client, get_json,
+    report::{Better, Row},
+    task,
+};
 
-const EVENTS: usize = 5000;
+const EVENTS: usize = 20_000;
+/// The SQLite log's end-to-end rate before #16 (`make bench` at b3843dd, this machine class).
+const BEFORE: f64 = 1083.0;
 const REQUESTS: usize = 2000;
 const CONCURRENCY: usize = 50;
 
@@ -19,8 +25,9 @@ async fn status(url: &str) -> Value {
 }
 
 /// `EVENTS` events posted to the probe at zero on an engine with `log` (its `--kafka` args, or
-/// none for the SQLite log), until all are committed; the engine, still running.
-async fn events(zerofn: &str, function: &str, log: &[String], what: &str) -> FnProcess {
+/// none for the SQLite log), until all are committed; the engine, still running, and the
+/// events/s end to end.
+async fn events(zerofn: &str, function: &str, log: &[String], what: &str) -> (FnProcess, f64) {
     let state = std::env::temp_dir().join(format!("zerofn-bench-{}", uuid::Uuid::new_v4()));
     let state_arg = state.display().to_string();
     let mut args = vec![
@@ -88,8 +95,7 @@ async fn events(zerofn: &str, function: &str, log: &[String], what: &str) -> FnP
         "  replicas at most {most}; cold start to ready {} ms",
         s["last_cold_start_ms"]
     );
-
-    engine
+    (engine, EVENTS as f64 / total.as_secs_f64())
 }
 
 #[tokio::main]
@@ -105,7 +111,17 @@ async fn main() {
     println!(
         "zerofn dev, probe function, 4 partitions, lag threshold 100, max 4 replicas (release build)"
     );
-    let mut engine = events(zerofn, &function, &[], "the SQLite log").await;
+    let (mut engine, sqlite) = events(zerofn, &function, &[], "the SQLite log").await;
+    let what = format!("{EVENTS} events to the probe from zero, end to end");
+    Row::new(
+        "engine",
+        &format!("{what}, SQLite log"),
+        sqlite,
+        "events/s",
+        Better::Higher,
+    )
+    .against("the same before #16 (make bench at b3843dd)", BEFORE)
+    .record();
     let url = engine.url();
     // The same on a Kafka broker, in the same run, when one is up (`make bench` starts tansu).
     if let Ok(brokers) = std::env::var("ZEROFN_TEST_KAFKA") {
@@ -116,13 +132,22 @@ async fn main() {
             "--kafka-prefix".to_string(),
             prefix,
         ];
-        let mut on_kafka = events(
+        let (mut on_kafka, rate) = events(
             zerofn,
             &function,
             &log,
             "Kafka log (tansu, sqlite engine, on 127.0.0.1)",
         )
         .await;
+        Row::new(
+            "engine",
+            &format!("{what}, Kafka log (tansu)"),
+            rate,
+            "events/s",
+            Better::Higher,
+        )
+        .against("the same on the SQLite log", sqlite)
+        .record();
         on_kafka.sigterm();
         let _ = on_kafka.wait_exit(Duration::from_secs(60)).await;
     } else {

@@ -20,7 +20,7 @@ fn="${1:?usage: image.sh FUNCTION | --builder}"
 b="$(builder)"
 registry="${REGISTRY:-registry.example.com/zerofn}"
 tag="${TAG:-$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo dev)}"
-profile="${PROFILE:-release}"
+profile="${PROFILE:-image}"   # Cargo.toml [profile.image]: fat LTO, one codegen unit, line tables split off
 target="x86_64-unknown-linux-gnu"
 targetdir="${CARGO_TARGET_DIR:-$root/target}"
 package="$fn"; [[ "$fn" == gateway ]] && package=zerofn-cli
@@ -29,12 +29,25 @@ RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --profile "$profi
   --manifest-path "$root/Cargo.toml" >&2
 dir="$profile"; [[ "$profile" == dev ]] && dir=debug
 context="$(mktemp -d)"; trap 'rm -rf "$context"' EXIT
+# The debug info goes into a file kept next to the image (target/images/NAME-TAG.debug); the binary keeps its
+# symbol table and a debuglink to that file, so gdb/addr2line turn a production backtrace into lines.
+split() {
+  local bin="$1" out="$2" debug="$targetdir/images/$3.debug"
+  mkdir -p "$targetdir/images"
+  if command -v objcopy >/dev/null 2>&1; then
+    objcopy --only-keep-debug "$bin" "$debug"
+    objcopy --strip-debug --add-gnu-debuglink="$debug" "$bin" "$out"
+    echo "==> debug info: $debug" >&2
+  else
+    cp "$bin" "$out"
+  fi
+}
 if [[ "$fn" == gateway ]]; then
-  cp "$targetdir/$target/$dir/zerofn" "$context/zerofn"
+  split "$targetdir/$target/$dir/zerofn" "$context/zerofn" "zerofn-$tag"
   containerfile="$root/scripts/deploy/Containerfile.gateway"
   name=zerofn
 else
-  cp "$targetdir/$target/$dir/$fn" "$context/function"
+  split "$targetdir/$target/$dir/$fn" "$context/function" "$fn-$tag"
   cp "$root/functions/$fn/function.toml" "$context/function.toml"
   containerfile="$root/scripts/deploy/Containerfile"
   name="$fn"

@@ -22,6 +22,8 @@ use tokio::{
 };
 use zerofn::{Context, Emit, Event, HandlerError, prelude::tracing};
 
+pub mod report;
+
 /// The probe's input: a `todo.task.created` (or `todo.task.deleted`) payload.
 #[derive(Debug, Deserialize)]
 pub struct Task {
@@ -479,6 +481,11 @@ impl FnProcess {
     }
 
     /// `http://127.0.0.1:<port>`.
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -598,7 +605,8 @@ fn collect_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     (lines, reader)
 }
 
-async fn free_port() -> u16 {
+/// A port on 127.0.0.1 that was free a moment ago.
+pub async fn free_port() -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1:0");

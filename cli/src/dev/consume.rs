@@ -227,21 +227,65 @@ pub(crate) async fn partition_loop(
             }
         };
         drop(lease);
+        // Offsets of final outcomes are committed once per read (and before any wait), as
+        // Dapr's Kafka consumer commits marked offsets periodically: a crash redelivers at most
+        // one read's worth, which the runtime's idempotency answers as duplicates.
+        let mut done = Done::new(&group, &topic, partition);
         for chunk in records.chunks(max as usize) {
-            if engine.is_stopping() || !deliver(&engine, &f, route.clone(), chunk.to_vec()).await {
+            if engine.is_stopping()
+                || !deliver(&engine, &f, route.clone(), chunk.to_vec(), &mut done).await
+            {
+                done.commit(&engine).await;
                 return; // the engine is stopping: the rest stays uncommitted
             }
+        }
+        done.commit(&engine).await;
+    }
+}
+
+/// The next offset of a partition whose records before it have final outcomes, not yet
+/// committed.
+struct Done<'a> {
+    group: &'a str,
+    topic: &'a str,
+    partition: u32,
+    next: Option<i64>,
+}
+
+impl<'a> Done<'a> {
+    fn new(group: &'a str, topic: &'a str, partition: u32) -> Self {
+        Done {
+            group,
+            topic,
+            partition,
+            next: None,
+        }
+    }
+
+    /// Commit what is done, if anything.
+    async fn commit(&mut self, engine: &Engine) {
+        let Some(next) = self.next.take() else {
+            return;
+        };
+        if let Err(e) = engine
+            .log
+            .commit(self.group, self.topic, self.partition, next)
+            .await
+        {
+            tracing::error!(error = %e, "cannot commit an offset; the records will be redelivered");
         }
     }
 }
 
-/// Deliver `records` (one, or a bulk batch) until each has a final outcome, committing as
-/// they finish. Returns `false` early, uncommitted, when the engine stops.
+/// Deliver `records` (one, or a bulk batch) until each has a final outcome, marking them in
+/// `done` as they finish (committed before any wait). Returns `false` early, with the rest
+/// unmarked, when the engine stops.
 async fn deliver(
     engine: &Arc<Engine>,
     f: &Arc<Function>,
     route: Option<Route>,
     mut records: Vec<Record>,
+    done: &mut Done<'_>,
 ) -> bool {
     let mut retry = 0u32;
     loop {
@@ -253,6 +297,7 @@ async fn deliver(
         // a fresh retry budget. Only answers, and silence from a live replica, spend retries.
         let Some(lease) = f.pick_partition(&records[0].topic, records[0].partition) else {
             f.nudge();
+            done.commit(engine).await;
             let mut stop = engine.stopping();
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -296,7 +341,7 @@ async fn deliver(
         }
         // Finish the prefix that is final; the first retry holds the rest (head of line). A
         // dropped record is final only once its dead-letter copy is stored.
-        let mut done = 0;
+        let mut finished = 0;
         for (record, status) in records.iter().zip(&statuses) {
             match status {
                 Status::Retry => break,
@@ -309,18 +354,11 @@ async fn deliver(
                     }
                 }
             }
-            done += 1;
+            finished += 1;
         }
-        if done > 0 {
-            let next = records[done - 1].offset + 1;
-            if let Err(e) = engine
-                .log
-                .commit(&f.name, &records[0].topic, records[0].partition, next)
-                .await
-            {
-                tracing::error!(error = %e, "cannot commit an offset; the records will be redelivered");
-            }
-            records.drain(..done);
+        if finished > 0 {
+            done.next = Some(records[finished - 1].offset + 1);
+            records.drain(..finished);
         }
         if records.is_empty() {
             return true;
@@ -338,14 +376,7 @@ async fn deliver(
                 copied += 1;
             }
             if copied > 0 {
-                let next = records[copied - 1].offset + 1;
-                if let Err(e) = engine
-                    .log
-                    .commit(&f.name, &records[0].topic, records[0].partition, next)
-                    .await
-                {
-                    tracing::error!(error = %e, "cannot commit an offset; the records will be redelivered");
-                }
+                done.next = Some(records[copied - 1].offset + 1);
                 records.drain(..copied);
             }
             if records.is_empty() {
@@ -355,6 +386,7 @@ async fn deliver(
             retry = RETRY_BUDGET;
         }
         f.stats.retries.fetch_add(1, Ordering::Relaxed);
+        done.commit(engine).await;
         let wait = backoff(f, retry);
         tracing::debug!(function = %f.name, topic = %records[0].topic, partition = records[0].partition, offset = records[0].offset, retry, ?wait, "redelivering");
         let mut stop = engine.stopping();
