@@ -91,7 +91,7 @@ bench: ## Measure, side by side: per-event runtime cost (in-process per store, o
 	$(CARGO) build --release --locked --workspace --bins
 	@scripts/test-services.sh bench-tools
 	@set -e; rows=$$(mktemp); export ZEROFN_BENCH_ROWS=$$rows; \
-	env_file=$$(scripts/test-services.sh up); . "$$env_file"; \
+	scripts/test-services.sh down; env_file=$$(scripts/test-services.sh up); . "$$env_file"; \
 	$(CARGO_TARGET_DIR_OR_DEFAULT)/release/bench; \
 	$(CARGO) bench --locked -p zerofn-cli --bench engine; \
 	$(CARGO) bench --locked -p zerofn-cli --bench gateway; \

@@ -29,14 +29,15 @@ RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --profile "$profi
   --manifest-path "$root/Cargo.toml" >&2
 dir="$profile"; [[ "$profile" == dev ]] && dir=debug
 context="$(mktemp -d)"; trap 'rm -rf "$context"' EXIT
-# The debug info goes into a file kept next to the image (target/images/NAME-TAG.debug); the binary keeps its
-# symbol table and a debuglink to that file, so gdb/addr2line turn a production backtrace into lines.
+# The debug info and the symbol table go into a file kept next to the image (target/images/NAME-TAG.debug); the
+# binary keeps a debuglink to it, so gdb and addr2line -f turn a production backtrace's addresses into names and
+# lines.
 split() {
   local bin="$1" out="$2" debug="$targetdir/images/$3.debug"
   mkdir -p "$targetdir/images"
   if command -v objcopy >/dev/null 2>&1; then
     objcopy --only-keep-debug "$bin" "$debug"
-    objcopy --strip-debug --add-gnu-debuglink="$debug" "$bin" "$out"
+    objcopy --strip-all --add-gnu-debuglink="$debug" "$bin" "$out"
     echo "==> debug info: $debug" >&2
   else
     cp "$bin" "$out"
