@@ -122,6 +122,25 @@ async fn main() {
     )
     .against("the same before #16 (make bench at b3843dd)", BEFORE)
     .record();
+    // The same with every replica on the memory store: what the function's store costs.
+    let (mut memory, rate) = events(
+        zerofn,
+        &function,
+        &["--store".to_string(), "memory".to_string()],
+        "the SQLite log, replicas on the memory store",
+    )
+    .await;
+    Row::new(
+        "engine",
+        &format!("{what}, SQLite log, replicas on the memory store"),
+        rate,
+        "events/s",
+        Better::Higher,
+    )
+    .against("the same with the default store (one SQLite file)", sqlite)
+    .record();
+    memory.sigterm();
+    let _ = memory.wait_exit(Duration::from_secs(60)).await;
     let url = engine.url();
     // The same on a Kafka broker, in the same run, when one is up (`make bench` starts tansu).
     if let Ok(brokers) = std::env::var("ZEROFN_TEST_KAFKA") {
