@@ -20,6 +20,10 @@ runtime = "runc"
 CONF
 export CONTAINERS_CONF="$conf"
 export REGISTRY=localhost/zerofn TAG=ci
+# CI checks the image's shape and that it runs, on the plain release profile: [profile.image]'s fat LTO with one
+# codegen unit added ~27 min to a run from nothing (this 2-core machine), too close to CI's 90. `make image` and
+# `make bench` (its size rows) build with [profile.image]. PROFILE=image here checks that profile too.
+export PROFILE="${PROFILE:-release}"
 image="$("$root/scripts/deploy/image.sh" "$fn")"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 name="zerofn-image-check-$$"
