@@ -480,12 +480,12 @@ impl FnProcess {
         }
     }
 
-    /// `http://127.0.0.1:<port>`.
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
     }
 
+    /// `http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -30,6 +30,23 @@ const CONCURRENT_EVENTS: usize = 4_000;
 const IN_FLIGHT: [usize; 3] = [1, 8, 64];
 /// Process starts measured (and as many no-op spawns).
 const STARTS: usize = 40;
+/// A probe replica on the memory store, publishing nowhere.
+const MEMORY_PROBE: &[(&str, &str)] = &[
+    ("K_SINK", "http://127.0.0.1:9/"),
+    ("ZEROFN_STORE", "memory"),
+];
+
+/// One structured `todo.task.created` with `id` to `url`, answered 202.
+async fn post_event(http: &reqwest::Client, url: &str, id: &str) {
+    let r = http
+        .post(url)
+        .header("content-type", "application/cloudevents+json")
+        .json(&structured(id, task("fine")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+}
 
 #[tokio::main]
 async fn main() {
@@ -150,22 +167,16 @@ async fn one_at_a_time(probe: &str) {
     );
     let mut logs_off = None;
     for (name, extra) in &configs {
-        let mut env = vec![
-            ("K_SINK", "http://127.0.0.1:9/"),
-            ("ZEROFN_STORE", "memory"),
-        ];
+        let mut env = MEMORY_PROBE.to_vec();
         env.extend(extra.iter().copied());
         let process = FnProcess::start(probe, &env).await;
         let http = client();
+        let url = process.url();
         let send = |i: usize| {
-            let request = http
-                .post(process.url())
-                .header("content-type", "application/cloudevents+json")
-                .json(&structured(&format!("bench-{name}-{i}"), task("fine")));
+            let (http, url) = (&http, &url);
             async move {
                 let started = Instant::now();
-                let response = request.send().await.expect("delivered");
-                assert_eq!(response.status(), 202);
+                post_event(http, url, &format!("bench-{name}-{i}")).await;
                 started.elapsed()
             }
         };
@@ -216,14 +227,7 @@ async fn concurrency(probe: &str) {
         "one instance under concurrency: {CONCURRENT_EVENTS} events per level, memory store, JSON logs\n"
     );
     println!("{:<14} {:>12}", "in flight", "events/s");
-    let process = FnProcess::start(
-        probe,
-        &[
-            ("K_SINK", "http://127.0.0.1:9/"),
-            ("ZEROFN_STORE", "memory"),
-        ],
-    )
-    .await;
+    let process = FnProcess::start(probe, MEMORY_PROBE).await;
     let url = process.url();
     let mut one = None;
     for level in IN_FLIGHT {
@@ -234,14 +238,7 @@ async fn concurrency(probe: &str) {
                 let (http, url) = (http.clone(), url.clone());
                 tokio::spawn(async move {
                     for i in (w..CONCURRENT_EVENTS).step_by(level) {
-                        let r = http
-                            .post(&url)
-                            .header("content-type", "application/cloudevents+json")
-                            .json(&structured(&format!("c{level}-{i}"), task("fine")))
-                            .send()
-                            .await
-                            .unwrap();
-                        assert_eq!(r.status(), 202);
+                        post_event(&http, &url, &format!("c{level}-{i}")).await;
                     }
                 })
             })
@@ -286,14 +283,7 @@ async fn cold_start(probe: &str, noop: &str) {
         .unwrap();
     for _ in 0..STARTS {
         let t = Instant::now();
-        let process = FnProcess::spawn(
-            probe,
-            &[
-                ("K_SINK", "http://127.0.0.1:9/"),
-                ("ZEROFN_STORE", "memory"),
-            ],
-        )
-        .await;
+        let process = FnProcess::spawn(probe, MEMORY_PROBE).await;
         let healthz = format!("{}/healthz", process.url());
         let deadline = t + Duration::from_secs(10);
         loop {
@@ -340,24 +330,10 @@ async fn cold_start(probe: &str, noop: &str) {
     .record();
 
     // Idle RSS: a replica that handled a few events, then sat for a second.
-    let process = FnProcess::start(
-        probe,
-        &[
-            ("K_SINK", "http://127.0.0.1:9/"),
-            ("ZEROFN_STORE", "memory"),
-        ],
-    )
-    .await;
+    let process = FnProcess::start(probe, MEMORY_PROBE).await;
     let http = client();
     for i in 0..100 {
-        let r = http
-            .post(process.url())
-            .header("content-type", "application/cloudevents+json")
-            .json(&structured(&format!("rss-{i}"), task("fine")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
+        post_event(&http, &process.url(), &format!("rss-{i}")).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss = rss_mib(process.pid());
