@@ -28,7 +28,8 @@ use super::{
 /// Fault injection (`--chaos`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Chaos {
-    /// SIGKILL a random replica every `--chaos-interval`.
+    /// SIGKILL a random replica every `--chaos-interval` on average (each pause drawn
+    /// between half and one and a half of it).
     KillReplica,
     /// Delay every delivery by 200 ms.
     Slow,
@@ -671,13 +672,16 @@ impl Engine {
         }
     }
 
-    /// Chaos `kill-replica`: SIGKILL one replica every interval.
+    /// Chaos `kill-replica`: SIGKILL a random replica at random pauses averaging the interval.
+    /// A fixed period would phase-lock with the runtime's lease (6 s, a multiple of 1 s): the
+    /// delivery that takes a killed event over would be struck by a kill at the same point of
+    /// its handling again and again, which real crashes never do.
     pub(crate) async fn chaos_loop(self: Arc<Self>) {
         let mut stop = self.stopping();
-        let mut n: usize = 0;
         loop {
+            let pause = chaos_pause(self.opts.chaos_interval, random_u64());
             tokio::select! {
-                () = tokio::time::sleep(self.opts.chaos_interval) => {}
+                () = tokio::time::sleep(pause) => {}
                 _ = stop.changed() => return,
             }
             let all: Vec<(Arc<Function>, Arc<Replica>)> = self
@@ -695,8 +699,7 @@ impl Engine {
             if all.is_empty() {
                 continue;
             }
-            n = n.wrapping_add(1);
-            let (f, r) = &all[n % all.len()];
+            let (f, r) = &all[usize::try_from(random_u64() % all.len() as u64).unwrap_or(0)];
             tracing::warn!(function = %f.name, replica = r.id, "chaos: SIGKILL");
             r.sigkill();
         }
@@ -777,5 +780,35 @@ impl BacklogWatch {
             );
         }
         self.pending
+    }
+}
+
+/// A pause of `interval × [0.5, 1.5)`, `r` a uniformly random number.
+fn chaos_pause(interval: Duration, r: u64) -> Duration {
+    let nanos = interval.as_nanos();
+    let drawn = nanos / 2 + ((nanos * u128::from(r)) >> 64);
+    Duration::from_nanos(u64::try_from(drawn).unwrap_or(u64::MAX))
+}
+
+/// 64 random bits (from the OS, through a v4 UUID).
+fn random_u64() -> u64 {
+    uuid::Uuid::new_v4().as_u128() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chaos_pauses_spread_around_the_interval() {
+        let second = Duration::from_secs(1);
+        assert_eq!(chaos_pause(second, 0), Duration::from_millis(500));
+        assert_eq!(chaos_pause(second, 1 << 63), Duration::from_millis(1000));
+        let longest = chaos_pause(second, u64::MAX);
+        assert!(longest < Duration::from_millis(1500) && longest > Duration::from_millis(1499));
+        // Drawn pauses differ (a fixed period phase-locks with the lease).
+        let drawn: std::collections::HashSet<Duration> =
+            (0..16).map(|_| chaos_pause(second, random_u64())).collect();
+        assert!(drawn.len() > 1, "{drawn:?}");
     }
 }

@@ -43,12 +43,16 @@ pub(crate) async fn effects(store: &str) -> Vec<String> {
         return Vec::new(); // no replica has started yet
     }
     let pool = store_pool(store).await;
-    let rows: Vec<String> = sqlx::query_scalar("SELECT event_id FROM probe_effects ORDER BY rowid")
+    let rows = sqlx::query_scalar("SELECT event_id FROM probe_effects ORDER BY rowid")
         .fetch_all(&pool)
-        .await
-        .unwrap();
+        .await;
     pool.close().await;
-    rows
+    match rows {
+        Ok(rows) => rows,
+        // The first replica created the file and is still running its migrations.
+        Err(e) if e.to_string().contains("no such table: probe_effects") => Vec::new(),
+        Err(e) => panic!("reading probe_effects: {e}"),
+    }
 }
 
 /// An event wakes a function from zero, a duplicate is not applied, and it returns to zero.
@@ -540,16 +544,26 @@ pub(crate) async fn chaos_kill_replica(store: Option<String>, extra: &[&str]) {
             .await
             .unwrap();
     log.close().await;
-    let dead: Vec<String> = dead
+    // Each dead letter shown whole (its event, error and attempts), so a failure says why.
+    let dead: Vec<Value> = dead
         .iter()
         .map(|v| {
-            serde_json::from_slice::<Value>(v).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
+            let record: Value = serde_json::from_slice(v).unwrap();
+            json!({"id": record["id"], "event": record["data"]["event_id"], "error": record["data"]["error"],
+                   "attempts": record["data"]["attempts"], "first": record["data"]["first_failure"],
+                   "last": record["data"]["last_failure"]})
         })
         .collect();
-    assert_eq!(dead, Vec::<String>::new(), "nothing dead-lettered: {s}");
+    if !dead.is_empty() {
+        // The engine's (and its replicas') log lines about those events and the kills.
+        let ids: Vec<&str> = dead.iter().filter_map(|d| d["event"].as_str()).collect();
+        for line in engine.process.stderr_lines() {
+            if line.contains("SIGKILL") || ids.iter().any(|id| line.contains(id)) {
+                eprintln!("{line}");
+            }
+        }
+    }
+    assert_eq!(dead, Vec::<Value>::new(), "nothing dead-lettered: {s}");
     let missing: Vec<String> = (0..2000)
         .map(|i| format!("{prefix}-{i:03}"))
         .filter(|id| !applied.contains_key(id))

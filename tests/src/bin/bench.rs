@@ -55,6 +55,10 @@ async fn main() {
     let noop = here.with_file_name("noop").to_string_lossy().into_owned();
     disabled_span_cost();
     in_process().await;
+    // `bench in-process`: that section alone (what `perf record` is pointed at).
+    if std::env::args().nth(1).as_deref() == Some("in-process") {
+        return;
+    }
     one_at_a_time(&probe).await;
     concurrency(&probe).await;
     cold_start(&probe, &noop).await;
