@@ -1,8 +1,15 @@
-//! The handler as the pipeline calls it: its data type erased, run in its own task (panics
-//! caught), bounded by the handler timeout, and aborted when the attempt is dropped.
+//! The handler as the pipeline calls it: its data type erased, polled in the delivery's own
+//! task with its panics caught, bounded by the handler timeout, and dropped (stopped) with the
+//! attempt.
 
 use serde_json::Value;
-use std::{future::Future, pin::Pin, time::Instant};
+use std::{
+    future::Future,
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    task::{Context as TaskContext, Poll},
+    time::Instant,
+};
 use tracing::Instrument;
 
 use super::Intake;
@@ -61,12 +68,21 @@ impl<H: Handler> ErasedHandler for H {
     }
 }
 
-/// A spawned task that is aborted when its handle is dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+/// A future whose panics are caught: `Err` with the panic's payload. The handler runs in the
+/// delivery's task instead of a task of its own, so an event costs no spawn and no wake-up of
+/// another worker thread; a panic still ends only that attempt.
+struct CatchUnwind<F>(Pin<Box<F>>);
 
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let fut = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
     }
 }
 
@@ -80,25 +96,20 @@ impl Intake {
     ) -> Result<Vec<Emit>, Failure> {
         let timeout = self.config.handler_timeout;
         let (ty, running) = (ctx.ty.clone(), Instant::now());
-        // Aborted when dropped: a stopped attempt (lost lease, drain timeout) stops its handler.
-        let mut task = AbortOnDrop(tokio::spawn(
-            self.handler.call(ctx, data, tx).instrument(span),
-        ));
-        let finished = tokio::time::timeout(timeout, &mut task.0).await;
+        // Dropped with the attempt: a stopped attempt (lost lease, drain timeout) stops its
+        // handler at its next await.
+        let running_handler =
+            CatchUnwind(Box::pin(self.handler.call(ctx, data, tx).instrument(span)));
+        let finished = tokio::time::timeout(timeout, running_handler).await;
         self.instruments.handler_duration(&ty, running.elapsed());
         match finished {
             Ok(Ok(result)) => result,
-            Ok(Err(join)) => {
-                let message = if join.is_panic() {
-                    let panic = join.into_panic();
-                    panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "(non-string panic payload)".into())
-                } else {
-                    "handler task was cancelled".into()
-                };
+            Ok(Err(panic)) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(non-string panic payload)".into());
                 Err(Failure::new(
                     FailureKind::HandlerPanic,
                     format!("handler panicked: {message}"),

@@ -308,7 +308,7 @@ impl Intake {
                 .await;
         }
         self.crash_point(CrashPoint::AfterClaim);
-        let mut heartbeat = Heartbeat::start(
+        let mut heartbeat = Heartbeat::deferred(
             self.store.clone(),
             key.clone(),
             owner.clone(),
@@ -331,7 +331,9 @@ impl Intake {
             Ok(outputs) => {
                 self.crash_point(CrashPoint::AfterCommit);
                 // The heartbeat keeps the publish right while publishing.
-                let published = self.publish_or_release(&key, &owner, &outputs).await;
+                let published = heartbeat
+                    .keep(self.publish_or_release(&key, &owner, &outputs))
+                    .await;
                 drop(heartbeat);
                 // The record is done: a redelivery or the relay publishes what is unsent.
                 return published.map_or_else(Outcome::Retry, |()| Outcome::Success);
