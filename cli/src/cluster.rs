@@ -127,6 +127,7 @@ impl Gateway {
             .await
             .with_context(|| format!("--internal-listen {}: cannot bind", self.internal_listen))?;
         tracing::info!(addr = %self.listen, internal = %self.internal_listen, "gateway listening");
+        let stop_signal = crate::dev::shutdown_signal(); // installed before anything is served
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let internal = tokio::spawn(gateway::serve(
             internal,
@@ -141,7 +142,7 @@ impl Gateway {
             stop_rx,
         ));
         // PID 1 in its image: SIGTERM stops accepting, the requests in flight finish, exit 0.
-        crate::dev::shutdown_signal().await;
+        stop_signal.await;
         tracing::info!("stopping: finishing the requests in flight");
         let _ = stop_tx.send(true);
         public.await??;

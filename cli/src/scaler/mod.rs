@@ -69,6 +69,7 @@ impl Scaler {
             crate::kafka::settings(&self.kafka_settings, ENV_SASL_PASSWORD)?,
             ENV_SASL_PASSWORD,
         );
+        let stop_signal = crate::dev::shutdown_signal(); // installed before anything is served
         let listener = tokio::net::TcpListener::bind(self.listen)
             .await
             .with_context(|| format!("--listen {}: cannot bind", self.listen))?;
@@ -98,10 +99,7 @@ impl Scaler {
         };
         tonic::transport::Server::builder()
             .add_service(ExternalScalerServer::new(service))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                crate::dev::shutdown_signal(),
-            )
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_signal)
             .await
             .context("the scaler's server failed")?;
         tracing::info!("stopped");
