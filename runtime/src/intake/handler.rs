@@ -70,14 +70,15 @@ impl<H: Handler> ErasedHandler for H {
 
 /// A future whose panics are caught: `Err` with the panic's payload. The handler runs in the
 /// delivery's task instead of a task of its own, so an event costs no spawn and no wake-up of
-/// another worker thread; a panic still ends only that attempt.
-struct CatchUnwind<F>(Pin<Box<F>>);
+/// another worker thread; a panic still ends only that attempt. `F` is the erased handler's
+/// boxed future (`Unpin`), so no second box.
+struct CatchUnwind<F>(F);
 
-impl<F: Future> Future for CatchUnwind<F> {
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
     type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let fut = self.0.as_mut();
+        let fut = Pin::new(&mut self.0);
         match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
@@ -98,8 +99,7 @@ impl Intake {
         let (ty, running) = (ctx.ty.clone(), Instant::now());
         // Dropped with the attempt: a stopped attempt (lost lease, drain timeout) stops its
         // handler at its next await.
-        let running_handler =
-            CatchUnwind(Box::pin(self.handler.call(ctx, data, tx).instrument(span)));
+        let running_handler = CatchUnwind(self.handler.call(ctx, data, tx).instrument(span));
         let finished = tokio::time::timeout(timeout, running_handler).await;
         self.instruments.handler_duration(&ty, running.elapsed());
         match finished {
