@@ -127,7 +127,7 @@ impl Gateway {
             .await
             .with_context(|| format!("--internal-listen {}: cannot bind", self.internal_listen))?;
         tracing::info!(addr = %self.listen, internal = %self.internal_listen, "gateway listening");
-        let stop_signal = crate::dev::shutdown_signal(); // installed before anything is served
+        let stop_signal = zerofn::shutdown_signal(); // installed before anything is served
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let internal = tokio::spawn(gateway::serve(
             internal,

@@ -9,6 +9,11 @@ use crate::{
 };
 
 /// Business logic for one event. Implemented for you by [`handler_fn`].
+///
+/// The handler is polled on its delivery's own task, so it must not block its thread: blocking
+/// I/O, `std::thread::sleep` or long CPU work belong in `tokio::task::spawn_blocking`. The
+/// handler timeout, a lost lease and a drain stop an attempt only when the handler yields (at an
+/// `.await`); a handler that blocks holds its delivery — and a worker thread — until it returns.
 pub trait Handler: Send + Sync + 'static {
     /// The decoded `data` type.
     type Data: EventData;

@@ -84,6 +84,7 @@ pub use fields::{Fields, invalid, query_pairs};
 pub use handler::{Handler, HandlerFn, handler_fn};
 pub use idempotency::{Transaction, TransactionGuard};
 pub use manifest::{Manifest, ManifestSource, Routes, SqlRoutes};
+pub use shutdown::signal as shutdown_signal;
 pub use write::{IDEMPOTENCY_KEY, Write, WriteError, WriteRejection};
 
 /// What a handler module needs: `use zerofn::prelude::*;`.
@@ -107,6 +108,7 @@ pub async fn run<H: Handler>(handler: H, manifest: ManifestSource) -> Result<(),
         Err(e) => usage_exit(e.into()),
     };
     let tracing = telemetry::init(&config, &parsed.name);
+    let stop = shutdown::signal(); // installed before anything is served
     let addr = config.addr;
     let app = match app::App::build(config, manifest, parsed, handler).await {
         Ok(app) => app,
@@ -116,7 +118,7 @@ pub async fn run<H: Handler>(handler: H, manifest: ManifestSource) -> Result<(),
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Bind { addr, source })?;
-    let served = app.serve(listener, shutdown::signal()).await;
+    let served = app.serve(listener, stop).await;
     tracing.shutdown();
     served
 }

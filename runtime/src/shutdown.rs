@@ -79,29 +79,56 @@ impl Drop for InFlight {
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub(crate) async fn signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// A future that resolves on SIGTERM or SIGINT (Ctrl-C), for a server's graceful shutdown.
+///
+/// The handlers are installed by this call, not when the future is first polled: call it
+/// before serving. Otherwise a SIGTERM that arrives between "ready" and the first poll takes
+/// the default action and kills the process with no drain and no exit code. [`run`](crate::run)
+/// and [`serve`](crate::serve) call it before they bind; the `zerofn` CLI's servers do too.
+///
+/// ```no_run
+/// # async fn example() {
+/// let stop = zerofn::shutdown_signal(); // installed now
+/// // ... start serving ...
+/// stop.await; // then drain
+/// # }
+/// ```
+pub fn signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
-            Ok(s) => s,
+        use tokio::signal::unix::{SignalKind, signal};
+        let installed = |kind: SignalKind, name: &'static str| match signal(kind) {
+            Ok(s) => Some(s),
             Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the process");
-                let _ = ctrl_c.await;
-                return;
+                tracing::error!(error = %e, signal = name, "cannot listen for this signal; it will not stop the process gracefully");
+                None
             }
         };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = ctrl_c => tracing::info!("interrupt received"),
+        let term = installed(SignalKind::terminate(), "SIGTERM");
+        let interrupt = installed(SignalKind::interrupt(), "SIGINT");
+        async move {
+            tokio::select! {
+                () = received(term) => tracing::info!("SIGTERM received"),
+                () = received(interrupt) => tracing::info!("interrupt received"),
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The first delivery of `signal` (never, when its handler could not be installed).
+#[cfg(unix)]
+async fn received(signal: Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(mut s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
     }
 }
 

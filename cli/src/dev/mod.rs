@@ -389,7 +389,7 @@ impl Dev {
             routers.public = routers.public.merge(board.clone());
         }
         routers.internal = routers.internal.merge(board);
-        let stop_signal = shutdown_signal(); // installed before anything is served
+        let stop_signal = zerofn::shutdown_signal(); // installed before anything is served
         let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
         let mut servers = Vec::new();
         if let Some(addr) = internal_addr {
@@ -427,31 +427,6 @@ impl Dev {
         }
         tracing::info!("stopped");
         Ok(())
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT. The handlers are installed by this call, not when the future
-/// is first polled: call it before serving, or a signal that comes between "ready" and the
-/// first poll kills the process with the default action (no drain, no exit code).
-pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate()).ok();
-    let interrupt = signal(SignalKind::interrupt()).ok();
-    async move {
-        tokio::select! {
-            () = received(term) => {}
-            () = received(interrupt) => {}
-        }
-    }
-}
-
-/// The first delivery of `signal` (never, when its handler could not be installed).
-async fn received(signal: Option<tokio::signal::unix::Signal>) {
-    match signal {
-        Some(mut s) => {
-            s.recv().await;
-        }
-        None => std::future::pending::<()>().await,
     }
 }
 

@@ -69,7 +69,7 @@ impl Scaler {
             crate::kafka::settings(&self.kafka_settings, ENV_SASL_PASSWORD)?,
             ENV_SASL_PASSWORD,
         );
-        let stop_signal = crate::dev::shutdown_signal(); // installed before anything is served
+        let stop_signal = zerofn::shutdown_signal(); // installed before anything is served
         let listener = tokio::net::TcpListener::bind(self.listen)
             .await
             .with_context(|| format!("--listen {}: cannot bind", self.listen))?;
