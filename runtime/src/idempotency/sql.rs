@@ -90,6 +90,12 @@ impl SqlStore {
         ttl: Duration,
     ) -> Result<Option<Claim>, StoreError> {
         let now = now_ms();
+        // PostgreSQL: a first delivery (the common case) is one statement, the insert claims it.
+        // SQLite: read first, since an insert waits for the file's write lock, which a running
+        // handler's transaction holds; a duplicate must learn "in flight" without waiting for it.
+        if !self.sqlite && self.insert_claim(key, owner, lease, ttl, now).await? {
+            return Ok(Some(Claim::Acquired { attempt: 1 }));
+        }
         let row = sqlx::query("SELECT state, lease_until, attempts, dead_letter_id, expires_at FROM zerofn_inbox WHERE function = $1 AND key = $2")
             .bind(&self.function)
             .bind(key)
@@ -97,20 +103,10 @@ impl SqlStore {
             .await
             .map_err(StoreError::from)?;
         let Some(row) = row else {
-            let inserted = sqlx::query(
-                "INSERT INTO zerofn_inbox (function, key, state, owner, lease_until, attempts, created_at, expires_at) \
-                 VALUES ($1, $2, 'in_flight', $3, $4, 0, $5, $6) ON CONFLICT (function, key) DO NOTHING",
-            )
-            .bind(&self.function)
-            .bind(key)
-            .bind(owner)
-            .bind(now + ms(lease))
-            .bind(now)
-            .bind(now + ms(ttl))
-            .execute(&self.pool)
-            .await
-            .map_err(StoreError::from)?;
-            return Ok((inserted.rows_affected() == 1).then_some(Claim::Acquired { attempt: 1 }));
+            // SQLite: none yet, claim it. PostgreSQL: purged since the insert found it, the
+            // next round inserts. Either way a lost race is `None`, another round.
+            let inserted = self.sqlite && self.insert_claim(key, owner, lease, ttl, now).await?;
+            return Ok(inserted.then_some(Claim::Acquired { attempt: 1 }));
         };
         let state: String = row.try_get("state").map_err(StoreError::from)?;
         let lease_until: i64 = row.try_get("lease_until").map_err(StoreError::from)?;
@@ -180,6 +176,32 @@ impl SqlStore {
             }
             None => Ok(None),
         }
+    }
+
+    /// Insert a fresh in-flight record owned by `owner`: `true` if it was inserted, `false` if a
+    /// record for `key` exists.
+    async fn insert_claim(
+        &self,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+        ttl: Duration,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO zerofn_inbox (function, key, state, owner, lease_until, attempts, created_at, expires_at) \
+             VALUES ($1, $2, 'in_flight', $3, $4, 0, $5, $6) ON CONFLICT (function, key) DO NOTHING",
+        )
+        .bind(&self.function)
+        .bind(key)
+        .bind(owner)
+        .bind(now + ms(lease))
+        .bind(now)
+        .bind(now + ms(ttl))
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from)?;
+        Ok(inserted.rows_affected() == 1)
     }
 
     /// Take the publish right of a done, unexpired record whose lease lapsed; `false` when
