@@ -25,7 +25,9 @@ target="x86_64-unknown-linux-gnu"
 targetdir="${CARGO_TARGET_DIR:-$root/target}"
 package="$fn"; [[ "$fn" == gateway ]] && package=zerofn-cli
 echo "==> cargo build --profile $profile --target $target -p $package (static)" >&2
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --profile "$profile" --target "$target" -p "$package" \
+# Static PIE (ASLR kept) with its relative relocations packed (DT_RELR, binutils >= 2.38, glibc >= 2.36):
+# 0.7 MiB of .rela.dyn in notify's binary becomes a few KiB.
+RUSTFLAGS="-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs" cargo build --locked --profile "$profile" --target "$target" -p "$package" \
   --manifest-path "$root/Cargo.toml" >&2
 dir="$profile"; [[ "$profile" == dev ]] && dir=debug
 context="$(mktemp -d)"; trap 'rm -rf "$context"' EXIT
