@@ -22,6 +22,7 @@ pub(crate) mod config;
 mod cors;
 mod limit;
 mod policy;
+mod upstream;
 
 use std::{
     future::Future,
@@ -133,7 +134,7 @@ struct Gateway {
     backend: Arc<dyn Backend>,
     edge: Arc<Edge>,
     metrics: Arc<GatewayInstruments>,
-    client: reqwest::Client,
+    client: upstream::Client,
     max_body: usize,
     guard: Option<Arc<Guard>>,
     limits: Arc<config::Limits>,
@@ -202,20 +203,14 @@ pub(crate) struct Routers {
 }
 
 /// The gateway's routes over `backend`.
-pub(crate) fn router(
-    backend: Arc<dyn Backend>,
-    options: Options,
-) -> Result<Routers, zerofn::Error> {
+pub(crate) fn router(backend: Arc<dyn Backend>, options: Options) -> anyhow::Result<Routers> {
     let backend_functions = backend.functions();
     let metrics = Arc::new(GatewayInstruments::new(&backend_functions));
     let state = Gateway {
         backend,
         edge: Arc::new(Edge::new()?),
         metrics,
-        client: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default(),
+        client: upstream::Client::new().map_err(anyhow::Error::msg)?,
         max_body: options.max_body,
         guard: options.guard.map(Arc::new),
         held: Arc::new(
@@ -1002,29 +997,43 @@ async fn forward(
             .query()
             .map(|q| format!("?{q}"))
             .unwrap_or_default();
-        let url = format!("{}/{rest}{query}", upstream.base);
-        let method =
-            reqwest::Method::from_bytes(parts.method.as_str().as_bytes()).unwrap_or(Method::GET);
-        let mut out = g
-            .client
-            .request(method, url)
-            .timeout(upstream.timeout)
-            .body(bytes);
-        let principal = parts.extensions.get::<Arc<auth::Principal>>();
-        out = out.headers(upstream_headers(
+        let rest = upstream::rest_of(parts.uri.path());
+        let uri = format!("{}/{rest}{query}", upstream.base);
+        let mut headers = upstream_headers(
             &parts.headers,
-            principal.map(AsRef::as_ref),
+            parts.extensions.get::<Arc<auth::Principal>>().map(AsRef::as_ref),
             trust,
             peer.as_deref().unwrap_or("unknown"),
-        ));
+        );
         let tp = zerofn::edge::traceparent_for(
             &tracing::Span::current(),
             header_str(&parts.headers, "traceparent"),
         );
-        out = out.header("traceparent", tp);
-        let answer = match out.send().await {
+        if let Ok(tp) = HeaderValue::from_str(&tp) {
+            headers.insert(HeaderName::from_static("traceparent"), tp);
+        }
+        let mut out = match axum::http::Request::builder()
+            .method(parts.method)
+            .uri(&uri)
+            .body(http_body_util::Full::new(bytes))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_failed",
+                    &format!("function {name}: its route makes no valid URI ({uri}): {e}"),
+                );
+            }
+        };
+        *out.headers_mut() = headers;
+        let answer = match g
+            .client
+            .exchange(out, upstream.timeout, g.limits.max_response_bytes)
+            .await
+        {
             Ok(a) => a,
-            Err(e) if e.is_timeout() => {
+            Err(upstream::Failure::Timeout) => {
                 return error(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream_timeout",
@@ -1034,33 +1043,39 @@ async fn forward(
                     ),
                 );
             }
-            Err(e) => {
+            Err(upstream::Failure::TooLarge(max)) => {
+                g.metrics.rejected("upstream_too_large");
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_failed",
+                    &format!(
+                        "function {name}: its answer exceeds the gateway's limit of {max} bytes (limits.max_response_bytes)"
+                    ),
+                );
+            }
+            Err(upstream::Failure::NoAnswer(e)) => {
                 return error(
                     StatusCode::BAD_GATEWAY,
                     "upstream_failed",
                     &format!("function {name} failed to answer: {e}"),
                 );
             }
+            Err(upstream::Failure::BrokeOff(e)) => {
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_failed",
+                    &format!("function {name}: its answer broke off: {e}"),
+                );
+            }
         };
-        let status = answer.status().as_u16();
-        let mut response = Response::builder().status(status);
-        let named = connection_named(answer.headers());
-        for (n, v) in answer.headers() {
+        let mut response = Response::builder().status(answer.status);
+        let named = connection_named(&answer.headers);
+        for (n, v) in &answer.headers {
             if end_to_end(n, &named) {
                 response = response.header(n, v);
             }
         }
-        let body = match read_answer(answer, g.limits.max_response_bytes).await {
-            Ok(b) => b,
-            Err(why) => {
-                g.metrics.rejected("upstream_too_large");
-                return error(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_failed",
-                    &format!("function {name}: {why}"),
-                );
-            }
-        };
+        let body = answer.body;
         drop(upstream);
         response.body(Body::from(body)).unwrap_or_else(|_| {
             error(
@@ -1078,28 +1093,6 @@ async fn forward(
     g.backend
         .served(&name, &what, response.status().as_u16(), started.elapsed());
     response
-}
-
-/// A function's answer, at most `max` bytes (checked as it streams in, not after).
-async fn read_answer(mut answer: reqwest::Response, max: usize) -> Result<Bytes, String> {
-    let too_large = || {
-        format!("its answer exceeds the gateway's limit of {max} bytes (limits.max_response_bytes)")
-    };
-    if answer.content_length().is_some_and(|n| n > max as u64) {
-        return Err(too_large());
-    }
-    let mut body = bytes::BytesMut::new();
-    while let Some(chunk) = answer
-        .chunk()
-        .await
-        .map_err(|e| format!("its answer broke off: {e}"))?
-    {
-        if body.len() + chunk.len() > max {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
 }
 
 #[cfg(test)]
