@@ -210,7 +210,7 @@ pub(crate) fn router(backend: Arc<dyn Backend>, options: Options) -> anyhow::Res
         backend,
         edge: Arc::new(Edge::new()?),
         metrics,
-        client: upstream::Client::new().map_err(anyhow::Error::msg)?,
+        client: upstream::Client::new()?,
         max_body: options.max_body,
         guard: options.guard.map(Arc::new),
         held: Arc::new(
@@ -1033,39 +1033,12 @@ async fn forward(
             .await
         {
             Ok(a) => a,
-            Err(upstream::Failure::Timeout) => {
-                return error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream_timeout",
-                    &format!(
-                        "function {name} did not answer within {:?}",
-                        upstream.timeout
-                    ),
-                );
-            }
-            Err(upstream::Failure::TooLarge(max)) => {
-                g.metrics.rejected("upstream_too_large");
-                return error(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_failed",
-                    &format!(
-                        "function {name}: its answer exceeds the gateway's limit of {max} bytes (limits.max_response_bytes)"
-                    ),
-                );
-            }
-            Err(upstream::Failure::NoAnswer(e)) => {
-                return error(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_failed",
-                    &format!("function {name} failed to answer: {e}"),
-                );
-            }
-            Err(upstream::Failure::BrokeOff(e)) => {
-                return error(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_failed",
-                    &format!("function {name}: its answer broke off: {e}"),
-                );
+            Err(failure) => {
+                if matches!(failure, upstream::Failure::TooLarge(_)) {
+                    g.metrics.rejected("upstream_too_large");
+                }
+                let (status, code, message) = failure.answer(&name);
+                return error(status, code, &message);
             }
         };
         let mut response = Response::builder().status(answer.status);

@@ -34,8 +34,8 @@ pub(crate) struct Answer {
 /// Why there is no answer.
 #[derive(Debug)]
 pub(crate) enum Failure {
-    /// No whole answer within the deadline.
-    Timeout,
+    /// No whole answer within the deadline (given).
+    Timeout(Duration),
     /// The answer is larger than the cap (bytes).
     TooLarge(usize),
     /// No answer: no connection, or it closed before the answer's head (with the causes).
@@ -44,15 +44,36 @@ pub(crate) enum Failure {
     BrokeOff(String),
 }
 
+impl Failure {
+    /// What the caller is told: status, error code and message, naming `function`.
+    pub(crate) fn answer(&self, function: &str) -> (StatusCode, &'static str, String) {
+        let failed = |message: String| (StatusCode::BAD_GATEWAY, "upstream_failed", message);
+        match self {
+            Failure::Timeout(deadline) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                format!("function {function} did not answer within {deadline:?}"),
+            ),
+            Failure::TooLarge(max) => failed(format!(
+                "function {function}: its answer exceeds the gateway's limit of {max} bytes (limits.max_response_bytes)"
+            )),
+            Failure::NoAnswer(e) => failed(format!("function {function} failed to answer: {e}")),
+            Failure::BrokeOff(e) => {
+                failed(format!("function {function}: its answer broke off: {e}"))
+            }
+        }
+    }
+}
+
 impl Client {
     /// A client with its own pool. Fails only when the platform's TLS roots cannot be read.
-    pub(crate) fn new() -> Result<Self, String> {
+    pub(crate) fn new() -> anyhow::Result<Self> {
         let mut http = HttpConnector::new();
         http.enforce_http(false); // the TLS layer takes https:// URIs
         http.set_nodelay(true);
         let tls = hyper_rustls::HttpsConnectorBuilder::new()
             .try_with_platform_verifier()
-            .map_err(|e| format!("cannot set up TLS to https:// functions: {e}"))?
+            .map_err(|e| anyhow::anyhow!("cannot set up TLS to https:// functions: {e}"))?
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
@@ -92,7 +113,7 @@ impl Client {
         };
         tokio::time::timeout(deadline, exchange)
             .await
-            .unwrap_or(Err(Failure::Timeout))
+            .unwrap_or(Err(Failure::Timeout(deadline)))
     }
 }
 
@@ -105,6 +126,29 @@ pub(crate) fn rest_of(path: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timeout_is_504_and_every_other_failure_502() {
+        let (status, code, message) = Failure::Timeout(Duration::from_secs(3)).answer("f");
+        assert_eq!(
+            (status, code),
+            (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
+        );
+        assert_eq!(message, "function f did not answer within 3s");
+        for f in [
+            Failure::TooLarge(2048),
+            Failure::NoAnswer("refused".into()),
+            Failure::BrokeOff("reset".into()),
+        ] {
+            let (status, code, message) = f.answer("f");
+            assert_eq!(
+                (status, code),
+                (StatusCode::BAD_GATEWAY, "upstream_failed"),
+                "{f:?}"
+            );
+            assert!(message.starts_with("function f"), "{message}");
+        }
+    }
 
     #[test]
     fn the_function_gets_the_path_after_its_name_as_sent() {
